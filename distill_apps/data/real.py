@@ -1,0 +1,122 @@
+"""The in-memory real dataset every method reads, with per-class indexing for balanced sampling."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ConfigError, DataError
+
+
+@dataclass
+class RealData:
+    """Normalised train/test tensors of one image-classification dataset.
+
+    ``x_*`` are float32 ``(N, C, H, W)`` already normalised with ``mean``/``std``; ``y_*`` are int64 class ids.
+    ``task`` is ``multiclass`` (default), ``binary``, ``multilabel`` or ``ordinal`` (MedMNIST carries these).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str] = field(default_factory=list)
+    flip_invariant: bool = False
+    task: str = "multiclass"
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if x.ndim != 4:
+                raise DataError(f"{self.name} {split} images must be (N, C, H, W); got shape {tuple(x.shape)}.")
+            if y.shape[0] != x.shape[0]:
+                raise DataError(f"{self.name} {split}: {x.shape[0]} images but {y.shape[0]} labels.")
+            if not torch.isfinite(x).all():
+                bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+                raise DataError(f"{self.name} {split} has NaN/Inf in {bad} images: clean or drop them before distilling.")
+        if not self.class_names:
+            self.class_names = [str(i) for i in range(self.num_classes)]
+        self._by_class: list[torch.Tensor] | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def by_class(self) -> list[torch.Tensor]:
+        """Indices of the training images of each class (computed once)."""
+        if self._by_class is None:
+            y = self.y_train if self.y_train.ndim == 1 else self.y_train[:, 0]
+            order = torch.argsort(y, stable=True)
+            counts = torch.bincount(y, minlength=self.num_classes).tolist()
+            self._by_class = list(torch.split(order, counts))
+        return self._by_class
+
+    def class_counts(self) -> list[int]:
+        return [len(ix) for ix in self.by_class]
+
+    def check_ipc(self, ipc: int) -> None:
+        """Refuse an IPC of 0 or larger than the smallest class, naming the class."""
+        if not isinstance(ipc, int) or ipc < 1:
+            raise ConfigError(f"IPC must be a positive integer (images per class); got {ipc!r}.")
+        counts = self.class_counts()
+        smallest = min(range(len(counts)), key=counts.__getitem__)
+        if ipc > counts[smallest]:
+            raise ConfigError(
+                f"IPC {ipc} is larger than class {self.class_names[smallest]!r} of {self.name}, which has only "
+                f"{counts[smallest]} training images: use --ipc {counts[smallest]} or less."
+            )
+
+    def sample(self, cls: int, n: int, g: torch.Generator) -> torch.Tensor:
+        """``n`` random training indices of class ``cls`` (without replacement when the class is big enough)."""
+        ix = self.by_class[cls]
+        if n <= len(ix):
+            pick = torch.randperm(len(ix), generator=g)[:n]
+        else:
+            pick = torch.randint(len(ix), (n,), generator=g)
+        return ix[pick]
+
+    def sample_balanced(self, n: int, g: torch.Generator, classes: list[int] | None = None) -> torch.Tensor:
+        """``n`` indices per class, concatenated class by class: shape ``(len(classes) * n,)``."""
+        classes = list(range(self.num_classes)) if classes is None else classes
+        return torch.cat([self.sample(c, n, g) for c in classes])
+
+    def subset(self, train_index: torch.Tensor, name: str | None = None) -> "RealData":
+        """A view of this dataset whose training split is ``train_index`` (test split shared)."""
+        return RealData(
+            name=name or self.name, x_train=self.x_train[train_index], y_train=self.y_train[train_index],
+            x_test=self.x_test, y_test=self.y_test, num_classes=self.num_classes, mean=self.mean, std=self.std,
+            class_names=self.class_names, flip_invariant=self.flip_invariant, task=self.task,
+            x_val=self.x_val, y_val=self.y_val,
+        )
+
+    def to(self, device: torch.device) -> "RealData":
+        if self.x_train.device == device:
+            return self
+        out = RealData(
+            name=self.name, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device), y_test=self.y_test.to(device), num_classes=self.num_classes,
+            mean=self.mean, std=self.std, class_names=self.class_names, flip_invariant=self.flip_invariant,
+            task=self.task,
+        )
+        return out
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return x * std + mean
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+    """Per-channel normalisation; statistics from ``x`` when not given. Returns (x, mean, std)."""
+    if mean is None or std is None:
+        mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(max(s, 1e-6) for s in x.std(dim=(0, 2, 3)).tolist())
+    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s, mean, std

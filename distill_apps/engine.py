@@ -1,0 +1,249 @@
+"""The engine: one outer loop for every method (DESIGN.md, "Distiller" contract).
+
+A method subclasses :class:`Distiller` and writes ``init`` (build the learnable state), ``step`` (one outer
+iteration) and ``export`` (a :class:`SyntheticSet`). The engine owns the rest: the loop, tqdm progress,
+periodic evaluation, atomic checkpoints and exact resume, the RNG, devices and ``torch.distributed``.
+
+Randomness: step ``t`` draws everything from ``runtime.generator("step", seed, t)``, so a run resumed at step
+``t`` sees exactly the random numbers an uninterrupted run saw (bit-for-bit on CPU), and the global RNG is never
+used. Distributed: the classes are dealt across ranks (``self.classes``); every method's loss is a sum over
+classes, each rank computes its classes' part, and :meth:`Distiller.update` all-reduces the synthetic gradient.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import MethodConfig, make_config
+from .data import RealData, load_dataset
+from .errors import ConfigError, NonFiniteError
+from .registry import Registry
+from .runtime import autocast, generator, pick_device
+from .summary import SyntheticSet, library_versions
+
+METHODS: Registry[type["Distiller"]] = Registry("method")
+
+
+def register_method(name: str):
+    """Class decorator: ``@register_method("dm")`` makes the method available to ``distill`` and the CLI."""
+
+    def deco(cls: type[Distiller]) -> type[Distiller]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
+
+
+def list_methods(family: str | None = None) -> list[str]:
+    return [n for n in METHODS.names() if family is None or METHODS.get(n).family == family]
+
+
+@dataclass
+class DistillState:
+    """Everything that changes during distillation, and so everything a checkpoint holds."""
+
+    params: dict[str, torch.Tensor] = field(default_factory=dict)  # learnable synthetic tensors
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    modules: dict[str, nn.Module] = field(default_factory=dict)  # networks kept across steps
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # non-learned tensors (labels, ...)
+    info: dict[str, Any] = field(default_factory=dict)  # JSON-able counters
+    step: int = 0
+
+
+class Distiller(ABC):
+    """Base class of every method. Subclasses set ``Config``, ``family``, ``paper`` and write 3 methods."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    eval_augment: ClassVar[str | None] = None  # "dsa" when the paper evaluates with DSA augmentation
+    modality: ClassVar[str] = "image"
+    max_skipped: ClassVar[int] = 20
+
+    def __init__(self, real: RealData, ipc: int, cfg: MethodConfig, device: torch.device, model: str = "convnet",
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.real, self.ipc, self.cfg, self.device, self.model, self.seed = real, ipc, cfg, device, model, seed
+        self.rank, self.world_size = rank, world_size
+        self.classes = list(range(real.num_classes))[rank::world_size]
+
+    # ------------------------------------------------------------------ to write
+    @abstractmethod
+    def init(self, g: torch.Generator) -> DistillState:
+        """Build the initial state (synthetic tensors, optimisers, kept networks)."""
+
+    @abstractmethod
+    def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One outer iteration; returns scalar metrics for the progress bar."""
+
+    @abstractmethod
+    def export(self, state: DistillState) -> SyntheticSet:
+        """The current summary (detached)."""
+
+    # ------------------------------------------------------------------ helpers for methods
+    def real_batch(self, n_per_class: int, g: torch.Generator, classes: list[int] | None = None):
+        """A class-balanced real batch ``(x, y)`` on the device, ``n_per_class`` images of each class in order."""
+        classes = self.classes if classes is None else classes
+        # every rank draws the batch of all classes from the same generator and keeps its own classes, so
+        # a run on N ranks sees exactly the real images a single-process run sees
+        idx = self.real.sample_balanced(n_per_class, g).view(self.real.num_classes, n_per_class)[classes].flatten()
+        return self.real.x_train[idx].to(self.device, non_blocking=True), self.real.y_train[idx].to(self.device)
+
+    def new_net(self, g: torch.Generator, model: str | None = None, **kw) -> nn.Module:
+        from .nets import build_model
+
+        r = self.real
+        return build_model(model or self.model, r.image_shape[0], r.num_classes, r.image_shape[1:], generator=g,
+                           device=self.device, **kw)
+
+    def autocast(self):
+        return autocast(self.device, self.cfg.amp)
+
+    def init_from_real(self, g: torch.Generator, ipc: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Synthetic images initialised from random real images of every class (all ranks agree)."""
+        k = ipc or self.ipc
+        idx = self.real.sample_balanced(k, g)
+        return self.real.x_train[idx].clone().to(self.device), self.real.y_train[idx].clone().to(self.device)
+
+    def update(self, state: DistillState, loss: torch.Tensor, opt: str = "syn") -> bool:
+        """Backward, all-reduce the synthetic gradient across ranks, skip non-finite steps, optimiser step.
+
+        Returns False (and counts a skip) when the loss or a gradient is NaN/Inf; stops the run with a
+        :class:`NonFiniteError` after ``max_skipped`` skips in a row, so a NaN never reaches the summary.
+        """
+        optimizer = state.optimizers[opt]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            for gr in grads:
+                dist.all_reduce(gr)  # losses are sums over classes: sum the per-rank parts
+        finite = bool(torch.isfinite(loss).all()) and all(bool(torch.isfinite(gr).all()) for gr in grads)
+        if not finite:
+            state.info["skipped"] = state.info.get("skipped", 0) + 1
+            state.info["skipped_in_row"] = state.info.get("skipped_in_row", 0) + 1
+            if state.info["skipped_in_row"] >= self.max_skipped:
+                raise NonFiniteError(
+                    f"{self.name}: the loss or gradient was NaN/Inf in {self.max_skipped} steps in a row (step "
+                    f"{state.step}); stopped without writing a summary. Lower the image learning rate or "
+                    "disable amp (amp: false), and check the data for extreme values.")
+            optimizer.zero_grad(set_to_none=True)
+            return False
+        state.info["skipped_in_row"] = 0
+        optimizer.step()
+        return True
+
+    def meta(self, state: DistillState, **extra) -> dict[str, Any]:
+        return {"method": self.name, "family": self.family, "paper": self.paper, "dataset": self.real.name,
+                "ipc": self.ipc, "steps": state.step, "seed": self.seed, "model": self.model,
+                "config": self.cfg.as_dict(), "eval_augment": self.eval_augment, "versions": library_versions(),
+                "skipped_steps": state.info.get("skipped", 0), **extra}
+
+    def synthetic(self, state: DistillState, x: torch.Tensor, y: torch.Tensor, **kw) -> SyntheticSet:
+        """Shorthand for ``export``: a plain-image SyntheticSet with this run's metadata."""
+        meta = self.meta(state, **kw.pop("meta", {}))
+        return SyntheticSet(x=x.detach().float().cpu().clone(), y=y.detach().long().cpu().clone(),
+                            num_classes=self.real.num_classes, image_shape=self.real.image_shape,
+                            mean=self.real.mean, std=self.real.std, meta=meta, **kw)
+
+
+# ---------------------------------------------------------------------- the loop
+def _distributed() -> tuple[int, int]:
+    """Rank and world size; initialises the process group when launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def make_distiller(method: str, real: RealData, ipc: int, config: dict[str, Any] | MethodConfig | None = None,
+                   device: str | torch.device = "auto", model: str = "convnet", seed: int = 0) -> Distiller:
+    cls = METHODS.get(method)
+    if cls.modality == "image":
+        real.check_ipc(ipc)
+    cfg = config if isinstance(config, MethodConfig) else make_config(cls.Config, config, method)
+    rank, world = _distributed()
+    dev = pick_device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    return cls(real.to(dev), ipc, cfg, dev, model, seed, rank, world)
+
+
+def distill(method: str = "dm", dataset: str | RealData = "digits", ipc: int = 10, *, steps: int | None = None,
+            budget: str = "paper", model: str = "convnet", seed: int = 0, device: str = "auto",
+            data_root: str | None = None, config: dict[str, Any] | MethodConfig | None = None,
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool = False,
+            eval_every: int = 0, callbacks: tuple[Callable[[int, dict, DistillState], None], ...] = (),
+            progress: bool = True, time_limit: float | None = None) -> SyntheticSet:
+    """Distil ``dataset`` into ``ipc`` synthetic images per class with ``method``; returns a SyntheticSet.
+
+    ``steps`` overrides the method's iteration count; otherwise ``budget="paper"`` runs the paper's count and
+    ``budget="quick"`` a CPU-minutes preset. With ``checkpoint`` and ``checkpoint_every=N`` the state is saved
+    atomically every N steps; ``resume=True`` continues from it (refusing a checkpoint of another run).
+    """
+    real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    d = make_distiller(method, real, ipc, config, device, model, seed)
+    if budget not in ("paper", "quick"):
+        raise ConfigError(f"budget must be 'paper' or 'quick'; got {budget!r}.")
+    total = steps if steps is not None else (d.cfg.steps if budget == "paper" else d.cfg.quick_steps)
+    if total < 0:
+        raise ConfigError(f"steps must be >= 0; got {total}.")
+    return run(d, total, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+               eval_every=eval_every, callbacks=callbacks, progress=progress, time_limit=time_limit)
+
+
+def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0, resume: bool = False,
+        eval_every: int = 0, callbacks=(), progress: bool = True, time_limit: float | None = None) -> SyntheticSet:
+    """Drive ``d`` for ``total`` steps (see :func:`distill`)."""
+    state = d.init(generator("init", d.seed))
+    if resume:
+        if checkpoint is None:
+            raise ConfigError("--resume needs a checkpoint path (--checkpoint, or --out whose .ckpt is used).")
+        if Path(checkpoint).exists():
+            ckpt.load_into(checkpoint, d, state)
+    start = state.step
+    bar = None
+    if progress and d.rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=f"{d.name} {d.real.name} ipc{d.ipc}", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    while state.step < total:
+        metrics = d.step(state, generator("step", d.seed, state.step))
+        state.step += 1
+        if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
+            state.info["nonfinite_metric_steps"] = state.info.get("nonfinite_metric_steps", 0) + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))}, refresh=False)
+        for cb in callbacks:
+            cb(state.step, metrics, state)
+        if eval_every and state.step % eval_every == 0 and d.rank == 0:
+            from .evaluate import evaluate
+
+            res = evaluate(d.export(state), d.real, runs=1, epochs=min(300, 100), device=str(d.device))
+            msg = f"step {state.step}: quick eval {res}"
+            (bar.write if bar else print)(msg)
+        last = state.step == total
+        if checkpoint is not None and checkpoint_every and (state.step % checkpoint_every == 0 or last):
+            if d.rank == 0:
+                ckpt.save(checkpoint, d, state)
+        if time_limit is not None and time.perf_counter() - t0 > time_limit:
+            break
+    if bar is not None:
+        bar.close()
+    return d.export(state)

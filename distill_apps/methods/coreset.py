@@ -1,0 +1,116 @@
+"""Coreset baselines the distillation papers compare against: random, herding and k-center selection.
+
+Herding follows Welling (2009) / Rebuffi et al. (iCaRL, 2017): greedily pick the samples whose running mean best
+matches the class mean in feature space. K-center is the greedy 2-approximation of Sener & Savarese (2018):
+repeatedly pick the sample farthest from those already chosen. Features come from a ConvNet briefly trained on
+the real data (as in the DC paper's baselines), from a random network, or from raw pixels.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ..config import MethodConfig
+from ..engine import Distiller, DistillState, register_method
+from ..train import fit
+
+
+@dataclass
+class CoresetConfig(MethodConfig):
+    steps: int = 0
+    quick_steps: int = 0
+    embedding: str = "trained"  # trained | random | pixels
+    embed_epochs: int = 1
+    embed_train_size: int = 10000  # images used to train the feature network (subsampled for speed)
+
+
+class _Coreset(Distiller):
+    family = "coreset"
+    Config = CoresetConfig
+
+    @abstractmethod
+    def select(self, feats: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+        """Indices (into ``feats``, the features of one class) of the ``k`` chosen samples."""
+
+    def features(self, g: torch.Generator) -> torch.Tensor:
+        cfg, r = self.cfg, self.real
+        if cfg.embedding == "pixels":
+            return r.x_train.flatten(1)
+        net = self.new_net(g)
+        if cfg.embedding == "trained":
+            n = min(cfg.embed_train_size, len(r.x_train))
+            idx = torch.randperm(len(r.x_train), generator=g)[:n].to(r.x_train.device)
+            fit(net, r.x_train[idx], r.y_train[idx], epochs=cfg.embed_epochs, lr=0.01, generator=g, amp=cfg.amp)
+        elif cfg.embedding != "random":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"embedding must be trained, random or pixels; got {cfg.embedding!r}.")
+        net.eval()
+        with torch.no_grad(), self.autocast():
+            return torch.cat([net.embed(r.x_train[i:i + 2048]).float() for i in range(0, len(r.x_train), 2048)])
+
+    def init(self, g: torch.Generator) -> DistillState:
+        feats = self.features(g)
+        chosen = []
+        for c in range(self.real.num_classes):
+            ix = self.real.by_class[c]
+            chosen.append(ix[self.select(feats[ix.to(feats.device)], self.ipc, g).cpu()])
+        idx = torch.cat(chosen)
+        return DistillState(buffers={"index": idx})
+
+    def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        return {}
+
+    def export(self, state: DistillState):
+        idx = state.buffers["index"]
+        return self.synthetic(state, self.real.x_train[idx], self.real.y_train[idx],
+                              meta={"train_index": idx.tolist()})
+
+
+@register_method("random")
+class RandomSubset(_Coreset):
+    """A class-balanced random subset (the baseline every paper reports)."""
+
+    paper = "random class-balanced subset"
+
+    def features(self, g):
+        return torch.zeros(len(self.real.x_train), 1)
+
+    def select(self, feats, k, g):
+        return torch.randperm(len(feats), generator=g)[:k]
+
+
+@register_method("herding")
+class Herding(_Coreset):
+    paper = "Welling 2009, Herding dynamical weights; Rebuffi et al. 2017 (iCaRL)"
+
+    def select(self, feats, k, g):
+        mu = feats.mean(0)
+        picked: list[int] = []
+        running = torch.zeros_like(mu)
+        avail = torch.ones(len(feats), dtype=torch.bool, device=feats.device)
+        for t in range(1, k + 1):
+            gap = ((mu - (running + feats) / t) ** 2).sum(1)
+            gap[~avail] = float("inf")
+            i = int(gap.argmin())
+            picked.append(i)
+            avail[i] = False
+            running += feats[i]
+        return torch.tensor(picked)
+
+
+@register_method("kcenter")
+class KCenter(_Coreset):
+    paper = "Sener & Savarese 2018, Active Learning for CNNs: A Core-Set Approach"
+
+    def select(self, feats, k, g):
+        first = int(((feats - feats.mean(0)) ** 2).sum(1).argmin())  # start at the most central sample
+        picked = [first]
+        dist = ((feats - feats[first]) ** 2).sum(1)
+        for _ in range(k - 1):
+            i = int(dist.argmax())
+            picked.append(i)
+            dist = torch.minimum(dist, ((feats - feats[i]) ** 2).sum(1))
+        return torch.tensor(picked)

@@ -1,0 +1,67 @@
+"""ConvNet of the dataset-distillation literature (Gidaris & Komodakis 2018; used by DC/DSA/DM/MTT).
+
+Blocks of conv3x3(width) -> norm -> act -> pool; a linear classifier on the flattened features.
+The field's default is depth 3, width 128, instance norm, ReLU, average pooling.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .registry import register_model
+
+
+def make_norm(norm: str, channels: int, spatial: tuple[int, int]) -> nn.Module:
+    if norm == "instance":  # GroupNorm with one group per channel == affine instance norm, as in DC's code
+        return nn.GroupNorm(channels, channels, affine=True)
+    if norm == "group":
+        return nn.GroupNorm(min(32, channels) if channels % min(32, channels) == 0 else 1, channels)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "layer":
+        return nn.LayerNorm([channels, *spatial])
+    if norm == "none":
+        return nn.Identity()
+    raise ConfigError(f"Unknown norm {norm!r}: use instance, group, batch, layer or none.")
+
+
+def make_act(act: str) -> nn.Module:
+    acts = {"relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+    if act not in acts:
+        raise ConfigError(f"Unknown activation {act!r}: use {', '.join(acts)}.")
+    return acts[act]()
+
+
+class ConvNet(nn.Module):
+    """ConvNet-``depth`` with a feature extractor (``embed``) and a linear head (``classifier``)."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int], depth: int = 3,
+                 width: int = 128, norm: str = "instance", act: str = "relu", pool: str = "avg") -> None:
+        super().__init__()
+        if depth < 1 or width < 1:
+            raise ConfigError(f"ConvNet needs depth >= 1 and width >= 1; got depth={depth}, width={width}.")
+        layers: list[nn.Module] = []
+        c, (h, w) = in_channels, image_size
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1), make_norm(norm, width, (h, w)), make_act(act)]
+            c = width
+            if pool != "none" and min(h, w) >= 2:  # never pool a 1x1 map away (8x8 digits at depth 4)
+                layers.append(nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            elif pool not in ("avg", "max", "none"):
+                raise ConfigError(f"Unknown pooling {pool!r}: use avg, max or none.")
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = c * h * w
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+@register_model("convnet")
+def convnet(**kw) -> ConvNet:
+    return ConvNet(**kw)

@@ -1,0 +1,61 @@
+"""Model registry: ``@register_model`` and ``build_model(name, in_channels, num_classes, image_size, **kw)``."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from ..runtime import seeded_global_rng
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+register_model = MODELS.register
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return MODELS.names(pattern)
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: tuple[int, int] | int,
+                generator: torch.Generator | None = None, device: torch.device | str = "cpu", **kw) -> nn.Module:
+    """Build a registered model; with ``generator`` the initial weights come from it (global RNG untouched).
+
+    ``name`` may carry ConvNet options in the timm style, e.g. ``convnet-d4-w64-bn`` (depth, width, norm).
+    """
+    base, opts = _parse(name)
+    factory = MODELS.get(base)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    kw = {**opts, **kw}
+    if generator is None:
+        model = factory(in_channels=in_channels, num_classes=num_classes, image_size=size, **kw)
+    else:
+        with seeded_global_rng(generator):
+            model = factory(in_channels=in_channels, num_classes=num_classes, image_size=size, **kw)
+    return model.to(device)
+
+
+_NORM_ALIASES = {"in": "instance", "bn": "batch", "gn": "group", "ln": "layer", "nn": "none"}
+
+
+def _parse(name: str) -> tuple[str, dict]:
+    """``convnet-d4-w64-bn-relu-maxpool`` -> ("convnet", {depth: 4, width: 64, norm: batch, ...})."""
+    parts = name.lower().split("-")
+    opts: dict = {}
+    for p in parts[1:]:
+        if p[:1] == "d" and p[1:].isdigit():
+            opts["depth"] = int(p[1:])
+        elif p[:1] == "w" and p[1:].isdigit():
+            opts["width"] = int(p[1:])
+        elif p in _NORM_ALIASES or p in _NORM_ALIASES.values():
+            opts["norm"] = _NORM_ALIASES.get(p, p)
+        elif p in ("relu", "leakyrelu", "sigmoid", "gelu"):
+            opts["act"] = p
+        elif p in ("avgpool", "maxpool", "nopool"):
+            opts["pool"] = p[:-4] if p != "nopool" else "none"
+        else:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"Cannot read model option {p!r} in {name!r}: use d<depth>, w<width>, "
+                              "in/bn/gn/ln/nn, relu/leakyrelu/sigmoid/gelu, avgpool/maxpool/nopool.")
+    return parts[0], opts

@@ -1,0 +1,43 @@
+"""A tiny named registry shared by methods, datasets, models and decoders (timm-style)."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to objects; unknown names raise :class:`ConfigError` listing the known ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            key = name.lower()
+            if key in self._items and self._items[key] is not obj:
+                raise ConfigError(f"{self.kind} {name!r} is registered twice; pick another name.")
+            self._items[key] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        key = str(name).lower()
+        if key not in self._items:
+            known = ", ".join(sorted(self._items))
+            raise ConfigError(f"Unknown {self.kind} {name!r}. Known {self.kind}s: {known}.")
+        return self._items[key]
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern.lower()))
+
+    def __contains__(self, name: object) -> bool:
+        return str(name).lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,90 @@
+"""The one supervised training loop: evaluation, inner loops and adapters all train through :func:`fit`.
+
+Targets may be hard class ids, soft-label logits (trained with soft cross-entropy, as TESLA/Sucholutsky) or
+regression targets (MSE, as KIP/RFAD/FRePO labels). The field's schedule is built in: SGD with momentum and
+weight decay, learning rate x0.1 at half of the epochs.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .runtime import autocast
+
+
+def target_loss(logits: torch.Tensor, target: torch.Tensor, label_kind: str = "hard") -> torch.Tensor:
+    """Cross-entropy for hard ids, soft cross-entropy for logit targets, MSE for regression targets."""
+    logits = logits.float()
+    if label_kind == "hard":
+        return F.cross_entropy(logits, target)
+    if label_kind == "logits":
+        return -(F.softmax(target.float(), dim=1) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    if label_kind == "regression":
+        return F.mse_loss(logits, target.float())
+    raise ValueError(f"unknown label kind {label_kind!r}")
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | None = None, steps: int | None = None,
+        lr: float = 0.01, batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
+        label_kind: str = "hard", augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        generator: torch.Generator | None = None, decay_at_half: bool = True, amp: bool = True,
+        optimizer: torch.optim.Optimizer | None = None, progress: bool = False) -> nn.Module:
+    """Train ``model`` on tensors ``(x, y)`` for ``epochs`` passes or ``steps`` minibatches; returns the model.
+
+    ``augment(xb, generator)`` is applied to every minibatch (e.g. DSA with a fresh draw per image).
+    """
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs or steps")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    dev = next(model.parameters()).device
+    x, y = x.detach().to(dev), y.detach().to(dev)
+    n = x.shape[0]
+    bs = min(batch_size, n)
+    per_epoch = max(1, -(-n // bs))
+    total = steps if steps is not None else epochs * per_epoch
+    opt = optimizer or torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model.train()
+    order = torch.randperm(n, generator=g)
+    pos = 0
+    it = range(total)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="train", leave=False)
+    for step in it:
+        if decay_at_half and step == total // 2 and total > 1:
+            for group in opt.param_groups:
+                group["lr"] *= 0.1
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos:pos + bs].to(dev)
+        pos += bs
+        xb, yb = x[idx], y[idx]
+        if augment is not None:
+            xb = augment(xb, g)
+        with autocast(dev, amp):
+            out = model(xb)
+        loss = target_loss(out, yb, label_kind)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: bool = True) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` in eval mode, batched (float32)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        with autocast(dev, amp):
+            outs.append(model(x[i:i + batch_size].to(dev)).float())
+    return torch.cat(outs)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    return float((predict(model, x, batch_size).argmax(1).cpu() == y.cpu()).float().mean())
