@@ -1,0 +1,37 @@
+"""Shared test fixtures: the data root (``$DISTILL_APPS_DATA`` or ``../shared/datasets``), digits, temp homes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_DEFAULT_ROOT = REPO.parent / "shared" / "datasets"
+if not os.environ.get("DISTILL_APPS_DATA") and _DEFAULT_ROOT.is_dir():
+    os.environ["DISTILL_APPS_DATA"] = str(_DEFAULT_ROOT)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared datasets folder; tests that need real files skip with a reason when it is absent."""
+    root = Path(os.environ.get("DISTILL_APPS_DATA", _DEFAULT_ROOT))
+    if not root.is_dir():
+        pytest.skip(f"no data root at {root}: set DISTILL_APPS_DATA")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits():
+    import distill_apps as da
+
+    return da.load_dataset("digits")
+
+
+@pytest.fixture
+def tmp_home(tmp_path, monkeypatch) -> Path:
+    """A temporary HOME so libraries that write under ~ (NNI, Flower) never touch the real one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
