@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="summary path (default out/<method>_<dataset>_ipc<k>.safetensors)")
     d.add_argument("--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps (<out>.ckpt)")
     d.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
+    d.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                   help="stop (after checkpointing) with advice once peak memory passes GB")
     d.add_argument("--config", default=None, help="YAML file of method options")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one method option")
     d.add_argument("--eval-runs", type=int, default=3)
@@ -103,7 +105,11 @@ def cmd_distill(a: argparse.Namespace) -> int:
     ckpt = out.with_suffix(".ckpt")
     summary = distill(a.method, real, a.ipc, steps=a.steps, budget=a.budget, model=a.model, seed=a.seed,
                       device=a.device, config=config, checkpoint=ckpt, checkpoint_every=a.checkpoint_every,
-                      resume=a.resume, progress=not (a.no_progress or a.json))
+                      resume=a.resume, progress=not (a.no_progress or a.json), max_memory_gb=a.max_memory)
+    from .engine import is_main_process
+
+    if not is_main_process():  # under torchrun only rank 0 writes and evaluates
+        return 0
     summary.save(out)
     summary.image_grid(out.with_suffix(".png"))
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,

@@ -25,7 +25,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import MethodConfig, make_config
 from .data import RealData, load_dataset
-from .errors import ConfigError, NonFiniteError
+from .errors import ConfigError, MemoryBudgetError, NonFiniteError
 from .registry import Registry
 from .runtime import autocast, generator, pick_device
 from .summary import SyntheticSet, library_versions
@@ -188,12 +188,15 @@ def distill(method: str = "dm", dataset: str | RealData = "digits", ipc: int = 1
             data_root: str | None = None, config: dict[str, Any] | MethodConfig | None = None,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool = False,
             eval_every: int = 0, callbacks: tuple[Callable[[int, dict, DistillState], None], ...] = (),
-            progress: bool = True, time_limit: float | None = None) -> SyntheticSet:
+            progress: bool = True, time_limit: float | None = None,
+            max_memory_gb: float | None = None) -> SyntheticSet:
     """Distil ``dataset`` into ``ipc`` synthetic images per class with ``method``; returns a SyntheticSet.
 
     ``steps`` overrides the method's iteration count; otherwise ``budget="paper"`` runs the paper's count and
     ``budget="quick"`` a CPU-minutes preset. With ``checkpoint`` and ``checkpoint_every=N`` the state is saved
     atomically every N steps; ``resume=True`` continues from it (refusing a checkpoint of another run).
+    ``max_memory_gb`` stops the run (after checkpointing) once its peak memory passes the limit, with a message
+    naming what to lower, instead of letting the OS kill it.
     """
     real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
     d = make_distiller(method, real, ipc, config, device, model, seed)
@@ -203,11 +206,43 @@ def distill(method: str = "dm", dataset: str | RealData = "digits", ipc: int = 1
     if total < 0:
         raise ConfigError(f"steps must be >= 0; got {total}.")
     return run(d, total, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-               eval_every=eval_every, callbacks=callbacks, progress=progress, time_limit=time_limit)
+               eval_every=eval_every, callbacks=callbacks, progress=progress, time_limit=time_limit,
+               max_memory_gb=max_memory_gb)
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (or without torch.distributed): the process that writes outputs."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process so far: CUDA allocator peak on GPUs, max RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _memory_advice(d: "Distiller") -> str:
+    knobs = [k for k in ("batch_real", "batch_syn", "syn_steps", "batch_train") if hasattr(d.cfg, k)]
+    return (f"lower --ipc (now {d.ipc}), " + (f"the batch options {', '.join(knobs)} (--set name=value), " if knobs else "")
+            + "use a smaller --model, or add devices with torchrun; resume with --resume from the last checkpoint.")
+
+
+def _guarded_step(d: "Distiller", state: DistillState) -> dict[str, float]:
+    try:
+        return d.step(state, generator("step", d.seed, state.step))
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        raise MemoryBudgetError(f"{d.name} ran out of memory at step {state.step} ({exc.__class__.__name__}): "
+                                + _memory_advice(d)) from exc
 
 
 def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0, resume: bool = False,
-        eval_every: int = 0, callbacks=(), progress: bool = True, time_limit: float | None = None) -> SyntheticSet:
+        eval_every: int = 0, callbacks=(), progress: bool = True, time_limit: float | None = None,
+        max_memory_gb: float | None = None) -> SyntheticSet:
     """Drive ``d`` for ``total`` steps (see :func:`distill`)."""
     state = d.init(generator("init", d.seed))
     if resume:
@@ -223,7 +258,7 @@ def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0,
         bar = tqdm(total=total, initial=start, desc=f"{d.name} {d.real.name} ipc{d.ipc}", dynamic_ncols=True)
     t0 = time.perf_counter()
     while state.step < total:
-        metrics = d.step(state, generator("step", d.seed, state.step))
+        metrics = _guarded_step(d, state)
         state.step += 1
         if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
             state.info["nonfinite_metric_steps"] = state.info.get("nonfinite_metric_steps", 0) + 1
@@ -242,6 +277,12 @@ def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0,
         if checkpoint is not None and checkpoint_every and (state.step % checkpoint_every == 0 or last):
             if d.rank == 0:
                 ckpt.save(checkpoint, d, state)
+        if max_memory_gb is not None and peak_memory_gb(d.device) > max_memory_gb:
+            if checkpoint is not None and d.rank == 0:
+                ckpt.save(checkpoint, d, state)
+            raise MemoryBudgetError(
+                f"{d.name} passed the memory limit of {max_memory_gb:.2f} GB (peak {peak_memory_gb(d.device):.2f} GB) "
+                f"at step {state.step}: " + _memory_advice(d))
         if time_limit is not None and time.perf_counter() - t0 > time_limit:
             break
     if bar is not None:

@@ -28,3 +28,7 @@ class CheckpointMismatchError(DistillError):
 
 class NonFiniteError(DistillError):
     """NaN or Inf appeared in data, gradients or the synthetic set."""
+
+
+class MemoryBudgetError(DistillError):
+    """The run would exceed (or ran out of) memory; the message says what to lower."""
