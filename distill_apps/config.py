@@ -18,7 +18,8 @@ class MethodConfig:
 
     steps: int = 1000
     quick_steps: int = 100
-    amp: bool = True  # bf16 autocast where the method's accuracy holds (see benchmarks/speed.py)
+    amp: bool = True  # bf16 autocast where the hardware makes it fast (runtime.bf16_fast)
+    compile: bool = False  # torch.compile the embedding pass (one compile, reused by every fresh network)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -47,6 +47,17 @@ def list_methods(family: str | None = None) -> list[str]:
     return [n for n in METHODS.names() if family is None or METHODS.get(n).family == family]
 
 
+class _EmbedView(nn.Module):
+    """A module whose forward is ``net.embed`` (so ``functional_call`` can run the embedding alone)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(x)
+
+
 @dataclass
 class DistillState:
     """Everything that changes during distillation, and so everything a checkpoint holds."""
@@ -107,6 +118,20 @@ class Distiller(ABC):
 
     def autocast(self):
         return autocast(self.device, self.cfg.amp)
+
+    def embed_fn(self, net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x -> net.embed(x)``; with ``cfg.compile`` a ``torch.compile``d functional version whose compiled
+        graph is shared by every network of this architecture (fresh networks each step do not recompile)."""
+        if not self.cfg.compile:
+            return net.embed
+        if getattr(self, "_compiled_embed", None) is None:
+            from torch.func import functional_call
+
+            template = _EmbedView(net)
+            self._compiled_embed = torch.compile(
+                lambda state, x: functional_call(template, state, (x,)), dynamic=False)
+        state = {f"net.{k}": v for k, v in [*net.named_parameters(), *net.named_buffers()]}
+        return lambda x: self._compiled_embed(state, x)
 
     def init_from_real(self, g: torch.Generator, ipc: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Synthetic images initialised from random real images of every class (all ranks agree)."""

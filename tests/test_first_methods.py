@@ -63,3 +63,9 @@ def test_dm_reduces_its_loss_and_moves_images(digits):
     start = da.distill("dm", digits, 2, steps=0, seed=0, **SMALL)
     assert not torch.equal(s.x, start.x)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_compiled_embedding_matches_eager(digits):
+    eager = da.distill("dm", digits, 2, steps=2, **SMALL)
+    compiled = da.distill("dm", digits, 2, steps=2, config={"compile": True}, **SMALL)
+    torch.testing.assert_close(compiled.x, eager.x, atol=1e-5, rtol=1e-5)

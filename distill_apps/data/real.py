@@ -102,7 +102,8 @@ class RealData:
             name=self.name, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
             x_test=self.x_test.to(device), y_test=self.y_test.to(device), num_classes=self.num_classes,
             mean=self.mean, std=self.std, class_names=self.class_names, flip_invariant=self.flip_invariant,
-            task=self.task,
+            task=self.task, x_val=None if self.x_val is None else self.x_val.to(device),
+            y_val=None if self.y_val is None else self.y_val.to(device),
         )
         return out
 

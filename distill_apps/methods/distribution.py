@@ -52,8 +52,9 @@ class DM(Distiller):
         xr = self._aug.apply(xr, params, cls.repeat_interleave(b))
         xs = x_syn.view(self.real.num_classes, self.ipc, *x_syn.shape[1:])[cls.to(x_syn.device)].flatten(0, 1)
         xs = self._aug.apply(xs, params, cls.repeat_interleave(self.ipc))
+        embed = self.embed_fn(net)
         with torch.no_grad(), self.autocast():  # chunks of 256 keep activations cache- and allocator-friendly
-            er = torch.cat([net.embed(c).float() for c in xr.split(256)]).view(k, b, -1)
+            er = torch.cat([embed(c).float() for c in xr.split(256)]).view(k, b, -1)
         with self.autocast():
             es = net.embed(xs).float().view(k, self.ipc, -1)
         return er, es
