@@ -11,6 +11,7 @@ from .runtime import tune_cpu_allocator as _tune  # noqa: E402
 _tune()
 
 from . import methods as _methods  # noqa: F401,E402  (registers every method)
+from . import modalities as _modalities  # noqa: F401,E402  (graph, recommender and text methods)
 from .augment import DSA  # noqa: E402
 from .config import MethodConfig  # noqa: E402
 from .data import RealData, list_datasets, load_dataset  # noqa: E402

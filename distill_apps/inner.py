@@ -65,3 +65,27 @@ def unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr, 
         pos += bs
         params = sgd_step(f, params, x[idx], y[idx], lrs[t] if lrs is not None else lr, label_kind, create_graph)
     return params
+
+
+def momentum_unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr, momentum: float,
+                    batch_size: int, g: torch.Generator, label_kind: str = "hard",
+                    create_graph: bool = True) -> Params:
+    """``steps`` differentiable SGD-with-momentum steps (``v <- mu v + grad``, ``p <- p - lr v``) on minibatches.
+
+    Deng & Russakovsky (2022) argue that back-propagating through long unrolls of a *momentum* inner optimiser
+    is what makes BPTT distillation (LinBa) work; this is that inner loop, differentiable end to end.
+    """
+    n = x.shape[0]
+    bs = min(batch_size, n)
+    order, pos = torch.randperm(n, generator=g), 0
+    vel = {k: torch.zeros_like(v) for k, v in params.items()}
+    for _ in range(steps):
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos:pos + bs].to(x.device)
+        pos += bs
+        loss = target_loss(f(params, x[idx]), y[idx], label_kind)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        vel = {k: momentum * vel[k] + gr for k, gr in zip(params, grads)}
+        params = {k: v - lr * vel[k] for k, v in params.items()}
+    return params

@@ -30,9 +30,11 @@ def gradient_distance(gs: Sequence[torch.Tensor], gr: Sequence[torch.Tensor], me
     b = torch.cat([x.flatten() for x in gr])
     if metric == "mse":
         return ((a - b) ** 2).sum()
+    if metric == "l1":  # IDC's released code also offers the L1 distance
+        return (a - b).abs().sum()
     if metric == "cos":
         return 1 - F.cosine_similarity(a, b, dim=0, eps=1e-6)
-    raise ConfigError(f"Unknown gradient distance {metric!r}: use ours, mse or cos.")
+    raise ConfigError(f"Unknown gradient distance {metric!r}: use ours, mse, l1 or cos.")
 
 
 def loss_gradients(net: nn.Module, x: torch.Tensor, y: torch.Tensor, create_graph: bool, amp_ctx,

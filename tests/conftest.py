@@ -10,6 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 _DEFAULT_ROOT = REPO.parent / "shared" / "datasets"
 if not os.environ.get("DISTILL_APPS_DATA") and _DEFAULT_ROOT.is_dir():
     os.environ["DISTILL_APPS_DATA"] = str(_DEFAULT_ROOT)
+if not os.environ.get("DISTILL_APPS_CACHE"):  # expert trajectories, generators, Planetoid copies: never in ~
+    import tempfile
+
+    os.environ["DISTILL_APPS_CACHE"] = tempfile.mkdtemp(prefix="distill_apps_test_cache_")
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,17 @@ from distill_apps.engine import METHODS
 from distill_apps.summary import SyntheticSet
 
 IMAGE_METHODS = [m for m in da.list_methods() if METHODS.get(m).modality == "image"]
+_TRAJ = {"num_experts": 2, "expert_train_epochs": 2, "expert_epochs": 1, "max_start_epoch": 1, "syn_steps": 4}
+# Smaller inner budgets so one contract run stays in seconds; the defining mechanisms are tested per family.
+SMOKE = {"itgan": {"gan_steps": 20, "invert_steps": 10}, "mtt": _TRAJ, "tesla": _TRAJ, "haba": _TRAJ,
+         "linba": {"unroll_steps": 5}, "idc": {"outer_loop": 2}, "idc-i": {"outer_loop": 2},
+         "dp-dm": {"releases": 4}, "dp-dc": {"releases": 4}, "dd": {"inner_steps": 3, "inner_epochs": 1},
+         "frepo": {"pool_size": 2}, "rfad": {"n_models": 2}}
 
 
 @pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_contract(method, digits, tmp_path):
-    kw = dict(steps=2, seed=3, model="convnet-d2-w16", progress=False)
+    kw = dict(steps=2, seed=3, model="convnet-d2-w16", progress=False, config=SMOKE.get(method))
     s = da.distill(method, digits, 1, **kw)
     assert isinstance(s, SyntheticSet)
     m = s.materialize()

@@ -1,0 +1,102 @@
+"""Small CPU-budget benchmark of the graph, recommender and text distillers (docs/graph_recsys_text.md).
+
+    DISTILL_APPS_DATA=/work/shared/datasets OMP_NUM_THREADS=1 python benchmarks/modalities.py [--part graph]
+
+Budgets are far below the papers' (see the JSON's "budget" fields); numbers are what this budget gives.
+Writes benchmarks/results/modalities_<part>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def graph_part(args) -> dict:
+    from distill_apps.modalities import graph as G
+
+    res: dict = {}
+    budgets = {"gcond": {"steps": args.gcond_steps, "config": {"outer_loop": 5, "inner_loop": 5, "lr_feat": 1e-3,
+                                                                "lr_adj": 1e-3, "alt_cycle": 5, "adj_every": 1}},
+               "doscond": {"steps": args.doscond_steps, "config": {}},
+               "gcdm": {"steps": args.gcdm_steps, "config": {}}}
+    for name in args.graphs:
+        gd = G.load_planetoid(name, cache_dir=args.cache)
+        r: dict = {"nodes": gd.num_nodes, "eval": {"runs": args.runs, "epochs": args.epochs}}
+        full = G.full_graph_accuracy(gd, runs=1, epochs=200)
+        r["full"] = full.as_dict()
+        rnd = G.evaluate_graph(G.random_subgraph(gd, 0.25), gd, runs=args.runs, epochs=args.epochs)
+        r["random"] = rnd.as_dict()
+        for m, b in budgets.items():
+            t0 = time.perf_counter()
+            cg = G.distill_graph(m, gd, reduction=0.25, steps=b["steps"], config=b["config"], progress=False)
+            secs = time.perf_counter() - t0
+            ev = G.evaluate_graph(cg, gd, runs=args.runs, epochs=args.epochs)
+            r[m] = {**ev.as_dict(), "distill_seconds": secs, "budget": b, "edges": int((cg.adj > 0).sum())}
+            print(name, m, ev, f"{secs:.0f}s", flush=True)
+        print(name, "full", full, "random", rnd, flush=True)
+        res[name] = r
+    return res
+
+
+def recsys_part(args) -> dict:
+    from distill_apps.modalities import recsys as R
+
+    data = R.load_movielens()
+    r = {"full": R.evaluate_interactions(None, data)}
+    for users in args.users:
+        t0 = time.perf_counter()
+        s = R.distill_cf(data, users, steps=args.cf_steps, config={"gamma": 50}, progress=False)
+        r[f"distill_cf_{users}"] = {**R.evaluate_interactions(s, data), "distill_seconds": time.perf_counter() - t0,
+                                    "budget": {"steps": args.cf_steps, "gamma": 50}}
+        r[f"random_{users}"] = R.evaluate_interactions(R.random_users(data, users), data)
+        print(users, r[f"distill_cf_{users}"], r[f"random_{users}"], flush=True)
+    print("full", r["full"], flush=True)
+    return r
+
+
+def text_part(args) -> dict:
+    from distill_apps.modalities import text as T
+
+    data = T.load_sst2(embedding=args.embedding)
+    r: dict = {"embedding": args.embedding, "ipc": args.ipc}
+    t0 = time.perf_counter()
+    s = T.distill_text(data, args.ipc, steps=args.text_steps, progress=False)
+    r["text"] = {**T.evaluate_text(s, data, runs=args.runs), "distill_seconds": time.perf_counter() - t0,
+                 "budget": {"steps": args.text_steps}, "learned_lr": s.lr}
+    r["random"] = T.train_on_ids(data, T.random_subset(data, args.ipc), runs=args.runs, steps=100)
+    r["full"] = T.train_on_ids(data, None, runs=1, epochs=1)
+    print(r, flush=True)
+    return r
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--part", choices=["graph", "recsys", "text", "all"], default="all")
+    p.add_argument("--graphs", nargs="+", default=["cora", "citeseer"])
+    p.add_argument("--cache", default=None)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--gcond-steps", type=int, default=10)
+    p.add_argument("--doscond-steps", type=int, default=50)
+    p.add_argument("--gcdm-steps", type=int, default=100)
+    p.add_argument("--users", type=int, nargs="+", default=[50])
+    p.add_argument("--cf-steps", type=int, default=60)
+    p.add_argument("--embedding", default="bow")
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--text-steps", type=int, default=60)
+    args = p.parse_args()
+    parts = ["graph", "recsys", "text"] if args.part == "all" else [args.part]
+    OUT.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        res = {"command": "python benchmarks/modalities.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                                                                         vars(args).items() if v is not None),
+               "result": globals()[f"{part}_part"](args)}
+        (OUT / f"modalities_{part}.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

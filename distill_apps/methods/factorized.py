@@ -1,0 +1,500 @@
+"""Factorised summaries: LinBa, HaBa and KFS. Each stores a small set of shared parts and decodes many images.
+
+* ``linba`` (Deng & Russakovsky, NeurIPS 2022, "Remember the Past: Distilling Datasets into Addressable
+  Memories for Neural Networks"): ``K`` shared bases ``M`` (K, D) and, for each of ``r`` recall slots, a linear
+  addressing matrix ``A_j`` (C, K); image ``(j, c) = A_j[c] @ M`` with label ``c``. Trained by back-propagation
+  through long unrolls of a *momentum* SGD inner loop (:func:`distill_apps.inner.momentum_unroll`) from a fresh
+  network each step, with a learned inner step size; the outer loss is the cross-entropy on real data.
+* ``haba`` (Liu et al., NeurIPS 2022, "Dataset Distillation via Factorization"): class-specific bases and ``n``
+  small hallucinator networks shared by all classes (conv encoder, learned affine modulation, conv decoder, with a
+  residual from the basis); every (hallucinator, basis) pair is one image. Trained with MTT's trajectory-matching
+  objective (:mod:`distill_apps.experts`, :func:`distill_apps.methods.trajectory.mtt_loss`) plus the adversarial
+  contrastive constraint: a feature extractor is trained to classify real data *and* to make the images that
+  different hallucinators make from one basis look alike, while the bases and hallucinators minimise that
+  similarity (so the hallucinators must produce differences a discriminative extractor can see).
+* ``kfs`` (Lee et al., 2022, "Dataset Condensation with Latent Space Knowledge Factorization and Sharing"):
+  low-resolution latent codes per class and ``n`` shared decoders (upsample, conv, ReLU, conv, plus a residual
+  from the upsampled code); every (decoder, latent) pair is one image. Trained with DM's feature-distribution
+  matching on the decoded images (KFS's extra intra-/inter-class regularisers are not implemented).
+
+**Storage.** A budget of "IPC k" is ``k * num_classes * prod(image_shape)`` stored floats, the size of ``k`` raw
+images per class. :func:`plan_linba` and :func:`plan_hallucinated` size each factorisation so that *everything
+stored* (bases, addressing matrices, latents, hallucinator/decoder weights) fits that budget as tightly as whole
+units allow; :func:`check_storage` refuses any plan over it. The summary's ``storage_floats()`` equals the plan's
+``total``. At tiny budgets (IPC 1 of 8x8 digits) full-resolution bases do not fit beside the shared networks, so
+the plan stores bases at a lower resolution (``scale``) and the hallucinators upsample them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import DEFAULT_STRATEGY, DSA
+from ..config import MethodConfig
+from ..engine import Distiller, DistillState, register_method
+from ..errors import ConfigError
+from ..inner import functional, momentum_unroll
+from ..matching import mean_embedding_distance
+from ..summary import SyntheticSet, register_decoder
+from ..train import target_loss
+from .trajectory import MTT, MTTConfig, UnrollPlan, mtt_loss
+
+
+# ====================================================================== storage accounting
+def image_budget(num_classes: int, image_shape: tuple[int, ...], ipc: int) -> int:
+    """Stored floats of ``ipc`` raw images per class: the unit every factorised budget is counted in."""
+    return int(ipc) * int(num_classes) * math.prod(image_shape)
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    """The shapes of every stored tensor of a factorisation, and the budget they must fit."""
+
+    method: str
+    budget: int
+    shapes: dict[str, tuple[int, ...]]
+    unit: int  # floats one more repeated unit (a basis, a latent per class) would add
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(math.prod(s) for s in self.shapes.values())
+
+
+def check_storage(plan: StoragePlan) -> StoragePlan:
+    """Refuse a plan whose stored floats exceed its budget (shared weights included)."""
+    if plan.total > plan.budget:
+        raise ConfigError(f"{plan.method}: the factorisation stores {plan.total} floats but the budget is "
+                          f"{plan.budget} ({plan.settings}); lower the shared parts or raise the IPC.")
+    return plan
+
+
+def plan_linba(num_classes: int, image_shape: tuple[int, ...], ipc: int, recalls: int) -> StoragePlan:
+    """``K`` bases (K, D) and ``recalls`` addressing matrices (C, K): ``K = budget // (D + recalls * C)``."""
+    d, c = math.prod(image_shape), num_classes
+    budget = image_budget(c, image_shape, ipc)
+    if recalls < 1:
+        raise ConfigError(f"linba: images_per_class must be >= 1; got {recalls}.")
+    k = budget // (d + recalls * c)
+    if k < 1:
+        raise ConfigError(f"linba: IPC {ipc} ({budget} floats) cannot hold one basis ({d} floats) plus "
+                          f"{recalls} addressing rows per class; lower images_per_class or raise the IPC.")
+    plan = StoragePlan("linba", budget, {"bases": (k, *image_shape), "addressing": (recalls, c, k)},
+                       unit=d + recalls * c, settings={"bases": k, "recalls": recalls})
+    return check_storage(plan)
+
+
+def hallucinator_shapes(n: int, hidden: int, code_ch: int, channels: int, affine: bool) -> dict[str, tuple[int, ...]]:
+    """Weights of ``n`` conv-(affine)-ReLU-conv networks, stacked on a leading axis."""
+    s = {"enc_w": (n, hidden, code_ch, 3, 3), "enc_b": (n, hidden), "dec_w": (n, channels, hidden, 3, 3),
+         "dec_b": (n, channels)}
+    if affine:
+        s.update({"mod_scale": (n, hidden), "mod_shift": (n, hidden)})
+    return s
+
+
+def plan_hallucinated(method: str, num_classes: int, image_shape: tuple[int, ...], ipc: int, n: int, hidden: int,
+                      code_ch: int, scales: tuple[int, ...], affine: bool, code: str) -> StoragePlan:
+    """Codes per class (at the first resolution ``1/scale`` that leaves room for one per class) + ``n`` networks.
+
+    Candidates are tried in order: the first scale at the given width, then at halved widths, then the next
+    scale. The first that fits one code per class is used, with as many codes per class as the rest holds.
+    """
+    c, (ch, h, w) = num_classes, tuple(image_shape)
+    budget = image_budget(c, image_shape, ipc)
+    widths = []
+    wd = hidden
+    while wd >= 1:
+        widths.append(wd)
+        wd //= 2
+    for s in scales:
+        for wd in widths:
+            hw = (math.ceil(h / s), math.ceil(w / s))
+            shapes = hallucinator_shapes(n, wd, code_ch, ch, affine)
+            shared = sum(math.prod(v) for v in shapes.values())
+            per_code = code_ch * hw[0] * hw[1]
+            per_class = (budget - shared) // (c * per_code)
+            if per_class >= 1:
+                plan = StoragePlan(method, budget, {code: (c * per_class, code_ch, *hw), **shapes},
+                                   unit=c * per_code,
+                                   settings={"per_class": per_class, "scale": s, "hidden": wd, "n": n,
+                                             "code_channels": code_ch, "affine": affine})
+                return check_storage(plan)
+    raise ConfigError(f"{method}: IPC {ipc} ({budget} floats) cannot hold {n} shared networks plus one code per "
+                      f"class at any scale in {scales}; use fewer networks or raise the IPC.")
+
+
+# ====================================================================== decoders
+def linba_images(bases: torch.Tensor, addressing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``A_j[c] @ M`` (recall-major) and their labels ``c``."""
+    r, c, k = addressing.shape
+    x = (addressing.reshape(r * c, k) @ bases.reshape(k, -1)).view(r * c, *bases.shape[1:])
+    return x, torch.arange(c, device=bases.device).repeat(r)
+
+
+def hallucinate(codes: torch.Tensor, p: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> torch.Tensor:
+    """Every network applied to every code: ``(n * N, C, H, W)``, network-major. All ``n`` run as grouped convs."""
+    n, hidden, code_ch = p["enc_w"].shape[:3]
+    channels = p["dec_w"].shape[1]
+    u = codes if tuple(codes.shape[-2:]) == tuple(image_hw) else F.interpolate(
+        codes, size=tuple(image_hw), mode="bilinear", align_corners=False)
+    nb = u.shape[0]
+    e = F.conv2d(u.repeat(1, n, 1, 1), p["enc_w"].reshape(n * hidden, code_ch, 3, 3), p["enc_b"].reshape(-1),
+                 padding=1, groups=n)
+    if "mod_scale" in p:
+        e = e * p["mod_scale"].reshape(1, -1, 1, 1) + p["mod_shift"].reshape(1, -1, 1, 1)
+    o = F.conv2d(F.relu(e), p["dec_w"].reshape(n * channels, hidden, 3, 3), p["dec_b"].reshape(-1), padding=1,
+                 groups=n).view(nb, n, channels, *image_hw)
+    if code_ch == channels:
+        o = o + u.unsqueeze(1)
+    return o.transpose(0, 1).reshape(n * nb, channels, *image_hw)
+
+
+def hallucinated_images(params: dict[str, torch.Tensor], spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    codes = params[spec["code"]]
+    img = tuple(spec["image_shape"])
+    x = hallucinate(codes, params, img[1:])
+    per_class, n = int(spec["per_class"]), int(params["enc_w"].shape[0])
+    y = torch.arange(int(spec["num_classes"]), device=codes.device).repeat_interleave(per_class).repeat(n)
+    return x, y
+
+
+@register_decoder("linba")
+def decode_linba(params: dict[str, torch.Tensor], spec: dict[str, Any]):
+    with torch.no_grad():
+        x, y = linba_images(params["bases"].float(), params["addressing"].float())
+    return x, y.long(), None
+
+
+@register_decoder("hallucinator")
+def decode_hallucinator(params: dict[str, torch.Tensor], spec: dict[str, Any]):
+    with torch.no_grad():
+        x, y = hallucinated_images({k: v.float() for k, v in params.items()}, spec)
+    return x, y.long(), None
+
+
+def _init_networks(shapes: dict[str, tuple[int, ...]], g: torch.Generator, device) -> dict[str, torch.Tensor]:
+    """Encoders at He scale, decoders near zero (so every image starts as its code), identity modulation."""
+    out = {}
+    for k, s in shapes.items():
+        if k == "enc_w":
+            t = torch.randn(s, generator=g) * math.sqrt(2.0 / (s[2] * 9))
+        elif k == "dec_w":
+            t = torch.randn(s, generator=g) * (0.1 / math.sqrt(s[2] * 9))
+        elif k == "mod_scale":
+            t = torch.ones(s)
+        else:
+            t = torch.zeros(s)
+        out[k] = t.to(device).requires_grad_(True)
+    return out
+
+
+def _codes_from_real(x: torch.Tensor, code_shape: tuple[int, ...]) -> torch.Tensor:
+    """Real images resized to the code resolution (channels must match) as initial codes."""
+    if x.shape[1] != code_shape[0]:
+        raise ConfigError("code_channels other than the image channels need init='noise'.")
+    return F.interpolate(x, size=tuple(code_shape[1:]), mode="area") if tuple(x.shape[-2:]) != tuple(code_shape[1:]) else x
+
+
+class FactorisedMixin:
+    """Shared export for the factorised methods: params + decoder, ``y`` = the decoded labels."""
+
+    decoder_name: str = ""
+
+    def stored(self, state: DistillState) -> dict[str, torch.Tensor]:
+        return {k: state.params[k] for k in self.plan.shapes}
+
+    def spec(self) -> dict[str, Any]:
+        return {"num_classes": self.real.num_classes, "image_shape": list(self.real.image_shape),
+                "storage": {"budget": self.plan.budget, "total": self.plan.total, **self.plan.settings}}
+
+    def export(self, state: DistillState) -> SyntheticSet:
+        params = {k: v.detach().float().cpu().clone() for k, v in self.stored(state).items()}
+        spec = self.spec()
+        from ..summary import DECODERS
+
+        _, y, _ = DECODERS.get(self.decoder_name)(params, spec)
+        lr = self.learned_lr(state)
+        return SyntheticSet(x=None, y=y.cpu().long(), num_classes=self.real.num_classes,
+                            image_shape=self.real.image_shape, mean=self.real.mean, std=self.real.std,
+                            lr=lr, params=params, decoder=self.decoder_name, decoder_spec=spec,
+                            meta=self.meta(state, storage_floats=self.plan.total, storage_budget=self.plan.budget))
+
+    def learned_lr(self, state: DistillState) -> float | None:
+        return None
+
+
+class HallucinatedMixin(FactorisedMixin):
+    """Codes (bases or latents) per class + ``n`` shared networks, decoded by :func:`hallucinate` (HaBa, KFS)."""
+
+    decoder_name = "hallucinator"
+    code = "codes"
+    affine = False
+
+    def init_codes(self, g: torch.Generator) -> DistillState:
+        self.plan = self.make_plan()
+        per = self.plan.settings["per_class"]
+        shapes = dict(self.plan.shapes)
+        code_shape = shapes.pop(self.code)
+        if self.plan.settings["code_channels"] == self.real.image_shape[0]:
+            x, _ = self.init_from_real(g, per)
+            codes = _codes_from_real(x, code_shape[1:])
+        else:
+            codes = torch.randn(code_shape, generator=g).to(self.device)
+        params = {self.code: codes.contiguous().requires_grad_(True), **_init_networks(shapes, g, self.device)}
+        return DistillState(params=params)
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "code": self.code, "per_class": self.plan.settings["per_class"]}
+
+    def images(self, state: DistillState) -> tuple[torch.Tensor, torch.Tensor]:
+        return hallucinated_images(self.stored(state), self.spec())
+
+
+# ====================================================================== LinBa
+@dataclass
+class LinBaConfig(MethodConfig):
+    steps: int = 5000
+    quick_steps: int = 30
+    amp: bool = False  # second-order gradients through the unroll stay in float32
+    images_per_class: int = 0  # r recall slots (one image per class each); 0: 2 * ipc
+    unroll_steps: int = 150  # inner momentum-SGD steps back-propagated through
+    inner_momentum: float = 0.9
+    lr_init: float = 0.01  # initial inner step size (learned)
+    batch_syn: int = 0  # inner minibatch; 0: all decoded images
+    batch_real: int = 256  # real images (balanced over classes) in the outer loss
+    lr_bases: float = 0.01  # Adam
+    lr_addressing: float = 0.01  # Adam
+    lr_lr: float = 0.01  # Adam on log(step size)
+
+
+@register_method("linba")
+class LinBa(FactorisedMixin, Distiller):
+    family = "factorized"
+    paper = ("Deng & Russakovsky, NeurIPS 2022, Remember the Past: Distilling Datasets into Addressable "
+             "Memories for Neural Networks")
+    Config = LinBaConfig
+    decoder_name = "linba"
+
+    def init(self, g: torch.Generator) -> DistillState:
+        r = self.real
+        recalls = self.cfg.images_per_class or 2 * self.ipc
+        self.plan = plan_linba(r.num_classes, r.image_shape, self.ipc, recalls)
+        k = self.plan.settings["bases"]
+        per = math.ceil(k / r.num_classes)
+        idx = r.sample_balanced(per, g).view(r.num_classes, per).t().flatten()[:k]  # spread over classes
+        bases = r.x_train[idx].clone().to(self.device)
+        # addressing: least-squares projection of real images of each class onto the span of the bases
+        target, _ = self.init_from_real(g, recalls)
+        target = target.view(r.num_classes, recalls, -1).transpose(0, 1)  # (r, C, D)
+        addressing = target @ torch.linalg.pinv(bases.flatten(1))
+        log_lr = torch.tensor(math.log(self.cfg.lr_init), device=self.device)
+        params = {"bases": bases.requires_grad_(True), "addressing": addressing.contiguous().requires_grad_(True),
+                  "log_lr": log_lr.requires_grad_(True)}
+        opt = torch.optim.Adam([{"params": [params["bases"]], "lr": self.cfg.lr_bases},
+                                {"params": [params["addressing"]], "lr": self.cfg.lr_addressing},
+                                {"params": [params["log_lr"]], "lr": self.cfg.lr_lr}])
+        return DistillState(params=params, optimizers={"syn": opt})
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "recalls": self.plan.settings["recalls"]}
+
+    def loss(self, state: DistillState, g: torch.Generator) -> torch.Tensor:
+        """Real-data loss of a fresh network after ``unroll_steps`` momentum-SGD steps on the decoded images."""
+        x, y = linba_images(state.params["bases"], state.params["addressing"])
+        net = self.new_net(g)
+        f, p0 = functional(net)
+        p0 = {k: v.requires_grad_(True) for k, v in p0.items()}
+        lr = state.params["log_lr"].exp()
+        bs = self.cfg.batch_syn or x.shape[0]
+        with self.autocast():
+            p = momentum_unroll(f, p0, x, y, self.cfg.unroll_steps, lr, self.cfg.inner_momentum, bs, g)
+            xr, yr = self.real_batch(max(1, self.cfg.batch_real // self.real.num_classes), g)
+            return target_loss(f(p, xr), yr)
+
+    def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        loss = self.loss(state, g)
+        self.update(state, loss)
+        return {"loss": float(loss.detach()), "syn_lr": float(state.params["log_lr"].detach().exp())}
+
+    def learned_lr(self, state: DistillState) -> float | None:
+        return float(state.params["log_lr"].detach().exp())
+
+
+# ====================================================================== KFS
+@dataclass
+class KFSConfig(MethodConfig):
+    steps: int = 20000
+    quick_steps: int = 200
+    decoders: int = 4
+    decoder_channels: int = 16
+    latent_channels: int = 0  # 0: the image channels (enables the residual from the upsampled code)
+    latent_scale: int = 2  # latents at 1/scale resolution
+    lr_latent: float = 0.01  # Adam
+    lr_decoder: float = 0.001  # Adam
+    batch_real: int = 256
+    dsa_strategy: str = DEFAULT_STRATEGY
+
+
+@register_method("kfs")
+class KFS(HallucinatedMixin, Distiller):
+    family = "factorized"
+    paper = "Lee et al., 2022, Dataset Condensation with Latent Space Knowledge Factorization and Sharing"
+    Config = KFSConfig
+    eval_augment = "dsa"
+    code = "latents"
+    affine = False
+
+    def make_plan(self) -> StoragePlan:
+        c = self.cfg
+        r = self.real
+        if c.decoders < 1 or c.latent_scale < 1:
+            raise ConfigError(f"kfs: decoders and latent_scale must be >= 1; got {c.decoders}, {c.latent_scale}.")
+        scales = tuple(sorted({c.latent_scale, 2 * c.latent_scale, 4 * c.latent_scale}))
+        return plan_hallucinated("kfs", r.num_classes, r.image_shape, self.ipc, c.decoders, c.decoder_channels,
+                                 c.latent_channels or r.image_shape[0], scales, self.affine, self.code)
+
+    def init(self, g: torch.Generator) -> DistillState:
+        state = self.init_codes(g)
+        nets = [v for k, v in state.params.items() if k != self.code]
+        state.optimizers["syn"] = torch.optim.Adam([{"params": [state.params[self.code]], "lr": self.cfg.lr_latent},
+                                                    {"params": nets, "lr": self.cfg.lr_decoder}])
+        self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
+        return state
+
+    def loss(self, state: DistillState, g: torch.Generator) -> torch.Tensor:
+        """DM's per-class mean-embedding distance between the decoded images and a real batch (shared DSA draw)."""
+        x, y = self.images(state)
+        k, b = len(self.classes), self.cfg.batch_real
+        cls = torch.tensor(self.classes, device=y.device)
+        order = torch.cat([torch.nonzero(y == c).flatten() for c in cls])  # class-major
+        m = order.numel() // k
+        net = self.new_net(g)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        xr, _ = self.real_batch(b, g)
+        aug = self._aug.sample(self.real.num_classes, g, self.real.image_shape[1:])
+        xr = self._aug.apply(xr, aug, cls.cpu().repeat_interleave(b))
+        xs = self._aug.apply(x[order], aug, cls.cpu().repeat_interleave(m))
+        with torch.no_grad(), self.autocast():
+            er = torch.cat([net.embed(c).float() for c in xr.split(256)]).view(k, b, -1)
+        with self.autocast():
+            es = net.embed(xs).float().view(k, m, -1)
+        return mean_embedding_distance(er, es)
+
+    def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        loss = self.loss(state, g)
+        self.update(state, loss)
+        return {"loss": float(loss.detach())}
+
+
+# ====================================================================== HaBa
+@dataclass
+class HaBaConfig(MTTConfig):
+    hallucinators: int = 5
+    hallucinator_channels: int = 3
+    basis_scales: str = "1,2,4"  # resolutions tried, in order, when full-size bases do not fit the budget
+    lr_hal: float = 0.001  # Adam on the hallucinators (bases use MTT's image schedule)
+    lambda_con: float = 0.1  # weight of the adversarial contrastive constraint
+    lr_feat: float = 0.001  # Adam on the feature extractor of the constraint
+    batch_real_feat: int = 256
+
+
+@register_method("haba")
+class HaBa(HallucinatedMixin, MTT):
+    family = "factorized"
+    paper = "Liu et al., NeurIPS 2022, Dataset Distillation via Factorization"
+    Config = HaBaConfig
+    eval_augment = "dsa"
+    code = "bases"
+    affine = True
+
+    def make_plan(self) -> StoragePlan:
+        c, r = self.cfg, self.real
+        try:
+            scales = tuple(int(s) for s in str(c.basis_scales).split(",") if s.strip())
+        except ValueError as exc:
+            raise ConfigError(f"haba: basis_scales must be comma-separated integers; got {c.basis_scales!r}.") from exc
+        if c.hallucinators < 1 or not scales or min(scales) < 1:
+            raise ConfigError("haba: hallucinators >= 1 and basis_scales of integers >= 1 are needed.")
+        return plan_hallucinated("haba", r.num_classes, r.image_shape, self.ipc, c.hallucinators,
+                                 c.hallucinator_channels, r.image_shape[0], scales, self.affine, self.code)
+
+    def init(self, g: torch.Generator) -> DistillState:
+        self.experts()
+        state = self.init_codes(g)
+        state.params["lr"] = torch.tensor(float(self.cfg.lr_teacher), device=self.device, requires_grad=True)
+        _, _, lr_img, lr_lr = self.settings()
+        c = self.cfg
+        # a basis pixel feeds n hallucinators x scale^2 image pixels, so its gradient is that many pixel
+        # gradients summed: MTT's per-pixel learning rate is divided by that fan-out (measured: without it the
+        # IPC-1 bases of digits diverge within 10 steps)
+        fan_out = self.plan.settings["n"] * self.plan.settings["scale"] ** 2
+        state.optimizers["syn"] = torch.optim.SGD(
+            [{"params": [state.params[self.code]], "lr": lr_img / fan_out, "momentum": c.momentum_img},
+             {"params": [state.params["lr"]], "lr": lr_lr, "momentum": c.momentum_lr}], lr=1.0)
+        hal = [v for k, v in state.params.items() if k not in (self.code, "lr")]
+        state.optimizers["hal"] = torch.optim.Adam(hal, lr=c.lr_hal)
+        feat = self.new_net(g)
+        state.modules["feat"] = feat
+        state.optimizers["feat"] = torch.optim.Adam(feat.parameters(), lr=c.lr_feat)
+        return state
+
+    def hallucinator_similarity(self, feat: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Mean cosine similarity of the extractor's features of images made from one basis by different networks."""
+        n = self.plan.settings["n"]
+        if n < 2:
+            return x.new_zeros(())
+        e = F.normalize(feat.embed(x).float(), dim=1).view(n, x.shape[0] // n, -1)
+        gram = torch.einsum("hbd,kbd->bhk", e, e)
+        return ((gram.sum((1, 2)) - n) / (n * (n - 1))).mean()
+
+    def loss(self, state: DistillState, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(L_mtt + lambda * sim, L_mtt, sim)`` for one expert segment."""
+        x, y = self.images(state)
+        syn_steps, max_start, _, _ = self.settings()
+        start, target = self.experts().sample(g, self.cfg.expert_epochs, max_start)
+        aug = self.augmenter()
+        plan = UnrollPlan.draw(x.shape[0], syn_steps, self.cfg.batch_syn, g, aug, self.real.image_shape[1:])
+        with self.autocast():
+            l_mtt = mtt_loss(self.student(), start, target, x, y, state.params["lr"], plan, aug)
+            sim = self.hallucinator_similarity(state.modules["feat"], x)
+        return l_mtt + self.cfg.lambda_con * sim, l_mtt, sim
+
+    def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        state.optimizers["hal"].zero_grad(set_to_none=True)
+        loss, l_mtt, sim = self.loss(state, g)
+        if self.update(state, loss / self.world_size):
+            hal = state.optimizers["hal"]
+            if self.world_size > 1:
+                import torch.distributed as dist
+
+                for group in hal.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            dist.all_reduce(p.grad)
+            hal.step()
+        # the adversary: classify real data and make one basis's hallucinations look alike
+        feat, opt = state.modules["feat"], state.optimizers["feat"]
+        x, _ = self.images(state)
+        xr, yr = self.real_batch(max(1, self.cfg.batch_real_feat // self.real.num_classes), g)
+        with self.autocast():
+            l_feat = target_loss(feat(xr), yr) - self.cfg.lambda_con * self.hallucinator_similarity(feat, x.detach())
+        opt.zero_grad(set_to_none=True)
+        l_feat.backward()
+        opt.step()
+        for p in state.params.values():
+            p.grad = None
+        return {"loss": float(l_mtt.detach()), "sim": float(sim.detach()), "syn_lr": float(state.params["lr"].detach())}
+
+    def learned_lr(self, state: DistillState) -> float | None:
+        lr = float(state.params["lr"].detach())
+        return lr if lr > 0 else None
+
+    export = FactorisedMixin.export  # not MTT's plain-image export
+

@@ -1,0 +1,112 @@
+"""MedMNIST workflows: budgets under imbalance, MedMNIST metrics vs scikit-learn, anonymisation, data errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("medmnist")
+
+from distill_apps.errors import DataError  # noqa: E402
+from distill_apps.integrations import medical  # noqa: E402
+
+NET = "convnet-d1-w8"
+
+
+@pytest.fixture(scope="module")
+def breast(data_root):
+    if not (data_root / "medmnist" / "breastmnist.npz").exists():
+        pytest.skip("breastmnist.npz is not in the data root")
+    return medical.load_medmnist("breastmnist", str(data_root))
+
+
+def test_loader_carries_splits_and_task(breast):
+    assert breast.task == "binary" and breast.num_classes == 2
+    assert breast.x_train.shape == (546, 1, 28, 28) and breast.x_val.shape[0] == 78 and breast.x_test.shape[0] == 156
+    assert "pneumoniamnist" in medical.flags_2d() and not any("3d" in f for f in medical.flags_2d())
+
+
+def test_missing_npz_names_the_expected_path(tmp_path):
+    with pytest.raises(DataError) as err:
+        medical.load_medmnist("pneumoniamnist", str(tmp_path))
+    assert str(tmp_path / "medmnist" / "pneumoniamnist.npz") in str(err.value)
+    assert "--data-root" in str(err.value)
+    with pytest.raises(DataError, match="Known 2D flags"):
+        medical.load_medmnist("nosuchmnist", str(tmp_path))
+
+
+def test_budgets_keep_every_class():
+    counts = [5000, 300, 12, 3]
+    prop = medical.allocate_budget(counts, 40, "proportional")
+    assert sum(prop) == 40 and all(b >= 1 for b in prop) and prop[0] > prop[1] > prop[3] - 1
+    # capped by the class size; the rest of the budget goes to the other classes
+    assert medical.allocate_budget(counts, 40, "balanced") == [13, 12, 12, 3]
+
+
+def test_imbalanced_distillation_keeps_every_class(breast):
+    # make the imbalance severe: keep only 4 malignant (class 0) images
+    y = breast.y_train
+    idx = torch.cat([(y == 0).nonzero().flatten()[:4], (y == 1).nonzero().flatten()])
+    real = breast.subset(idx)
+    s = medical.distill_medical("dm", real, 5, budget="proportional", steps=2, model=NET, device="cpu",
+                                config={"batch_real": 16})
+    counts = torch.bincount(s.y, minlength=2).tolist()
+    assert counts[0] >= 1 and sum(counts) == 10 and counts == s.meta["class_budget"]
+    assert torch.isfinite(s.x).all() and s.x.shape == (10, 1, 28, 28)
+    sub = medical.select_subset(real, 5, budget="balanced")
+    assert torch.bincount(sub.y, minlength=2).tolist() == [4, 6]  # the rare class gives all it has, the budget holds
+    res = medical.evaluate_medical(s, real, model=NET, runs=1, epochs=2, device="cpu", class_weighted=True)
+    assert set(res["class_counts"]) and 0 <= res["auc_mean"] <= 1 and len(res["per_class"]) == 2
+
+
+def test_auc_matches_sklearn():
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    score = rng.normal(size=300) + y
+    score[:50] = np.round(score[:50])  # ties, which the rank statistic must average
+    assert medical.auc_binary(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    logits = torch.tensor(rng.normal(size=(300, 2)))
+    m = medical.clinical_metrics(logits, torch.tensor(y), "binary")
+    p = torch.softmax(logits, 1)[:, 1].numpy()
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert m["acc"] == pytest.approx(accuracy_score(y, p > 0.5))
+    tp = ((p > 0.5) & (y == 1)).sum()
+    assert m["per_class"][1]["sensitivity"] == pytest.approx(tp / (y == 1).sum())
+    assert m["per_class"][0]["sensitivity"] == pytest.approx(m["per_class"][1]["specificity"])
+    y3 = rng.integers(0, 4, 300)
+    l3 = torch.tensor(rng.normal(size=(300, 4)) + np.eye(4)[y3])
+    p3 = torch.softmax(l3, 1).numpy()
+    want = np.mean([roc_auc_score(y3 == i, p3[:, i]) for i in range(4)])  # MedMNIST's getAUC definition
+    assert medical.clinical_metrics(l3, torch.tensor(y3), "multiclass")["auc"] == pytest.approx(want, abs=1e-12)
+    ym = rng.integers(0, 2, (300, 3))
+    lm = torch.tensor(rng.normal(size=(300, 3)) + ym)
+    pm = torch.sigmoid(lm).numpy()
+    want = np.mean([roc_auc_score(ym[:, i], pm[:, i]) for i in range(3)])
+    assert medical.clinical_metrics(lm, torch.tensor(ym), "multilabel")["auc"] == pytest.approx(want, abs=1e-12)
+
+
+def test_ssim_matches_skimage():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(1)
+    a = rng.random((28, 28))
+    b = np.clip(a + rng.normal(scale=0.2, size=a.shape), 0, 1)
+    ours = medical.ssim(torch.tensor(a)[None, None], torch.tensor(b)[None, None])
+    assert float(ours) == pytest.approx(structural_similarity(a, b, data_range=1.0), abs=1e-6)
+
+
+def test_anonymisation_flags_a_copy_and_passes_synthetic(breast, tmp_path):
+    import distill_apps as da
+
+    s = da.distill("dp-dm", breast, ipc=3, steps=20, config={"epsilon": 5.0, "noise_multiplier": 3.0, "releases": 10}, model=NET,
+                   device="cpu", progress=False)
+    ok = medical.anonymisation_check(s, breast, png=tmp_path / "ok.png", reference=200)
+    assert ok["passed"] and ok["n_flagged"] == 0
+    leaky = s.detach()
+    leaky.x[4] = breast.x_train[123]
+    bad = medical.anonymisation_check(leaky, breast, png=tmp_path / "bad.png", reference=200)
+    assert not bad["passed"] and bad["flagged"] == [4]
+    assert bad["nearest_real_l2"][4] == 123 and bad["nearest_real_ssim"][4] == 123
+    assert (tmp_path / "bad.png").stat().st_size > 0

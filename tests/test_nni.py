@@ -1,0 +1,160 @@
+"""NNI integration: proxy evaluator, ConvNet model space, sequential-engine search, HPO, rank correlations."""
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nni", reason="needs the nas extra: pip install 'distill-apps[nas]'")
+pytest.importorskip("pytorch_lightning", reason="needs the nas extra: pip install 'distill-apps[nas]'")
+
+import distill_apps as da  # noqa: E402
+from distill_apps.errors import ConfigError  # noqa: E402
+from distill_apps.integrations import nni as dn  # noqa: E402
+from distill_apps.train import accuracy  # noqa: E402
+
+TINY = dict(depths=(1, 2), widths=(8, 16), norms=("instance", "none"), acts=("relu", "sigmoid"), pools=("avg",))
+
+
+@pytest.fixture(scope="module")
+def proxy(digits):
+    rest, x_val, y_val = dn.holdout_split(digits, 15, seed=0)
+    summary = da.distill("random", rest, 3, progress=False)
+    return dn.ProxyTask(summary, x_val, y_val, epochs=10, lr=0.05)
+
+
+def _real_home_manifest() -> tuple[Path, float | None]:
+    path = Path(pwd.getpwuid(os.getuid()).pw_dir) / "nni-experiments" / ".experiment"
+    return path, (path.stat().st_mtime if path.exists() else None)
+
+
+# ---------------------------------------------------------------- correlations vs scipy
+def test_rank_correlations_match_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.normal(size=25), rng.normal(size=25)),
+        ([0.1, 0.5, 0.5, 0.3, 0.9, 0.9, 0.2], [1, 3, 2, 2, 5, 4, 0]),          # ties on both sides
+        ([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]),
+        (np.round(rng.uniform(size=40), 1), np.round(rng.uniform(size=40), 1)),  # many ties
+    ]
+    for a, b in cases:
+        assert dn.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+        assert dn.kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, abs=1e-12)
+        np.testing.assert_allclose(dn.rankdata(a), stats.rankdata(a))
+    assert dn.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(dn.spearman([1, 1, 1], [1, 2, 3]))  # as scipy: undefined for a constant side
+    assert dn.top_k_overlap([0.9, 0.8, 0.1, 0.2], [0.7, 0.1, 0.9, 0.3], 2) == 0.5
+    with pytest.raises(Exception):
+        dn.spearman([1, 2], [1, 2, 3])
+
+
+# ---------------------------------------------------------------- model space
+def test_space_choices_and_frozen_candidates(digits):
+    space = dn.ConvNetSpace.for_data(digits, **TINY)
+    choices = dn.space_choices(space)
+    assert choices == {"depth": [1, 2], "width": [8, 16], "pool": ["avg"], "norm": ["instance", "none"],
+                       "act": ["relu", "sigmoid"]}
+    samples = dn.sample_architectures(space, 100, seed=1)
+    assert len(samples) == 16 and len({dn.arch_key(s) for s in samples}) == 16  # the whole space, no repeats
+    s = {"depth": 2, "width": 16, "pool": "avg", "norm": "none", "act": "sigmoid"}
+    net = dn.build_candidate(space, s, torch.Generator().manual_seed(0))
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2 and convs[0].out_channels == 16
+    assert any(isinstance(m, torch.nn.Sigmoid) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    assert net(digits.x_test[:4]).shape == (4, 10)
+    again = dn.build_candidate(space, s, torch.Generator().manual_seed(0))  # same generator, same weights
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), again.parameters()))
+
+
+# ---------------------------------------------------------------- the evaluator reports what NNI expects
+def test_evaluator_reports_final_accuracy_on_real_validation(digits, proxy):
+    from nni.runtime.trial_command_channel import (TrialCommandChannel, get_default_trial_command_channel,
+                                                   set_default_trial_command_channel)
+
+    class Recorder(TrialCommandChannel):
+        def __init__(self):
+            self.metrics = []
+
+        def receive_parameter(self):
+            return None
+
+        def send_metric(self, type, parameter_id, trial_job_id, sequence, value):  # noqa: A002
+            self.metrics.append((type, value))
+
+    space = dn.ConvNetSpace.for_data(digits, **TINY)
+    arch = {"depth": 1, "width": 16, "pool": "avg", "norm": "instance", "act": "relu"}
+    net = dn.build_candidate(space, arch, torch.Generator().manual_seed(0))
+    rec, prev = Recorder(), get_default_trial_command_channel()
+    set_default_trial_command_channel(rec)
+    try:
+        acc = dn.evaluate_on_proxy(net, proxy, seed=0)
+    finally:
+        set_default_trial_command_channel(prev)
+    assert len(rec.metrics) == 1
+    kind, value = rec.metrics[0]
+    assert kind == "FINAL" and isinstance(value, float) and value == acc
+    # the reported number is the trained candidate's accuracy on the held-out real images
+    assert value == pytest.approx(accuracy(net, proxy.x_val, proxy.y_val))
+    assert value > 0.3  # trained, not chance (10 classes)
+
+
+# ---------------------------------------------------------------- end-to-end search, files in the workdir
+@pytest.mark.parametrize("strategy", ["random", "evolution"])
+def test_nni_search_runs_in_sequential_engine(digits, proxy, tmp_home, tmp_path, strategy):
+    manifest, before = _real_home_manifest()
+    space = dn.ConvNetSpace.for_data(digits, **TINY)
+    work = tmp_path / "nas"
+    res = dn.search_architecture(proxy, space, strategy=strategy, trials=3, seed=0, workdir=work)
+    assert len(res.trials) == 3
+    accs = [t["accuracy"] for t in res.trials]
+    assert all(a is not None and 0.0 <= a <= 1.0 for a in accs)
+    assert res.best_accuracy == max(accs)
+    assert set(res.best) == set(dn.space_choices(space))
+    assert len({dn.arch_key(t["sample"]) for t in res.trials}) == 3  # dedup: three different candidates
+    # NNI's files went to the chosen folder, not to any home
+    assert (work / "manifest" / ".experiment").exists()
+    assert (work / "experiments" / res.experiment_id / "log" / "experiment.log").exists()
+    assert not (tmp_home / "nni-experiments").exists()
+    assert _real_home_manifest() == (manifest, before)
+
+
+def test_hpo_tpe_on_proxy(proxy, tmp_home, tmp_path):
+    space = {"lr": {"_type": "loguniform", "_value": [1e-3, 1e-1]}, "epochs": {"_type": "choice", "_value": [4, 8]}}
+    res = dn.search_hyperparameters(proxy, space=space, trials=3, seed=0, workdir=tmp_path / "hpo")
+    assert len(res.trials) == 3
+    for t in res.trials:
+        assert 1e-3 <= t["sample"]["lr"] <= 1e-1 and t["sample"]["epochs"] in (4, 8)
+    assert (tmp_path / "hpo" / "hpo_trials.json").exists()
+    assert not (tmp_home / "nni-experiments").exists()
+    with pytest.raises(ConfigError, match="momentum"):
+        dn.search_hyperparameters(proxy, space={"momentum": {"_type": "choice", "_value": [0.9]}}, trials=1,
+                                  workdir=tmp_path / "bad")
+
+
+# ---------------------------------------------------------------- the study
+def test_rank_correlation_study_small(digits):
+    space = dn.ConvNetSpace.for_data(digits, **TINY)
+    st = dn.rank_correlation_study(digits, k=5, ipc=3, methods=("random",), full_epochs=2, proxy_epochs=5,
+                                   val_per_class=10, space=space, progress=False)
+    assert st.k == 5 and len(st.full_accuracy) == 5
+    p = st.proxies["random"]
+    assert len(p["accuracy"]) == 5 and -1.0 <= p["spearman"] <= 1.0 and -1.0 <= p["kendall"] <= 1.0
+    assert p["spearman"] == pytest.approx(dn.spearman(p["accuracy"], st.full_accuracy))
+    assert p["speedup"] > 0 and p["images"] == 30
+    assert st.best_proxy() == "random"
+
+
+def test_bad_input_is_refused(digits, proxy):
+    with pytest.raises(ConfigError, match="val-per-class"):
+        dn.holdout_split(digits, 10_000)
+    with pytest.raises(ConfigError, match="Unknown NNI strategy"):
+        dn.search_architecture(proxy, strategy="nope", trials=1)
+    with pytest.raises(Exception, match="image shape"):
+        dn.ProxyTask(proxy.summary, torch.zeros(3, 1, 4, 4), torch.zeros(3, dtype=torch.long))
