@@ -139,6 +139,21 @@ class Distiller(ABC):
         idx = self.real.sample_balanced(k, g)
         return self.real.x_train[idx].clone().to(self.device), self.real.y_train[idx].clone().to(self.device)
 
+    def init_images(self, g: torch.Generator, init: str = "real", lr: float | None = None,
+                    momentum: float | None = None) -> DistillState:
+        """The usual start of an image method: synthetic images from real images of every class (or Gaussian
+        noise), learnable, with an SGD optimiser ``"syn"`` at ``cfg.lr_img`` / ``cfg.momentum_img``."""
+        if init not in ("real", "noise"):
+            raise ConfigError(f"{self.name}: init must be 'real' or 'noise'; got {init!r}.")
+        x, y = self.init_from_real(g)
+        if init == "noise":
+            x = torch.randn(x.shape, generator=g).to(x)
+        x.requires_grad_(True)
+        lr = self.cfg.lr_img if lr is None else lr
+        momentum = getattr(self.cfg, "momentum_img", 0.5) if momentum is None else momentum
+        opt = torch.optim.SGD([x], lr=lr, momentum=momentum)
+        return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y})
+
     def update(self, state: DistillState, loss: torch.Tensor, opt: str = "syn") -> bool:
         """Backward, all-reduce the synthetic gradient across ranks, skip non-finite steps, optimiser step.
 

@@ -785,7 +785,8 @@ def simulate(cfg: FederatedConfig, *, num_cpus: int | None = None, verbose: bool
     cpus = num_cpus or max(1, min(os.cpu_count() or 1, cfg.num_clients))
     sink: dict[str, Any] = {}
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
+               # _node_ip_address keeps Ray's own services talking over loopback, not the machine's address
+               "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False, "_node_ip_address": "127.0.0.1",
                              "logging_level": "error", "log_to_driver": verbose}}
     run_simulation(server_app=make_server_app(cfg, sink), client_app=client_app, num_supernodes=cfg.num_clients,
                    backend_config=backend, verbose_logging=verbose)

@@ -1,5 +1,4 @@
 """The engine's loop: determinism, exact resume, refused checkpoints, NaN handling, disk-full and SIGTERM safety."""
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import pytest
 import torch
 
 import distill_apps as da
-from distill_apps import checkpoint as ckpt
 from distill_apps import safe_io
 from distill_apps.errors import CheckpointMismatchError, DistillError, NonFiniteError, SummaryFormatError
 

@@ -6,6 +6,9 @@ slow tests run a 2-client simulation (through the recipe) and a real SuperLink +
 from __future__ import annotations
 
 import json
+import dataclasses
+import sys
+import subprocess
 import os
 import time
 from pathlib import Path
@@ -234,8 +237,16 @@ def test_simulation_two_clients_end_to_end_via_recipe(tmp_path, capsys):
     cfg = F.FederatedConfig(**{**TINY, "strategies": "oneshot,distilled_fedavg,fedavg", "local_steps": 5})
     for pid, info in full["oneshot"]["clients"].items():
         assert info["sha256_client"] == info["sha256_server"]
-        local = F.distill_partition(F.client_partition(cfg, int(pid), 2), cfg)
-        assert F.summary_digest(F.summary_tensors(local)) == info["sha256_server"]
+        # an independent distillation of the same partition, single-threaded like Ray's workers (float sums
+        # depend on the thread count), gives the very bytes the server received
+        code = ("import json, sys; from distill_apps.integrations import flower as F; "
+                "cfg = F.FederatedConfig(**json.loads(sys.argv[1])); "
+                "s = F.distill_partition(F.client_partition(cfg, int(sys.argv[2]), 2), cfg); "
+                "print(F.summary_digest(F.summary_tensors(s)))")
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        r = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg)), pid], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.stdout.strip().splitlines()[-1] == info["sha256_server"], r.stderr[-2000:]
     assert (out / "report.md").read_text().count("| oneshot |") == 1 and (out / "federated.png").stat().st_size
 
 

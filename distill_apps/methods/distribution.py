@@ -35,13 +35,8 @@ class DM(Distiller):
     eval_augment = "dsa"
 
     def init(self, g: torch.Generator) -> DistillState:
-        x, y = self.init_from_real(g)
-        if self.cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
-        x.requires_grad_(True)
-        opt = torch.optim.SGD([x], lr=self.cfg.lr_img, momentum=self.cfg.momentum_img)
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
-        return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y})
+        return self.init_images(g, self.cfg.init)
 
     def embeddings(self, net, g: torch.Generator, x_syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Real (K, B, d) and synthetic (K, ipc, d) embeddings of this rank's classes under one DSA draw per class."""

@@ -94,15 +94,8 @@ class CAFE(Distiller):
     eval_augment = "dsa"
 
     def init(self, g: torch.Generator) -> DistillState:
-        x, y = self.init_from_real(g)
-        if self.cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
-        elif self.cfg.init != "real":
-            raise ConfigError(f"cafe: init must be 'real' or 'noise'; got {self.cfg.init!r}.")
-        x.requires_grad_(True)
-        opt = torch.optim.SGD([x], lr=self.cfg.lr_img, momentum=self.cfg.momentum_img)
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
-        return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y})
+        return self.init_images(g, self.cfg.init)
 
     def loss(self, net: nn.Module, x_syn: torch.Tensor, g: torch.Generator,
              beta: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -57,18 +57,13 @@ class DC(Distiller):
         return None
 
     def init(self, g: torch.Generator) -> DistillState:
-        x, y = self.init_from_real(g)
-        if self.cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
-        x.requires_grad_(True)
-        opt = torch.optim.SGD([x], lr=self.cfg.lr_img, momentum=self.cfg.momentum_img)
-        return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y})
+        return self.init_images(g, self.cfg.init)
 
     def match_loss(self, net, x_syn: torch.Tensor, y_syn: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Sum over this rank's classes of the gradient distance between real and synthetic batches."""
         aug = self.dsa()
         xr, yr = self.real_batch(self.cfg.batch_real, g)
-        k, nb = len(self.classes), self.cfg.batch_real
+        nb = self.cfg.batch_real
         params = aug.sample(self.real.num_classes, g, self.real.image_shape[1:]) if aug else None
         loss = x_syn.new_zeros(())
         for j, c in enumerate(self.classes):
