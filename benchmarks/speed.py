@@ -31,7 +31,8 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def measure(method: str, dataset: str, ipc: int, steps: int, model: str, data_root: str | None) -> dict:
+def measure(method: str, dataset: str, ipc: int, steps: int, model: str, data_root: str | None,
+            compile_: bool = False) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -40,7 +41,7 @@ def measure(method: str, dataset: str, ipc: int, steps: int, model: str, data_ro
     from distill_apps.runtime import generator
 
     real = da.load_dataset(dataset, data_root)
-    d = make_distiller(method, real, ipc, device="cpu", model=model)
+    d = make_distiller(method, real, ipc, config={"compile": True} if compile_ else None, device="cpu", model=model)
     base = rss_mb()
     state = d.init(generator("init", 0))
     d.step(state, generator("step", 0, 0))  # warm-up
@@ -58,7 +59,7 @@ def measure(method: str, dataset: str, ipc: int, steps: int, model: str, data_ro
             "step_s_all": [round(x, 3) for x in times], "gflop_per_step": round(flops / 1e9, 2),
             "gflops_per_s": round(flops / 1e9 / med, 1), "peak_rss_mb": round(peak, 1),
             "peak_above_data_mb": round(peak - base, 1), "threads": torch.get_num_threads(),
-            "mallopt": os.environ.get("DISTILL_APPS_NO_MALLOPT") != "1",
+            "mallopt": os.environ.get("DISTILL_APPS_NO_MALLOPT") != "1", "compile": compile_,
             "reference_step_s": REFERENCE.get((method, dataset, ipc))}
 
 
@@ -70,24 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="convnet")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the embedding pass (cfg.compile)")
     ap.add_argument("--out", default="benchmarks/results/speed.json")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "IPC"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.one:
-        print(json.dumps(measure(a.one[0], a.dataset, int(a.one[1]), a.steps, a.model, a.data_root)))
+        print(json.dumps(measure(a.one[0], a.dataset, int(a.one[1]), a.steps, a.model, a.data_root, a.compile)))
         return 0
     rows = []
     for m in a.methods:
         for ipc in a.ipcs:
             cmd = [sys.executable, __file__, "--one", m, str(ipc), "--dataset", a.dataset, "--model", a.model,
-                   "--steps", str(a.steps)] + (["--data-root", a.data_root] if a.data_root else [])
+                   "--steps", str(a.steps)] + (["--data-root", a.data_root] if a.data_root else []) \
+                + (["--compile"] if a.compile else [])
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(json.dumps(row), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rows, indent=1))
-    lines = ["| method | IPC | step (s) | reference (s) | GFLOP/step | GFLOP/s | peak RSS above data (MB) |",
+    lines = [f"compile: {a.compile}", "", "| method | IPC | step (s) | reference (s) | GFLOP/step | GFLOP/s | peak RSS above data (MB) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = r["reference_step_s"] if r["reference_step_s"] is not None else "-"
