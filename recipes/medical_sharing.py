@@ -12,10 +12,10 @@ Writes ``report.md``, ``results.json``, ``grid_<dataset>_<method>_ipc<k>.png`` a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+from distill_apps.recipes.reporting import finish
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,14 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["rows"].append(row)
         results.append(entry)
     result = {"recipe": "medical", "model": a.model, "epochs": a.epochs, "budget": a.budget, "datasets": results}
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "report.md").write_text(_report(result))
-    result["report"] = str(out / "report.md")
-    if a.json:
-        print(json.dumps(result, default=str))
-    else:
-        print((out / "report.md").read_text())
-    return 0
+    return finish(out, result, _report(result), a.json)
 
 
 def _report(r: dict[str, Any]) -> str:

@@ -12,10 +12,10 @@ Writes ``report.md``, ``results.json``, ``nn_<method>_eps<e>.png``, and the shar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+from distill_apps.recipes.reporting import finish
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,14 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         files["data_card"] = str(out / "DATA_CARD.md")
     result = {"recipe": "private-sharing", "dataset": real.name, "ipc": a.ipc, "delta": a.delta,
               "accountant": a.accountant, "model": a.model, "summaries": rows, "dp_sgd": dpsgd, **files}
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "report.md").write_text(_report(result))
-    result["report"] = str(out / "report.md")
-    if a.json:
-        print(json.dumps(result, default=str))
-    else:
-        print((out / "report.md").read_text())
-    return 0
+    return finish(out, result, _report(result), a.json)
 
 
 def _f(v, pct=False) -> str:
