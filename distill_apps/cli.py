@@ -176,10 +176,15 @@ def cmd_datasets(a: argparse.Namespace) -> int:
     for n in DATASETS.names():
         spec = DATASETS.get(n)
         present = True if not spec.files else (dataset_present(n, root) if n != "medmnist" else None)
-        rows.append({"name": n, "present": present, "description": spec.description})
+        row = {"name": n, "present": present, "description": spec.description}
+        if n == "medmnist":  # a family: list the flags whose .npz is under the root
+            row["flags_present"] = sorted(p.stem for p in (root / "medmnist").glob("*.npz"))
+            row["present"] = bool(row["flags_present"])
+        rows.append(row)
     _emit({"data_root": str(root), "datasets": rows}, a.json, lambda: f"data root: {root}\n" + "\n".join(
         f"{r['name']:<14} {'yes' if r['present'] else ('-' if r['present'] is None else 'MISSING'):<8} "
-        f"{r['description']}" for r in rows))
+        f"{r['description']}" + (f" [present: {', '.join(r['flags_present'])}]" if r.get("flags_present") else "")
+        for r in rows))
     return 0
 
 

@@ -18,8 +18,9 @@ def test_methods_and_datasets_json(capsys, data_root):
     rows = json.loads(capsys.readouterr().out)["methods"]
     assert {"dm", "dc", "dsa", "random", "herding", "kcenter"} <= {r["name"] for r in rows}
     assert main(["datasets", "--json", "--data-root", str(data_root)]) == 0
-    ds = {r["name"]: r["present"] for r in json.loads(capsys.readouterr().out)["datasets"]}
-    assert ds["digits"] and ds["mnist"] and ds["cifar10"] is False
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["datasets"]}
+    assert rows["digits"]["present"] and rows["mnist"]["present"] and rows["cifar10"]["present"] is False
+    assert {"pneumoniamnist", "breastmnist"} <= set(rows["medmnist"]["flags_present"])
 
 
 def test_distill_then_evaluate_json(tmp_path, capsys):
