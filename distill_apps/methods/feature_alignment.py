@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import DEFAULT_STRATEGY, DSA
-from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..train import fit
+from .gradient import BilevelConfig
 from .gradient import schedule_for
 
 
@@ -71,18 +71,8 @@ def discrimination_loss(er: torch.Tensor, es: torch.Tensor, k: int) -> torch.Ten
 
 
 @dataclass
-class CAFEConfig(MethodConfig):
-    steps: int = 1000
-    quick_steps: int = 10
-    lr_img: float = 0.1
-    momentum_img: float = 0.5
-    lr_net: float = 0.01
-    batch_real: int = 256
-    batch_train: int = 256
-    outer_loop: int = 0  # 0: the DC/DSA schedule for the IPC
-    inner_loop: int = 0
+class CAFEConfig(BilevelConfig):
     beta: float = 1.0  # weight of the discrimination loss L_d (the paper's beta; our default)
-    init: str = "real"  # real | noise
     dsa_strategy: str = DEFAULT_STRATEGY
 
 

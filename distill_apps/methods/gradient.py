@@ -28,7 +28,9 @@ def schedule_for(ipc: int) -> tuple[int, int]:
 
 
 @dataclass
-class DCConfig(MethodConfig):
+class BilevelConfig(MethodConfig):
+    """The DC-style bi-level loop shared by DC, DSA and CAFE: image updates, then network training on them."""
+
     steps: int = 1000
     quick_steps: int = 10
     lr_img: float = 0.1
@@ -39,6 +41,10 @@ class DCConfig(MethodConfig):
     outer_loop: int = 0  # 0: the paper's schedule for the IPC
     inner_loop: int = 0
     init: str = "real"  # real | noise
+
+
+@dataclass
+class DCConfig(BilevelConfig):
     dis_metric: str = "ours"
 
 
