@@ -79,6 +79,7 @@ class Distiller(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     eval_augment: ClassVar[str | None] = None  # "dsa" when the paper evaluates with DSA augmentation
     modality: ClassVar[str] = "image"
+    multilabel: ClassVar[bool] = False  # True where the method trains on multi-hot targets (per-label loss)
     max_skipped: ClassVar[int] = 20
 
     def __init__(self, real: RealData, ipc: int, cfg: MethodConfig, device: torch.device, model: str = "convnet",
@@ -86,6 +87,10 @@ class Distiller(ABC):
         self.real, self.ipc, self.cfg, self.device, self.model, self.seed = real, ipc, cfg, device, model, seed
         self.rank, self.world_size = rank, world_size
         self.classes = list(range(real.num_classes))[rank::world_size]
+        if getattr(real, "multilabel", False) and not self.multilabel:
+            able = sorted(n for n in METHODS.names() if getattr(METHODS.get(n), "multilabel", False))
+            raise ConfigError(f"{real.name} is multi-label and {self.name!r} trains on one class id per image. "
+                              f"Methods with a per-label loss: {', '.join(able)}.")
 
     # ------------------------------------------------------------------ to write
     @abstractmethod
@@ -134,10 +139,16 @@ class Distiller(ABC):
         return lambda x: self._compiled_embed(state, x)
 
     def init_from_real(self, g: torch.Generator, ipc: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Synthetic images initialised from random real images of every class (all ranks agree)."""
-        k = ipc or self.ipc
+        """Synthetic images initialised from random real images of every class (all ranks agree), with their
+        class ids in class order; :meth:`init_images` also keeps their multi-hot rows for multi-label data."""
+        x, y, _ = self._draw_real(g, ipc or self.ipc)
+        return x, y
+
+    def _draw_real(self, g: torch.Generator, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = self.real.sample_balanced(k, g)
-        return self.real.x_train[idx].clone().to(self.device), self.real.y_train[idx].clone().to(self.device)
+        y = torch.arange(self.real.num_classes).repeat_interleave(k)  # == y_train[idx] for single-label data
+        return (self.real.x_train[idx].clone().to(self.device), y.to(self.device),
+                self.real.y_train[idx].clone().to(self.device))
 
     def init_images(self, g: torch.Generator, init: str = "real", lr: float | None = None,
                     momentum: float | None = None) -> DistillState:
@@ -145,14 +156,19 @@ class Distiller(ABC):
         noise), learnable, with an SGD optimiser ``"syn"`` at ``cfg.lr_img`` / ``cfg.momentum_img``."""
         if init not in ("real", "noise"):
             raise ConfigError(f"{self.name}: init must be 'real' or 'noise'; got {init!r}.")
-        x, y = self.init_from_real(g)
+        x, y, rows = self._draw_real(g, self.ipc)
         if init == "noise":
             x = torch.randn(x.shape, generator=g).to(x)
         x.requires_grad_(True)
         lr = self.cfg.lr_img if lr is None else lr
         momentum = getattr(self.cfg, "momentum_img", 0.5) if momentum is None else momentum
         opt = torch.optim.SGD([x], lr=lr, momentum=momentum)
-        return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y})
+        buffers = {"y": y, "multi_hot": rows.float()} if self.real.multilabel else {"y": y}
+        return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers=buffers)
+
+    def targets(self, state: DistillState) -> torch.Tensor:
+        """What the synthetic images are trained to predict: class ids, or multi-hot rows for multi-label data."""
+        return state.buffers.get("multi_hot", state.buffers["y"])
 
     def update(self, state: DistillState, loss: torch.Tensor, opt: str = "syn") -> bool:
         """Backward, all-reduce the synthetic gradient across ranks, skip non-finite steps, optimiser step.
@@ -193,6 +209,8 @@ class Distiller(ABC):
     def synthetic(self, state: DistillState, x: torch.Tensor, y: torch.Tensor, **kw) -> SyntheticSet:
         """Shorthand for ``export``: a plain-image SyntheticSet with this run's metadata."""
         meta = self.meta(state, **kw.pop("meta", {}))
+        if self.real.multilabel and "soft" not in kw and "multi_hot" in state.buffers:
+            kw.update(soft=state.buffers["multi_hot"].detach().float().cpu().clone(), label_kind="multilabel")
         return SyntheticSet(x=x.detach().float().cpu().clone(), y=y.detach().long().cpu().clone(),
                             num_classes=self.real.num_classes, image_shape=self.real.image_shape,
                             mean=self.real.mean, std=self.real.std, meta=meta, **kw)

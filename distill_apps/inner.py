@@ -41,10 +41,26 @@ def unflatten(flat: torch.Tensor, like: Params) -> Params:
 
 
 def sgd_step(f, params: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor | float,
-             label_kind: str = "hard", create_graph: bool = True) -> Params:
-    """One differentiable SGD step of ``f`` on ``(x, y)``."""
+             label_kind: str = "hard", create_graph: bool = True, shard: tuple[int, int] = (0, 1)) -> Params:
+    """One differentiable SGD step of ``f`` on ``(x, y)``.
+
+    ``shard=(rank, world)`` splits the minibatch across the ranks of a process group: each rank takes every
+    ``world``-th example, its gradient is weighted by its share of the batch and summed over ranks with the
+    differentiable all-reduce of ``torch.distributed.nn``. The step equals the unsharded one for networks
+    without cross-example statistics (instance/no norm), and back-propagation through it stays exact.
+    """
+    rank, world = shard
+    if world > 1:
+        n = x.shape[0]
+        x, y = x[rank::world], y[rank::world]
     loss = target_loss(f(params, x), y, label_kind)
+    if world > 1:
+        loss = loss * (x.shape[0] / n)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+    if world > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        grads = [all_reduce(gr) for gr in grads]
     return {k: v - lr * gr for (k, v), gr in zip(params.items(), grads)}
 
 

@@ -22,7 +22,7 @@ from .registry import Registry
 
 FORMAT_VERSION = 1
 KIND = "summary"
-LABEL_KINDS = ("hard", "logits", "regression")
+LABEL_KINDS = ("hard", "logits", "regression", "multilabel")
 
 Decoder = Callable[[dict[str, torch.Tensor], dict[str, Any]], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 DECODERS: Registry[Decoder] = Registry("decoder")
@@ -88,7 +88,7 @@ class SyntheticSet:
             if not torch.isfinite(self.soft).all():
                 raise DataError("The soft labels hold NaN/Inf.")
             if self.label_kind == "hard":
-                raise DataError("soft labels are given, so label_kind must be 'logits' or 'regression'.")
+                raise DataError("soft labels are given, so label_kind must be 'logits', 'regression' or 'multilabel'.")
         for k, v in self.params.items():
             if not torch.isfinite(v).all():
                 raise DataError(f"Factorised parameter {k!r} holds NaN/Inf.")

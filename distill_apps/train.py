@@ -16,7 +16,8 @@ from .runtime import autocast
 
 
 def target_loss(logits: torch.Tensor, target: torch.Tensor, label_kind: str = "hard") -> torch.Tensor:
-    """Cross-entropy for hard ids, soft cross-entropy for logit targets, MSE for regression targets."""
+    """Cross-entropy for hard ids, soft cross-entropy for logit targets, MSE for regression targets, and the
+    per-label binary cross-entropy for multi-hot ``multilabel`` targets."""
     logits = logits.float()
     if label_kind == "hard":
         return F.cross_entropy(logits, target)
@@ -24,6 +25,8 @@ def target_loss(logits: torch.Tensor, target: torch.Tensor, label_kind: str = "h
         return -(F.softmax(target.float(), dim=1) * F.log_softmax(logits, dim=1)).sum(1).mean()
     if label_kind == "regression":
         return F.mse_loss(logits, target.float())
+    if label_kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(logits, target.float())
     raise ValueError(f"unknown label kind {label_kind!r}")
 
 
@@ -87,4 +90,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: bool
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    return float((predict(model, x, batch_size).argmax(1).cpu() == y.cpu()).float().mean())
+    """Top-1 accuracy for class ids ``(N,)``; for multi-hot ``(N, L)`` targets the per-label accuracy at logit 0
+    averaged over labels (MedMNIST's multi-label ACC)."""
+    out = predict(model, x, batch_size).cpu()
+    if y.ndim == 2:
+        return float(((out > 0).float() == y.cpu().float()).float().mean())
+    return float((out.argmax(1) == y.cpu()).float().mean())

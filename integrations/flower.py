@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, fields
@@ -885,13 +886,18 @@ def _executable(name: str) -> str:
 
 
 def deploy(cfg: FederatedConfig, *, workdir: str | os.PathLike | None = None, timeout: float = 600.0,
-           startup_timeout: float = 30.0, keep_logs: bool = False) -> dict[str, Any]:
+           startup_timeout: float = 30.0, keep_logs: bool = False,
+           during_run: Callable[[dict[str, subprocess.Popen], Path], None] | None = None) -> dict[str, Any]:
     """Run ``cfg`` as a real deployment on loopback and return the results.
 
     Starts ``flower-superlink --insecure`` on a free 127.0.0.1 port, one ``flower-supernode --insecure`` per
     client (``--node-config 'partition-id=i num-partitions=n'``), then ``flwr run <app> <federation> --stream``
     with a temporary ``FLWR_HOME`` and a hand-written app ``pyproject.toml``. Everything is bounded by
     ``timeout`` seconds, and every process started here is stopped by its pid in a ``finally``.
+
+    ``during_run(processes, logs_dir)``, when given, runs in a thread once ``flwr run`` has started; it gets the
+    processes by name (``superlink``, ``supernode-i``, ``flwr-run``) and may e.g. kill a SuperNode to rehearse
+    a client lost in the middle of a round (see :func:`kill_when_logged`).
     """
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="distill-flower-")) if own_tmp else Path(workdir)
@@ -913,6 +919,7 @@ def deploy(cfg: FederatedConfig, *, workdir: str | os.PathLike | None = None, ti
     if cfg.data_root:
         env["DISTILL_APPS_DATA"] = cfg.data_root
     procs: list[subprocess.Popen] = []
+    named: dict[str, subprocess.Popen] = {}
     handles = []
     deadline = time.monotonic() + timeout
 
@@ -922,6 +929,7 @@ def deploy(cfg: FederatedConfig, *, workdir: str | os.PathLike | None = None, ti
         p = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              cwd=work, start_new_session=True)
         procs.append(p)
+        named[name] = p
         return p
 
     try:
@@ -939,6 +947,9 @@ def deploy(cfg: FederatedConfig, *, workdir: str | os.PathLike | None = None, ti
                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work,
                                start_new_session=True)
         procs.append(run)
+        named["flwr-run"] = run
+        if during_run is not None:
+            threading.Thread(target=during_run, args=(dict(named), logs), daemon=True).start()
         while time.monotonic() < deadline and not out.exists():
             if run.poll() is not None and not out.exists():
                 time.sleep(1.0)  # the stream may end a moment before the ServerApp's file lands
@@ -962,9 +973,31 @@ def deploy(cfg: FederatedConfig, *, workdir: str | os.PathLike | None = None, ti
             shutil.rmtree(work, ignore_errors=True)
 
 
+def kill_when_logged(name: str, marker: str = "Receiving: train message", timeout: float = 120.0
+                     ) -> Callable[[dict[str, subprocess.Popen], Path], None]:
+    """A ``during_run`` fault for :func:`deploy`: once process ``name``'s log shows ``marker`` (by default, a
+    SuperNode has just pulled its train message, i.e. the round is under way), SIGKILL its whole process group
+    (the SuperNode and the ClientApp it started), as a crashed or disconnected client."""
+
+    def fault(procs: dict[str, subprocess.Popen], logs: Path) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            path = logs / f"{name}.log"
+            if path.exists() and marker in path.read_text(errors="replace"):
+                try:
+                    os.killpg(procs[name].pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                (logs / f"{name}.killed").write_text(f"{time.time()}\n")
+                return
+            time.sleep(0.2)
+
+    return fault
+
+
 __all__ = [
     "FederatedConfig", "client_app", "server_app", "client_partition", "distill_partition", "summary_to_records",
     "summary_from_records", "summary_digest", "summary_tensors", "record_bytes", "STRATEGIES", "SummaryStrategy",
     "OneShot", "DistilledFedAvg", "PlainFedAvg", "run_server", "make_server_app", "simulate", "deploy",
-    "write_app", "free_port", "PARTITIONERS",
+    "write_app", "free_port", "PARTITIONERS", "kill_when_logged",
 ]

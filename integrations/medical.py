@@ -103,9 +103,6 @@ def distill_medical(method: str, real: RealData, ipc: int, *, budget: str = "bal
     from ..runtime import pick_device
     from ..summary import SyntheticSet
 
-    if real.task == "multilabel":
-        raise ConfigError(f"{real.name} is multi-label; class-conditional distillation needs one label per image. "
-                          "Use a single-label MedMNIST flag, or evaluate the real data with evaluate_medical.")
     per_class = allocate_budget(real.class_counts(), ipc * real.num_classes, budget)
     if budget == "balanced" and len(set(per_class)) == 1:
         s = engine.distill(method, real, per_class[0], steps=steps, budget="quick" if steps is None else "paper",
@@ -114,7 +111,7 @@ def distill_medical(method: str, real: RealData, ipc: int, *, budget: str = "bal
         return s
     cls = engine.METHODS.get(method)
     cfg = make_config(cls.Config, config, method)
-    xs, ys, metas = [], [], []
+    xs, ys, soft, metas = [], [], [], []
     for b in sorted(set(per_class)):
         group = [c for c, n in enumerate(per_class) if n == b]
         d = cls(real.to(pick_device(device)), b, cfg, pick_device(device), model, seed)
@@ -123,12 +120,15 @@ def distill_medical(method: str, real: RealData, ipc: int, *, budget: str = "bal
         keep = torch.isin(s.y, torch.tensor(group))
         xs.append(s.x[keep])
         ys.append(s.y[keep])
+        soft.append(None if s.soft is None else s.soft[keep])
         metas.append(s.meta)
     y = torch.cat(ys)
     order = torch.argsort(y, stable=True)
     meta = {**metas[-1], "ipc": ipc, "class_budget": per_class, "budget_mode": budget}
+    multi = soft[0] is not None
     return SyntheticSet(x=torch.cat(xs)[order], y=y[order], num_classes=real.num_classes,
-                        image_shape=real.image_shape, mean=real.mean, std=real.std, meta=meta)
+                        image_shape=real.image_shape, mean=real.mean, std=real.std, meta=meta,
+                        soft=torch.cat(soft)[order] if multi else None, label_kind=s.label_kind if multi else "hard")
 
 
 def select_subset(real: RealData, ipc: int, *, budget: str = "balanced", seed: int = 0):
@@ -139,7 +139,9 @@ def select_subset(real: RealData, ipc: int, *, budget: str = "balanced", seed: i
     per_class = allocate_budget(real.class_counts(), ipc * real.num_classes, budget)
     g = generator("medical-subset", seed)
     idx = torch.cat([real.sample(c, n, g) for c, n in enumerate(per_class)])
-    return SyntheticSet(x=real.x_train[idx].cpu(), y=real.y_train[idx].cpu(), num_classes=real.num_classes,
+    anchors = torch.arange(real.num_classes).repeat_interleave(torch.tensor(per_class))
+    multi = {"soft": real.y_train[idx].float().cpu(), "label_kind": "multilabel"} if real.multilabel else {}
+    return SyntheticSet(x=real.x_train[idx].cpu(), y=anchors, num_classes=real.num_classes, **multi,
                         image_shape=real.image_shape, mean=real.mean, std=real.std,
                         meta={"method": f"random-{budget}", "dataset": real.name, "ipc": ipc,
                               "class_budget": per_class, "seed": seed})

@@ -43,6 +43,18 @@ def test_cafe_discrimination_term_changes_the_gradient(digits):
     assert diff > 1e-3 * grads[0.0].norm()
 
 
+def test_cafe_dynamic_early_stop_ends_the_updates_on_a_network(digits):
+    base = {"batch_real": 16, "outer_loop": 6, "inner_loop": 1}
+    full = make_distiller("cafe", digits, 2, {**base, "early_stop_patience": 0}, device="cpu", model=MODEL)
+    st = full.init(generator("init", 0))
+    assert full.step(st, generator("step", 0, 0))["updates"] == 6  # off: the fixed schedule
+    # a tolerance no update can meet: every update is "stale", so the step ends after `patience` of them
+    early = make_distiller("cafe", digits, 2, {**base, "early_stop_patience": 2, "early_stop_tol": 0.999},
+                           device="cpu", model=MODEL)
+    st = early.init(generator("init", 0))
+    assert early.step(st, generator("step", 0, 0))["updates"] == 3  # the first sets the best, 2 stale ones
+
+
 def test_cafe_runs_and_roundtrips(digits, tmp_path):
     s = da.distill("cafe", digits, 2, steps=2, model=MODEL, progress=False, config={"batch_real": 16})
     assert s.x.shape == (20, 1, 8, 8) and torch.bincount(s.y).tolist() == [2] * 10

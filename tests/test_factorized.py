@@ -138,3 +138,22 @@ def test_linba_initial_addressing_recalls_real_images(digits):
     means = torch.stack([digits.x_train[digits.y_train == c].flatten(1).mean(0) for c in range(10)])
     nearest = torch.cdist(x.detach().flatten(1), means).argmin(1)
     assert float((nearest == y).float().mean()) >= 0.7
+
+
+def test_kfs_regularisers_pull_classes_apart_and_change_the_gradient(digits):
+    from distill_apps.methods.factorized import class_similarity, supervised_contrastive
+
+    y = torch.tensor([0, 0, 1, 1])
+    together = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    mixed = together[[0, 2, 1, 3]]  # each class holds one of each direction
+    assert supervised_contrastive(together, y, 0.5) < supervised_contrastive(mixed, y, 0.5)
+    assert class_similarity(together, y) > 0.99 and class_similarity(mixed, y) < 0.2
+    grads = {}
+    for lam in (0.0, 1.0):
+        d = make_distiller("kfs", digits, 1, {**CONFIGS["kfs"], "lambda_contrast": lam, "lambda_diversity": lam},
+                           device="cpu", model=MODEL)
+        st = d.init(generator("init", 0))
+        loss = d.loss(st, generator("step", 0, 0))
+        grads[lam] = torch.autograd.grad(loss, [st.params["latents"], st.params["dec_w"]])
+    for a, b in zip(grads[0.0], grads[1.0]):
+        assert (a - b).norm() > 1e-4 * a.norm()  # both reach the latents and the shared decoders

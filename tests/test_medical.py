@@ -110,3 +110,54 @@ def test_anonymisation_flags_a_copy_and_passes_synthetic(breast, tmp_path):
     assert not bad["passed"] and bad["flagged"] == [4]
     assert bad["nearest_real_l2"][4] == 123 and bad["nearest_real_ssim"][4] == 123
     assert (tmp_path / "bad.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory):
+    """A ChestMNIST-format file (14 labels, multi-hot) whose label i is a bright patch in cell i of a 4x4 grid."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("chest")
+    (root / "medmnist").mkdir()
+    arrays = {}
+    for split, n in (("train", 420), ("val", 60), ("test", 300)):
+        labels = (rng.random((n, 14)) < 0.2).astype(np.uint8)
+        imgs = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i in range(14):
+            r, c = divmod(i, 4)
+            imgs[labels[:, i] == 1, r * 7:r * 7 + 7, c * 7:c * 7 + 7] = 230
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = imgs, labels
+    np.savez(root / "medmnist" / "chestmnist.npz", **arrays)
+    return medical.load_medmnist("chestmnist", str(root))
+
+
+def test_multilabel_distillation_keeps_every_label_and_uses_a_per_label_loss(chest, tmp_path):
+    import torch.nn.functional as F
+
+    from distill_apps import SyntheticSet, distill
+    from distill_apps.errors import ConfigError
+    from distill_apps.train import target_loss
+
+    assert chest.task == "multilabel" and chest.y_train.shape == (420, 14) and chest.multilabel
+    # label i's images are those positive for i (an image counts for every label it carries)
+    assert all(bool(chest.y_train[ix, c].all()) for c, ix in enumerate(chest.by_class))
+    logits, target = torch.randn(5, 14), (torch.rand(5, 14) < 0.3).float()
+    assert torch.allclose(target_loss(logits, target, "multilabel"),
+                          F.binary_cross_entropy_with_logits(logits, target))
+    for method in ("dm", "dc", "random"):
+        s = medical.distill_medical(method, chest, 2, steps=3, model=NET, device="cpu",
+                                    config=None if method == "random" else {"batch_real": 8})
+        assert s.label_kind == "multilabel" and s.soft.shape == (28, 14)
+        assert torch.bincount(s.y, minlength=14).tolist() == [2] * 14
+        # every synthetic image's target row carries its own label (it started from a positive image)
+        assert bool(s.soft[torch.arange(28), s.y].eq(1).all())
+        assert set(s.soft.unique().tolist()) <= {0.0, 1.0}
+    path = tmp_path / "chest.safetensors"
+    s.save(path)
+    back = SyntheticSet.load(path)
+    assert back.label_kind == "multilabel" and torch.equal(back.soft, s.soft)
+    res = medical.evaluate_medical(distill("dm", chest, 5, steps=5, model=NET, device="cpu", progress=False,
+                                           config={"batch_real": 16}), chest, model=NET, runs=1, epochs=60,
+                                   device="cpu")
+    assert res["task"] == "multilabel" and res["auc_mean"] > 0.8  # the patches are learnable from 70 images
+    with pytest.raises(ConfigError, match="multi-label.*dm"):
+        distill("kip", chest, 1, steps=1, device="cpu", progress=False)

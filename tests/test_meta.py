@@ -64,6 +64,24 @@ def test_dd_fixed_init_keeps_one_initialisation(digits):
     assert not torch.equal(x0, st.params["x"].detach())
 
 
+def test_dd_summary_evaluates_with_its_learned_schedule(digits):
+    from dataclasses import replace
+
+    from distill_apps.errors import DataError
+
+    s = da.distill("dd", digits, 1, steps=3, model=TINY, progress=False,
+                   config={"inner_steps": 3, "inner_epochs": 2, "lr_init": 0.3})
+    lrs = s.meta["inner_lrs"]
+    assert len(lrs) == 3 and all(v > 0 for v in lrs) and lrs != [0.3] * 3  # learned, exported
+    res = da.evaluate(s, digits, model=TINY, protocol="schedule", runs=2)
+    assert res.protocol == "schedule" and res.extra["unrolled_steps"] == 6 and res.extra["inner_lrs"] == lrs
+    # the schedule is what trains the network: with (almost) zero step sizes it stays at chance
+    still = replace(s, meta={**s.meta, "inner_lrs": [1e-9] * 3})
+    assert res.accuracy_mean > da.evaluate(still, digits, model=TINY, protocol="schedule", runs=2).accuracy_mean + 0.15
+    with pytest.raises(DataError, match="schedule"):
+        da.evaluate(da.distill("random", digits, 1, progress=False), digits, model=TINY, protocol="schedule")
+
+
 def _flops_of_step(method: str, real, ipc: int, cfg: dict) -> int:
     """FLOPs of one outer step (forward, backward, optimiser), with the linear-algebra solves counted too."""
     def chol(a, *args, out_shape=None, **kw):

@@ -138,6 +138,23 @@ def test_hpo_tpe_on_proxy(proxy, tmp_home, tmp_path):
                                   workdir=tmp_path / "bad")
 
 
+def test_hpo_through_nni_experiment_manager(proxy, tmp_home, tmp_path):
+    """NNI's own HPO ``Experiment("local")``: the NNI manager (Node, REST on loopback) runs the TPE tuner and
+    launches each trial as a process that reads its parameters with ``nni.get_next_parameter``."""
+    space = {"lr": {"_type": "loguniform", "_value": [1e-3, 1e-1]}, "epochs": {"_type": "choice", "_value": [4, 8]}}
+    work = tmp_path / "hpo-exp"
+    res = dn.search_hyperparameters(proxy, space=space, trials=2, seed=0, workdir=work, engine="experiment",
+                                    timeout=400)
+    assert res.strategy == "tpe-experiment" and len(res.trials) == 2
+    for t in res.trials:
+        assert 1e-3 <= t["sample"]["lr"] <= 1e-1 and t["sample"]["epochs"] in (4, 8) and 0 <= t["accuracy"] <= 1
+    assert res.best_accuracy == max(t["accuracy"] for t in res.trials)
+    # the experiment's files (and its trials' output) live in the work folder, never in a home folder
+    trials_dir = work / "experiments" / res.experiment_id / "environments" / "local-env" / "trials"
+    assert trials_dir.is_dir() and len(list(trials_dir.iterdir())) == 2
+    assert not (tmp_home / "nni-experiments").exists()
+
+
 # ---------------------------------------------------------------- the study
 def test_rank_correlation_study_small(digits):
     space = dn.ConvNetSpace.for_data(digits, **TINY)

@@ -45,28 +45,37 @@ def test_kill9_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert b.meta["steps"] == 14 and torch.equal(a.x, b.x)
 
 
-def _torchrun(method, ipc, out, steps):
+def _torchrun(method, ipc, out, steps, config=None):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(29500 + random.Random(str(out)).randrange(2000)), "-m", "distill_apps.cli",
            "distill", "--method", method, "--ipc", str(ipc), "--steps", str(steps), "--model", "convnet-d2-w16",
            "--seed", "2", "--no-eval", "--no-progress", "--device", "cpu", "--out", str(out)]
+    for k, v in (config or {}).items():
+        cmd += ["--set", f"{k}={v}"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,ipc", [("dm", 2), ("dc", 2)])
+@pytest.mark.parametrize("method,ipc", [("dm", 2), ("dc", 2), ("mtt", 2)])
 def test_two_processes_match_one(tmp_path, digits, method, ipc):
+    """DC/DM shard classes across ranks; MTT splits every student step's minibatch (all-reduce in the unroll)."""
     steps = 4
+    config = None
+    if method == "mtt":  # experts trained once by the single run, then read from disk by both ranks
+        config = {"num_experts": 1, "expert_train_epochs": 2, "max_start_epoch": 1, "syn_steps": 3,
+                  "expert_dir": str(tmp_path / "experts"), "lr_img": 100.0, "dsa": False}
     single = da.distill(method, digits, ipc, steps=steps, seed=2, model="convnet-d2-w16", device="cpu",
-                        progress=False)
+                        progress=False, config=config)
     out = tmp_path / f"{method}.safetensors"
-    _torchrun(method, ipc, out, steps)
+    _torchrun(method, ipc, out, steps, config)
     multi = SyntheticSet.load(out)
     assert not torch.equal(single.x, da.distill(method, digits, ipc, steps=0, seed=2, progress=False,
-                                                model="convnet-d2-w16").x)
+                                                model="convnet-d2-w16", config=config).x)
     torch.testing.assert_close(multi.x, single.x, atol=1e-4, rtol=1e-4)
+    if method == "mtt":
+        assert multi.lr == pytest.approx(single.lr, rel=1e-4)
 
 
 def test_memory_guard_stops_with_advice_and_checkpoint(digits, tmp_path):

@@ -12,8 +12,10 @@ from ..errors import ConfigError, DataError
 class RealData:
     """Normalised train/test tensors of one image-classification dataset.
 
-    ``x_*`` are float32 ``(N, C, H, W)`` already normalised with ``mean``/``std``; ``y_*`` are int64 class ids.
-    ``task`` is ``multiclass`` (default), ``binary``, ``multilabel`` or ``ordinal`` (MedMNIST carries these).
+    ``x_*`` are float32 ``(N, C, H, W)`` already normalised with ``mean``/``std``; ``y_*`` are int64 class ids,
+    or multi-hot ``(N, L)`` rows when ``task`` is ``multilabel``. ``task`` is ``multiclass`` (default),
+    ``binary``, ``multilabel`` or ``ordinal`` (MedMNIST carries these). For multi-label data ``by_class[c]``
+    holds the images positive for label ``c``, so per-label budgets and class-balanced batches work unchanged.
     """
 
     name: str
@@ -48,8 +50,19 @@ class RealData:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
     @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel" and self.y_train.ndim == 2
+
+    @property
+    def target_kind(self) -> str:
+        """The loss the training labels call for: ``hard`` class ids or ``multilabel`` multi-hot rows."""
+        return "multilabel" if self.multilabel else "hard"
+
+    @property
     def by_class(self) -> list[torch.Tensor]:
         """Indices of the training images of each class (computed once)."""
+        if self._by_class is None and self.multilabel:
+            self._by_class = [torch.nonzero(self.y_train[:, c] > 0).flatten() for c in range(self.num_classes)]
         if self._by_class is None:
             y = self.y_train if self.y_train.ndim == 1 else self.y_train[:, 0]
             order = torch.argsort(y, stable=True)

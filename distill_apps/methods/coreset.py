@@ -29,6 +29,7 @@ class CoresetConfig(MethodConfig):
 class _Coreset(Distiller):
     family = "coreset"
     Config = CoresetConfig
+    multilabel = True  # per-label selection among the images positive for each label
 
     @abstractmethod
     def select(self, feats: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -42,7 +43,8 @@ class _Coreset(Distiller):
         if cfg.embedding == "trained":
             n = min(cfg.embed_train_size, len(r.x_train))
             idx = torch.randperm(len(r.x_train), generator=g)[:n].to(r.x_train.device)
-            fit(net, r.x_train[idx], r.y_train[idx], epochs=cfg.embed_epochs, lr=0.01, generator=g, amp=cfg.amp)
+            fit(net, r.x_train[idx], r.y_train[idx], epochs=cfg.embed_epochs, lr=0.01, generator=g, amp=cfg.amp,
+                label_kind=r.target_kind)
         elif cfg.embedding != "random":
             from ..errors import ConfigError
 
@@ -58,15 +60,18 @@ class _Coreset(Distiller):
             ix = self.real.by_class[c]
             chosen.append(ix[self.select(feats[ix.to(feats.device)], self.ipc, g).cpu()])
         idx = torch.cat(chosen)
-        return DistillState(buffers={"index": idx})
+        y = torch.arange(self.real.num_classes).repeat_interleave(self.ipc)
+        state = DistillState(buffers={"index": idx, "y": y})
+        if self.real.multilabel:
+            state.buffers["multi_hot"] = self.real.y_train[idx].float()
+        return state
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         return {}
 
     def export(self, state: DistillState):
         idx = state.buffers["index"]
-        return self.synthetic(state, self.real.x_train[idx], self.real.y_train[idx],
-                              meta={"train_index": idx.tolist()})
+        return self.synthetic(state, self.real.x_train[idx], state.buffers["y"], meta={"train_index": idx.tolist()})
 
 
 @register_method("random")

@@ -33,6 +33,7 @@ class DM(Distiller):
     paper = "Zhao & Bilen, WACV 2023, Dataset Condensation with Distribution Matching"
     Config = DMConfig
     eval_augment = "dsa"
+    multilabel = True  # per-label means of the images positive for each label
 
     def init(self, g: torch.Generator) -> DistillState:
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)

@@ -15,7 +15,10 @@
 * ``kfs`` (Lee et al., 2022, "Dataset Condensation with Latent Space Knowledge Factorization and Sharing"):
   low-resolution latent codes per class and ``n`` shared decoders (upsample, conv, ReLU, conv, plus a residual
   from the upsampled code); every (decoder, latent) pair is one image. Trained with DM's feature-distribution
-  matching on the decoded images (KFS's extra intra-/inter-class regularisers are not implemented).
+  matching on the decoded images plus two regularisers in the spirit of the paper's: an inter-class
+  contrastive term (a supervised contrastive loss on the decoded images' embeddings: same class together,
+  other classes apart) and an intra-class diversity term (the mean cosine similarity between the decoded images
+  of one class, so the shared decoders do not collapse onto one image).
 
 **Storage.** A budget of "IPC k" is ``k * num_classes * prod(image_shape)`` stored floats, the size of ``k`` raw
 images per class. :func:`plan_linba` and :func:`plan_hallucinated` size each factorisation so that *everything
@@ -339,6 +342,28 @@ class KFSConfig(MethodConfig):
     lr_decoder: float = 0.001  # Adam
     batch_real: int = 256
     dsa_strategy: str = DEFAULT_STRATEGY
+    lambda_contrast: float = 0.1  # inter-class supervised contrastive term on the decoded images' embeddings
+    lambda_diversity: float = 0.1  # intra-class diversity: mean cosine similarity within a class
+    temperature: float = 0.5  # of the contrastive term
+
+
+def supervised_contrastive(z: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Khosla et al.'s supervised contrastive loss: each embedding's same-class others are its positives."""
+    z = torch.nn.functional.normalize(z.float(), dim=1)
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = (z @ z.t() / temperature).masked_fill(eye, float("-inf"))
+    pos = (y[:, None] == y[None, :]) & ~eye
+    log_p = logits.log_softmax(1).masked_fill(~pos, 0.0)
+    has = pos.any(1)
+    return -(log_p.sum(1)[has] / pos.sum(1)[has]).mean() if bool(has.any()) else z.new_zeros(())
+
+
+def class_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean pairwise cosine similarity between different images of the same class (0 when no class has two)."""
+    z = torch.nn.functional.normalize(x.flatten(1).float(), dim=1)
+    same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool, device=y.device)
+    return (z @ z.t())[same].mean() if bool(same.any()) else z.new_zeros(())
 
 
 @register_method("kfs")
@@ -385,7 +410,14 @@ class KFS(HallucinatedMixin, Distiller):
             er = torch.cat([net.embed(c).float() for c in xr.split(256)]).view(k, b, -1)
         with self.autocast():
             es = net.embed(xs).float().view(k, m, -1)
-        return mean_embedding_distance(er, es)
+        loss = mean_embedding_distance(er, es)
+        c = self.cfg
+        if c.lambda_contrast > 0:
+            loss = loss + c.lambda_contrast * supervised_contrastive(es.flatten(0, 1), cls.repeat_interleave(m),
+                                                                     c.temperature)
+        if c.lambda_diversity > 0:
+            loss = loss + c.lambda_diversity * class_similarity(x[order], y[order])
+        return loss
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         loss = self.loss(state, g)

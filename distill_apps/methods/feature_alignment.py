@@ -12,8 +12,10 @@ Three parts, as in the paper:
   updates the network is trained on the synthetic set (``inner_loop`` epochs, :func:`~distill_apps.train.fit`),
   so the features are aligned along a training trajectory rather than only at random initialisation.
 
-The loop schedule follows the DC/DSA code that CAFE builds on (``schedule_for``). The paper's dynamic early
-stop of the outer loop (a monitor on the validation loss) is not implemented: the loop length is fixed.
+The loop schedule follows the DC/DSA code that CAFE builds on (``schedule_for``). The paper's *dynamic*
+bi-level optimisation ends the image updates on one network early once they stop paying off; our reading of it:
+when ``L_f`` has not fallen by a relative ``early_stop_tol`` for ``early_stop_patience`` updates in a row, the
+step ends and the next step draws a fresh network (``early_stop_patience = 0`` runs the fixed schedule).
 """
 from __future__ import annotations
 
@@ -74,6 +76,8 @@ def discrimination_loss(er: torch.Tensor, es: torch.Tensor, k: int) -> torch.Ten
 class CAFEConfig(BilevelConfig):
     beta: float = 1.0  # weight of the discrimination loss L_d (the paper's beta; our default)
     dsa_strategy: str = DEFAULT_STRATEGY
+    early_stop_patience: int = 2  # updates without an L_f improvement before moving to a fresh network; 0: off
+    early_stop_tol: float = 1e-3  # relative L_f decrease that counts as an improvement
 
 
 @register_method("cafe")
@@ -113,20 +117,23 @@ class CAFE(Distiller):
         x, y = state.params["x"], state.buffers["y"]
         net = self.new_net(g)
         lf_sum = ld_sum = 0.0
+        best, stale, done = float("inf"), 0, 0
         for ol in range(outer):
             for p in net.parameters():
                 p.requires_grad_(False)
             loss, lf, ld = self.loss(net, x, g)
             self.update(state, loss)
-            lf_sum, ld_sum = lf_sum + float(lf), ld_sum + float(ld)
-            if ol == outer - 1:
+            lf_sum, ld_sum, done = lf_sum + float(lf), ld_sum + float(ld), done + 1
+            stale = 0 if float(lf) < best * (1 - cfg.early_stop_tol) else stale + 1
+            best = min(best, float(lf))
+            if ol == outer - 1 or (cfg.early_stop_patience > 0 and stale >= cfg.early_stop_patience):
                 break
             for p in net.parameters():
                 p.requires_grad_(True)
             fit(net, x.detach(), y, epochs=inner, lr=cfg.lr_net, momentum=0.5, weight_decay=0.0,
                 batch_size=cfg.batch_train, decay_at_half=False, generator=g, amp=cfg.amp,
                 augment=lambda xb, gg: self._aug(xb, gg))
-        return {"L_f": lf_sum / outer, "L_d": ld_sum / outer}
+        return {"L_f": lf_sum / done, "L_d": ld_sum / done, "updates": done}
 
     def export(self, state: DistillState):
         return self.synthetic(state, state.params["x"], state.buffers["y"])

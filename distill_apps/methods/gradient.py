@@ -41,6 +41,7 @@ class BilevelConfig(MethodConfig):
     outer_loop: int = 0  # 0: the paper's schedule for the IPC
     inner_loop: int = 0
     init: str = "real"  # real | noise
+    real_chunk: int = 0  # memory guard: real gradients accumulated over chunks of this many images (0: whole)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class DC(Distiller):
     family = "gradient"
     paper = "Zhao, Mopuri & Bilen, ICLR 2021, Dataset Condensation with Gradient Matching"
     Config = DCConfig
+    multilabel = True  # gradients of the per-label BCE loss, real and synthetic alike
 
     def dsa(self) -> DSA | None:
         return None
@@ -65,9 +67,14 @@ class DC(Distiller):
     def init(self, g: torch.Generator) -> DistillState:
         return self.init_images(g, self.cfg.init)
 
-    def match_loss(self, net, x_syn: torch.Tensor, y_syn: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Sum over this rank's classes of the gradient distance between real and synthetic batches."""
+    def match_loss(self, net, x_syn: torch.Tensor, y_syn: torch.Tensor, g: torch.Generator,
+                   t_syn: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum over this rank's classes of the gradient distance between real and synthetic batches.
+
+        ``t_syn`` are the synthetic targets when they are not the class ids ``y_syn`` (multi-hot rows)."""
         aug = self.dsa()
+        kind = self.real.target_kind
+        t_syn = y_syn if t_syn is None else t_syn
         xr, yr = self.real_batch(self.cfg.batch_real, g)
         nb = self.cfg.batch_real
         params = aug.sample(self.real.num_classes, g, self.real.image_shape[1:]) if aug else None
@@ -75,32 +82,46 @@ class DC(Distiller):
         for j, c in enumerate(self.classes):
             xr_c, yr_c = xr[j * nb:(j + 1) * nb], yr[j * nb:(j + 1) * nb]
             sel = y_syn == c
-            xs_c, ys_c = x_syn[sel], y_syn[sel]
+            xs_c, ys_c = x_syn[sel], t_syn[sel]
             if aug is not None:
                 grp = torch.full((1,), c)
                 xr_c = aug.apply(xr_c, params, grp.expand(len(xr_c)))
                 xs_c = aug.apply(xs_c, params, grp.expand(len(xs_c)))
-            gr = loss_gradients(net, xr_c, yr_c, False, self.autocast())
-            gs = loss_gradients(net, xs_c, ys_c, True, self.autocast())
+            gr = self.real_gradients(net, xr_c, yr_c, kind)
+            gs = loss_gradients(net, xs_c, ys_c, True, self.autocast(), kind)
             loss = loss + gradient_distance(gs, gr, self.cfg.dis_metric)
         return loss
+
+    def real_gradients(self, net, x: torch.Tensor, y: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        """The loss gradient on a real batch; with ``real_chunk`` the mean of per-chunk gradients weighted by
+        chunk size (the same gradient, with activation memory bounded by the chunk)."""
+        n, chunk = x.shape[0], self.cfg.real_chunk
+        if chunk <= 0 or chunk >= n:
+            return loss_gradients(net, x, y, False, self.autocast(), kind)
+        total = None
+        for xc, yc in zip(x.split(chunk), y.split(chunk)):
+            part = loss_gradients(net, xc, yc, False, self.autocast(), kind)
+            w = xc.shape[0] / n
+            total = [w * p for p in part] if total is None else [t + w * p for t, p in zip(total, part)]
+        return total
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         cfg = self.cfg
         outer, inner = schedule_for(self.ipc)
         outer, inner = cfg.outer_loop or outer, cfg.inner_loop or inner
-        x, y = state.params["x"], state.buffers["y"]
+        x, y, t = state.params["x"], state.buffers["y"], self.targets(state)
         net = self.new_net(g)
         aug = self.dsa()
         total = 0.0
         for ol in range(outer):
-            loss = self.match_loss(net, x, y, g)
+            loss = self.match_loss(net, x, y, g, t)
             self.update(state, loss)
             total += float(loss.detach())
             if ol == outer - 1:
                 break
-            fit(net, x.detach(), y, epochs=inner, lr=cfg.lr_net, momentum=0.5, weight_decay=0.0,
+            fit(net, x.detach(), t, epochs=inner, lr=cfg.lr_net, momentum=0.5, weight_decay=0.0,
                 batch_size=cfg.batch_train, decay_at_half=False, generator=g, amp=cfg.amp,
+                label_kind=self.real.target_kind,
                 augment=(lambda xb, gg: aug(xb, gg)) if aug else None)
         return {"loss": total / outer}
 

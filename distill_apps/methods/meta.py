@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .. import kernels as K
 from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
+from ..evaluate import EvalResult, register_protocol
 from ..errors import ConfigError
 from ..inner import Params, functional, unroll
 from ..train import fit, target_loss
@@ -121,6 +122,46 @@ class DD(Distiller):
         return self.synthetic(state, state.params["x"], state.buffers["y"],
                               meta={"inner_lrs": lrs, "inner_epochs": self.cfg.inner_epochs,
                                     "init_mode": self.cfg.init_mode})
+
+
+@register_protocol("schedule")
+def learned_schedule_protocol(summary, real, *, model: str, runs: int, seed: int, device: torch.device,
+                              progress: bool = False, amp: bool = True, **ignored) -> EvalResult:
+    """DD's own protocol: fresh networks trained with the learned step sizes (``meta["inner_lrs"]``, repeated
+    ``meta["inner_epochs"]`` times), one plain gradient step on the whole summary per step size, then tested on
+    the real test split. Randomly initialised networks, i.e. DD's random-init setting."""
+    import time
+
+    import numpy as np
+
+    from ..errors import DataError
+    from ..nets import build_model
+    from ..runtime import generator
+    from ..train import accuracy
+
+    lrs, epochs = summary.meta.get("inner_lrs"), summary.meta.get("inner_epochs")
+    if not lrs or not epochs:
+        raise DataError("The 'schedule' protocol needs a summary with learned step sizes (meta inner_lrs and "
+                        "inner_epochs, as dd writes); use protocol='train' for this summary.")
+    t0, m = time.perf_counter(), summary.materialize()
+    x, y = m.x.to(device), (m.soft if m.soft is not None else m.y).to(device)
+    accs = []
+    for r in range(runs):
+        g = generator("evaluate-schedule", seed, r)
+        net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
+                          device=device)
+        opt = torch.optim.SGD(net.parameters(), lr=1.0)
+        net.train()
+        for lr in list(lrs) * int(epochs):
+            for group in opt.param_groups:
+                group["lr"] = float(lr)
+            opt.zero_grad(set_to_none=True)
+            target_loss(net(x), y, m.label_kind).backward()
+            opt.step()
+        accs.append(accuracy(net, real.x_test.to(device), real.y_test))
+    return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "schedule",
+                      int(epochs), None, None, time.perf_counter() - t0,
+                      {"inner_lrs": list(lrs), "unrolled_steps": len(lrs) * int(epochs)})
 
 
 # ====================================================================== kernel methods: shared parts

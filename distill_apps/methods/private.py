@@ -283,7 +283,7 @@ class DPDM(_Private):
         else:  # post-processing: reuse a released target
             r = int(torch.randint(released, (1,), generator=g))
         net = self.release_net(r)
-        x, y = state.params["x"], state.buffers["y"]
+        x = state.params["x"]
         k = self.real.num_classes
         es = clip_rows(net.embed(x).float().flatten(1), self.cfg.clip).view(k, self.ipc, -1).mean(1)
         cls = torch.tensor(self.classes, device=x.device)

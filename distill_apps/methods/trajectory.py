@@ -88,12 +88,14 @@ def _loss_grad(f, params: Params, xb, yb, label_kind: str, create_graph: bool) -
 
 
 def mtt_loss(f, start: Params, target: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor,
-             plan: UnrollPlan, dsa: DSA | None = None, label_kind: str = "hard") -> torch.Tensor:
-    """MTT: unroll the student through :func:`distill_apps.inner.sgd_step` keeping the whole graph."""
+             plan: UnrollPlan, dsa: DSA | None = None, label_kind: str = "hard",
+             shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """MTT: unroll the student through :func:`distill_apps.inner.sgd_step` keeping the whole graph; with
+    ``shard=(rank, world)`` every student step's minibatch is split across the ranks (see ``sgd_step``)."""
     params = {k: v.detach().requires_grad_(True) for k, v in start.items()}
     for i in range(len(plan)):
         xb, yb = plan.batch(i, x, y, dsa)
-        params = sgd_step(f, params, xb, yb, lr, label_kind, create_graph=True)
+        params = sgd_step(f, params, xb, yb, lr, label_kind, create_graph=True, shard=shard)
     return param_distance(params, start, target)
 
 
@@ -218,6 +220,8 @@ class MTTConfig(MethodConfig):
     expert_batch: int = 256
     expert_dir: str = ""  # "" = $DISTILL_APPS_CACHE/experts or ~/.cache/distill_apps/experts
     eager_experts: bool = False  # False: train each expert the first time it is sampled
+    unroll_memory: str = "autograd"  # autograd: the whole unroll's graph; adjoint: one step's graph at a time
+    #   (the same gradient, activation memory flat in syn_steps; one parameter copy per step is kept)
 
 
 @dataclass
@@ -310,12 +314,31 @@ class MTT(Distiller):
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         start, target, plan, aug = self.draw(state, g)
+        if self.cfg.unroll_memory == "adjoint":
+            return self.step_stepwise(state, start, target, plan, aug, "exact")
+        if self.cfg.unroll_memory != "autograd":
+            raise ConfigError(f"unroll_memory must be 'autograd' or 'adjoint'; got {self.cfg.unroll_memory!r}.")
         with self.autocast():
             loss = mtt_loss(self.student(), start, target, state.params["x"], self.targets(state),
-                            state.params["lr"], plan, aug, self.label_kind)
-        # every rank computes the same loss: scale so the all-reduced (summed) gradient equals one rank's
+                            state.params["lr"], plan, aug, self.label_kind, (self.rank, self.world_size))
+        # each student step's batch is split across ranks and its gradient all-reduced inside the unroll, so
+        # every rank holds the same loss; each back-propagates 1/world of it, and the summed image and lr
+        # gradients (Distiller.update) equal the single-process gradient
         self.update(state, loss / self.world_size)
         return {"loss": float(loss.detach()), "syn_lr": float(state.params["lr"].detach())}
+
+    def step_stepwise(self, state: DistillState, start, target, plan, aug, mode: str) -> dict[str, float]:
+        """A step whose gradient is computed one student step at a time (:func:`tesla_gradients`): ``exact``
+        (the adjoint pass, MTT's gradient) or ``tesla`` (the paper's decomposition). Ranks replicate the work."""
+        x, lr, t = state.params["x"], state.params["lr"], self.targets(state)
+        with self.autocast():
+            loss, grads = tesla_gradients(self.student(), start, target, x, t, lr, plan, aug, self.label_kind, mode)
+        # a surrogate whose gradient is the one computed above; (loss - loss) carries a NaN loss into the skip check
+        surrogate = (x * grads["x"]).sum() + lr * grads["lr"]
+        if "y" in grads:
+            surrogate = surrogate + (t * grads["y"]).sum()
+        self.update(state, surrogate / self.world_size + (loss - loss))
+        return {"loss": float(loss), "syn_lr": float(lr.detach())}
 
     def export(self, state: DistillState):
         lr = float(state.params["lr"].detach())
@@ -365,15 +388,7 @@ class TESLA(MTT):
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         start, target, plan, aug = self.draw(state, g)
-        x, soft, lr = state.params["x"], state.params["soft"], state.params["lr"]
-        with self.autocast():
-            loss, grads = tesla_gradients(self.student(), start, target, x, soft, lr, plan, aug, self.label_kind,
-                                          self.cfg.grad_mode)
-        # a surrogate whose gradient is the one computed above; (loss - loss) carries a NaN loss into the skip check
-        w = self.world_size
-        surrogate = ((x * grads["x"]).sum() + (soft * grads["y"]).sum() + lr * grads["lr"]) / w + (loss - loss)
-        self.update(state, surrogate)
-        return {"loss": float(loss), "syn_lr": float(lr.detach())}
+        return self.step_stepwise(state, start, target, plan, aug, self.cfg.grad_mode)
 
     def export(self, state: DistillState):
         lr = float(state.params["lr"].detach())

@@ -9,7 +9,7 @@
 * ``doscond`` — Jin et al., KDD 2022, "Condensing Graphs via One-Step Gradient Matching": one gradient match
   per step at a freshly initialised GCN (no inner training), and a discrete structure ``A'_ij ~
   Bernoulli(sigmoid(PGE(X')_ij))`` sampled with the binary-concrete relaxation and a straight-through hard
-  sample. Node classification only (graph-classification data sets are not shipped offline).
+  sample. Graph classification is ``doscond-gc`` in :mod:`distill_apps.modalities.graph_classification`.
 * ``gcdm`` — Liu et al., 2022, "Graph Condensation via Receptive Field Distribution Matching": the per-class
   mean of a randomly initialised GCN's layer-wise node embeddings (the receptive-field representation) is
   matched between the real and the condensed graph (linear-kernel MMD), features and PGE updated together.
@@ -238,6 +238,17 @@ class PGE(nn.Module):
         return a * (1 - torch.eye(a.shape[0], device=a.device))
 
 
+def bernoulli_structure(logits: torch.Tensor, g: torch.Generator, temperature: float) -> torch.Tensor:
+    """DosCond's discrete structure: ``A_ij ~ Bernoulli(sigmoid(logits_ij))`` through the binary-concrete
+    relaxation with a straight-through hard sample; symmetric, zero diagonal; ``logits`` is ``(..., n, n)``."""
+    u = torch.rand(logits.shape, generator=g).to(logits).clamp(1e-6, 1 - 1e-6)
+    u = torch.triu(u, 1) + torch.triu(u, 1).transpose(-1, -2)  # one noise draw per unordered pair
+    logits = (logits + logits.transpose(-1, -2)) / 2
+    soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / temperature)
+    a = (soft > 0.5).to(soft) + soft - soft.detach()
+    return a * (1 - torch.eye(a.shape[-1], device=a.device))
+
+
 class _NodeModel(nn.Module):
     """Adapter so :func:`fit` trains a GCN full-batch: input = node ids, output = their logits on the fixed graph."""
 
@@ -356,14 +367,7 @@ class GraphCondenser(Distiller):
         pge = state.modules["pge"]
         if self.structure == "pge":
             return pge(x)
-        # DosCond: A_ij ~ Bernoulli(p_ij) via binary concrete + straight-through hard sample, symmetric
-        logits = pge.logits(x)
-        u = torch.rand(logits.shape, generator=g).to(logits).clamp(1e-6, 1 - 1e-6)
-        u = torch.triu(u, 1) + torch.triu(u, 1).T  # one noise draw per unordered pair
-        soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / self.cfg.temperature)
-        hard = (soft > 0.5).to(soft)
-        a = hard + soft - soft.detach()
-        return a * (1 - torch.eye(a.shape[0], device=a.device))
+        return bernoulli_structure(pge.logits(x), g, self.cfg.temperature)
 
     def export(self, state: DistillState) -> CondensedGraph:
         x = state.params["x"].detach()
