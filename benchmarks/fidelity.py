@@ -40,29 +40,37 @@ PAPER = {
 }
 
 
-def run_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Namespace) -> dict:
+def run_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Namespace) -> list[dict]:
+    """Distil once, evaluate under every requested protocol; one row per protocol."""
     t0 = time.perf_counter()
     s = da.distill(method, dataset, ipc, steps=a.steps, budget=a.budget, seed=a.seed, device=a.device,
-                   progress=not a.quiet)
+                   progress=not a.quiet, time_limit=a.time_limit, config=a.config or None)
     t_distill = time.perf_counter() - t0
     epochs = a.epochs if a.epochs is not None else (300 if a.budget == "quick" else None)
-    res = da.evaluate(s, dataset, runs=a.runs, epochs=epochs, device=a.device, model=a.model)
-    return {"method": method, "dataset": dataset.name, "ipc": ipc, "budget": a.budget, "steps": s.meta["steps"],
-            "distill_seconds": round(t_distill, 1), "eval_seconds": round(res.seconds, 1),
-            "accuracy_mean": 100 * res.accuracy_mean, "accuracy_std": 100 * res.accuracy_std,
-            "accuracies": [100 * v for v in res.accuracies], "runs": res.runs, "epochs": res.epochs,
-            "augment": res.augment, "protocol": res.protocol, "model": res.model,
-            "paper": PAPER.get((method, dataset.name, ipc))}
+    rows = []
+    for protocol in a.protocols:
+        if protocol == "schedule" and "inner_lrs" not in s.meta:
+            continue  # DD's own protocol applies to summaries with a learned schedule only
+        res = da.evaluate(s, dataset, runs=a.runs, epochs=epochs, device=a.device, model=a.model, protocol=protocol)
+        rows.append({"method": method, "dataset": dataset.name, "ipc": ipc, "budget": a.budget,
+                     "steps": s.meta["steps"], "time_limit": a.time_limit, "distill_seconds": round(t_distill, 1),
+                     "eval_seconds": round(res.seconds, 1), "accuracy_mean": 100 * res.accuracy_mean,
+                     "accuracy_std": 100 * res.accuracy_std, "accuracies": [100 * v for v in res.accuracies],
+                     "runs": res.runs, "epochs": res.epochs, "augment": res.augment, "protocol": res.protocol,
+                     "model": res.model, "storage_floats": s.storage_floats(),
+                     "paper": PAPER.get((method, dataset.name, ipc))})
+    return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| method | dataset | IPC | steps | ours (%) | paper (%) | distill s | eval |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | dataset | IPC | steps | protocol | ours (%) | paper (%) | distill s | eval |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = "-" if r["paper"] is None else f"{r['paper']:.1f}"
-        lines.append(f"| {r['method']} | {r['dataset']} | {r['ipc']} | {r['steps']} | {r['accuracy_mean']:.1f} ± "
-                     f"{r['accuracy_std']:.1f} | {paper} | {r['distill_seconds']} | {r['runs']} runs × "
-                     f"{r['epochs']} ep{' +DSA' if r['augment'] else ''} |")
+        ev = f"{r['runs']} runs" + (f" × {r['epochs']} ep" if r.get("protocol", "train") == "train" else "")
+        lines.append(f"| {r['method']} | {r['dataset']} | {r['ipc']} | {r['steps']} | {r.get('protocol', 'train')} | "
+                     f"{r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f} | {paper} | {r['distill_seconds']} | "
+                     f"{ev}{' +DSA' if r['augment'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -79,9 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="stop each distillation after this many seconds (a CPU budget); the row records the steps")
+    ap.add_argument("--protocols", nargs="+", default=["train"], help="train, krr (kernel methods), schedule (DD)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method option override")
     ap.add_argument("--out", default="benchmarks/results/fidelity.json")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
+    a.config = {}
+    for item in a.set:
+        k, _, v = item.partition("=")
+        try:
+            a.config[k] = json.loads(v)
+        except json.JSONDecodeError:
+            a.config[k] = v
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = json.loads(out.read_text()) if out.exists() else []
@@ -92,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             for m in a.methods:
                 if (m, real.name, ipc) in done:
                     continue
-                row = run_cell(m, real, ipc, a)
-                rows.append(row)
+                for row in run_cell(m, real, ipc, a):
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
                 out.write_text(json.dumps(rows, indent=1))
                 out.with_suffix(".md").write_text(markdown(rows))
-                print(json.dumps(row), flush=True)
     print(markdown(rows))
     return 0
 

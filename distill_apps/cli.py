@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="convnet")
     e.add_argument("--runs", type=int, default=3)
     e.add_argument("--epochs", type=int, default=None)
-    e.add_argument("--protocol", default="train", help="train (from scratch) or krr")
+    e.add_argument("--protocol", default="train", help="train (from scratch), krr (kernel methods) or schedule (DD)")
     e.add_argument("--augment", default="auto", help="auto, dsa or none")
     _common(e)
 

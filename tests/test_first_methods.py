@@ -65,6 +65,19 @@ def test_dm_reduces_its_loss_and_moves_images(digits):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
 
 
+def test_compiled_real_gradients_match_eager(digits):
+    from distill_apps.engine import make_distiller
+    from distill_apps.runtime import generator
+
+    d = make_distiller("dc", digits, 1, {"compile": True}, device="cpu", model=SMALL["model"])
+    net = d.new_net(generator("net", 0))
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    compiled = d.real_gradients(net, x, y, "hard")
+    d.cfg.compile = False
+    for a, b in zip(compiled, d.real_gradients(net, x, y, "hard")):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_compiled_embedding_matches_eager(digits):
     eager = da.distill("dm", digits, 2, steps=2, **SMALL)
     compiled = da.distill("dm", digits, 2, steps=2, config={"compile": True}, **SMALL)

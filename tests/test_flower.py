@@ -268,6 +268,7 @@ def test_real_deployment_superlink_and_two_supernodes_on_loopback(tmp_path):
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+@pytest.mark.slow
 def test_supernode_killed_mid_round_does_not_crash_the_server(tmp_path):
     """3 SuperNodes; one is SIGKILLed (with its ClientApp) right after it pulls its train message. The SuperLink
     turns the lost heartbeat into an error reply, the strategy records the failure and aggregates the other two."""

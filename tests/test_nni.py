@@ -138,6 +138,7 @@ def test_hpo_tpe_on_proxy(proxy, tmp_home, tmp_path):
                                   workdir=tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_hpo_through_nni_experiment_manager(proxy, tmp_home, tmp_path):
     """NNI's own HPO ``Experiment("local")``: the NNI manager (Node, REST on loopback) runs the TPE tuner and
     launches each trial as a process that reads its parameters with ``nni.get_next_parameter``."""

@@ -96,14 +96,40 @@ class DC(Distiller):
         """The loss gradient on a real batch; with ``real_chunk`` the mean of per-chunk gradients weighted by
         chunk size (the same gradient, with activation memory bounded by the chunk)."""
         n, chunk = x.shape[0], self.cfg.real_chunk
+        grads = self._compiled_real_gradients(net, kind) if self.cfg.compile else \
+            (lambda xc, yc: loss_gradients(net, xc, yc, False, self.autocast(), kind))
         if chunk <= 0 or chunk >= n:
-            return loss_gradients(net, x, y, False, self.autocast(), kind)
+            return grads(x, y)
         total = None
         for xc, yc in zip(x.split(chunk), y.split(chunk)):
-            part = loss_gradients(net, xc, yc, False, self.autocast(), kind)
+            part = grads(xc, yc)
             w = xc.shape[0] / n
             total = [w * p for p in part] if total is None else [t + w * p for t, p in zip(total, part)]
         return total
+
+    def _compiled_real_gradients(self, net, kind: str):
+        """``(x, y) -> grads`` through one ``torch.compile``d ``torch.func.grad`` of the functional loss, shared by
+        every fresh network of this architecture (the real side is ~all of DC's FLOPs and needs no graph)."""
+        if getattr(self, "_real_grad", None) is None:
+            from torch.func import functional_call, grad
+
+            from ..train import target_loss
+
+            template = net
+
+            def loss_fn(params, buffers, xb, yb):
+                return target_loss(functional_call(template, {**params, **buffers}, (xb,)), yb, kind)
+
+            self._real_grad = torch.compile(grad(loss_fn), dynamic=False)
+        params = {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
+        buffers = dict(net.named_buffers())
+
+        def run(xb, yb):
+            with self.autocast():
+                out = self._real_grad(params, buffers, xb, yb)
+            return [out[k].float() for k in params]
+
+        return run
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         cfg = self.cfg

@@ -105,6 +105,21 @@ def normalize_sparse(edge_index: torch.Tensor, n: int) -> torch.Tensor:
         return torch.sparse_coo_tensor(ei, w, (n, n), check_invariants=True).coalesce().to_sparse_csr()
 
 
+def pyg_dataset(cls_name: str, raw: Path, family: str, name: str, cache_dir: str | os.PathLike | None = None):
+    """``torch_geometric.datasets.<cls_name>(cache/family, name)`` over a writable copy of the read-only ``raw``
+    folder (``$DISTILL_APPS_CACHE`` or ``~/.cache/distill_apps``), since PyG writes ``processed/`` beside it."""
+    cache = Path(cache_dir or os.environ.get("DISTILL_APPS_CACHE") or Path.home() / ".cache" / "distill_apps")
+    dest = cache / family / name / "raw"
+    if not dest.is_dir():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(raw, dest, dirs_exist_ok=True)
+    try:
+        import torch_geometric.datasets as pyg
+    except ImportError as exc:  # pragma: no cover - the graph extra is part of the dev install
+        raise ImportError("Graph condensation needs torch_geometric: pip install distill-apps[graph]") from exc
+    return getattr(pyg, cls_name)(str(cache / family), name)
+
+
 def load_planetoid(name: str, root: str | os.PathLike | None = None,
                    cache_dir: str | os.PathLike | None = None) -> GraphData:
     """Load Cora or CiteSeer with ``torch_geometric.datasets.Planetoid`` (public split, features row-normalised).
@@ -119,16 +134,7 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None,
     if not raw.is_dir() or not any(raw.iterdir()):
         raise DataError(f"Graph dataset {name!r}: no raw Planetoid files in {raw}. Put the ind.{folder.lower()}.* "
                         "files there, or point --data-root ($DISTILL_APPS_DATA) at the folder holding planetoid/.")
-    cache = Path(cache_dir or os.environ.get("DISTILL_APPS_CACHE") or Path.home() / ".cache" / "distill_apps")
-    dest = cache / "planetoid" / folder / "raw"
-    if not dest.is_dir():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(raw, dest, dirs_exist_ok=True)
-    try:
-        from torch_geometric.datasets import Planetoid
-    except ImportError as exc:  # pragma: no cover - the graph extra is part of the dev install
-        raise ImportError("Graph condensation needs torch_geometric: pip install distill-apps[graph]") from exc
-    data = Planetoid(str(cache / "planetoid"), folder)[0]
+    data = pyg_dataset("Planetoid", raw, "planetoid", folder, cache_dir)[0]
     x = data.x.float()
     x = x / x.sum(1, keepdim=True).clamp_min(1e-12)
     idx = torch.arange(data.num_nodes)

@@ -15,7 +15,6 @@ tensors with a node mask, which keeps small molecule-sized graphs (tens of nodes
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,7 +31,7 @@ from ..matching import gradient_distance
 from ..runtime import generator, pick_device, seeded_global_rng
 from ..summary import library_versions
 from ..train import fit
-from .graph import bernoulli_structure
+from .graph import bernoulli_structure, pyg_dataset
 
 KIND = "condensed_graph_set"
 FORMAT_VERSION = 1
@@ -163,16 +162,7 @@ def load_tudataset(name: str, root: str | os.PathLike | None = None, cache_dir: 
         raise DataError(f"Graph-classification dataset {name!r}: {', '.join(missing)} missing in {raw}. Put the TU "
                         f"files there (https://chrsmrrs.github.io/datasets/), or point --data-root "
                         f"($DISTILL_APPS_DATA) at the folder holding tudataset/{name}/raw.")
-    cache = Path(cache_dir or os.environ.get("DISTILL_APPS_CACHE") or Path.home() / ".cache" / "distill_apps")
-    dest = cache / "tudataset" / name / "raw"
-    if not dest.is_dir():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(raw, dest, dirs_exist_ok=True)
-    try:
-        from torch_geometric.datasets import TUDataset
-    except ImportError as exc:  # pragma: no cover - the graph extra is part of the dev install
-        raise ImportError("Graph condensation needs torch_geometric: pip install distill-apps[graph]") from exc
-    ds = TUDataset(str(cache / "tudataset"), name)
+    ds = pyg_dataset("TUDataset", raw, "tudataset", name, cache_dir)
     graphs = [ds[i] for i in range(len(ds))]
     if graphs[0].x is None:
         max_deg = max(int(torch.bincount(d.edge_index[0], minlength=d.num_nodes).max()) for d in graphs)
