@@ -28,6 +28,10 @@ def main() -> int:
     from distill_apps.recipes import federated_distilled as recipe
 
     results = {"budget": BUDGET + ["--rounds", str(a.rounds)], "runs": []}
+    if Path(a.out).exists():  # keep the runs of other alphas measured earlier with the same budget
+        old = json.loads(Path(a.out).read_text())
+        if old.get("budget") == results["budget"]:
+            results["runs"] = [r for r in old["runs"] if r.get("alpha") not in a.alphas]
     for alpha in a.alphas:
         argv = BUDGET + ["--alpha", str(alpha), "--rounds", str(a.rounds), "--out",
                          f"out/federated_mnist_alpha{alpha}", "--json"]

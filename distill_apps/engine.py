@@ -114,6 +114,17 @@ class Distiller(ABC):
         idx = self.real.sample_balanced(n_per_class, g).view(self.real.num_classes, n_per_class)[classes].flatten()
         return self.real.x_train[idx].to(self.device, non_blocking=True), self.real.y_train[idx].to(self.device)
 
+    def siamese_batches(self, x_syn: torch.Tensor, g: torch.Generator, aug, batch_real: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A class-balanced real batch and this rank's synthetic images (class-major), both passed through the
+        same DSA draw per class (DSA's Siamese augmentation; ``aug`` is a :class:`~distill_apps.augment.DSA`)."""
+        xr, _ = self.real_batch(batch_real, g)
+        params = aug.sample(self.real.num_classes, g, self.real.image_shape[1:])
+        cls = torch.tensor(self.classes)
+        xr = aug.apply(xr, params, cls.repeat_interleave(batch_real))
+        xs = x_syn.view(self.real.num_classes, self.ipc, *x_syn.shape[1:])[cls.to(x_syn.device)].flatten(0, 1)
+        return xr, aug.apply(xs, params, cls.repeat_interleave(self.ipc))
+
     def new_net(self, g: torch.Generator, model: str | None = None, **kw) -> nn.Module:
         from .nets import build_model
 

@@ -64,8 +64,17 @@ def write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dic
     return path
 
 
-def read(path: str | os.PathLike, kind: str, version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a file written by :func:`write`; refuse anything corrupt, foreign, of another kind or too new."""
+def read(path: str | os.PathLike, kind: str, version: int, tensors: set[str] | None = None
+         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by :func:`write`; refuse anything corrupt, foreign, of another kind or too new, and,
+    when ``tensors`` is given, anything that does not hold exactly those tensors."""
+    out = _read(path, kind, version)
+    if tensors is not None and set(out[0]) != set(tensors):
+        raise SummaryFormatError(f"{path}: a {kind} holds {', '.join(sorted(tensors))}; found {sorted(out[0])}.")
+    return out
+
+
+def _read(path: str | os.PathLike, kind: str, version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)

@@ -42,12 +42,7 @@ class DM(Distiller):
     def embeddings(self, net, g: torch.Generator, x_syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Real (K, B, d) and synthetic (K, ipc, d) embeddings of this rank's classes under one DSA draw per class."""
         k, b = len(self.classes), self.cfg.batch_real
-        xr, _ = self.real_batch(b, g)
-        params = self._aug.sample(self.real.num_classes, g, self.real.image_shape[1:])
-        cls = torch.tensor(self.classes)
-        xr = self._aug.apply(xr, params, cls.repeat_interleave(b))
-        xs = x_syn.view(self.real.num_classes, self.ipc, *x_syn.shape[1:])[cls.to(x_syn.device)].flatten(0, 1)
-        xs = self._aug.apply(xs, params, cls.repeat_interleave(self.ipc))
+        xr, xs = self.siamese_batches(x_syn, g, self._aug, b)
         embed = self.embed_fn(net)
         with torch.no_grad(), self.autocast():  # chunks of 256 keep activations cache- and allocator-friendly
             er = torch.cat([embed(c).float() for c in xr.split(256)]).view(k, b, -1)

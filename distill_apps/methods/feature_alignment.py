@@ -95,13 +95,8 @@ class CAFE(Distiller):
              beta: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(L_f + beta * L_d, L_f, L_d)`` for this rank's classes under one DSA draw per class."""
         beta = self.cfg.beta if beta is None else beta
-        k, b = len(self.classes), self.cfg.batch_real
-        xr, _ = self.real_batch(b, g)
-        params = self._aug.sample(self.real.num_classes, g, self.real.image_shape[1:])
-        cls = torch.tensor(self.classes)
-        xr = self._aug.apply(xr, params, cls.repeat_interleave(b))
-        xs = x_syn.view(self.real.num_classes, self.ipc, *x_syn.shape[1:])[cls.to(x_syn.device)].flatten(0, 1)
-        xs = self._aug.apply(xs, params, cls.repeat_interleave(self.ipc))
+        k = len(self.classes)
+        xr, xs = self.siamese_batches(x_syn, g, self._aug, self.cfg.batch_real)
         with torch.no_grad(), self.autocast():
             fr = block_features(net, xr)
         with self.autocast():

@@ -179,11 +179,7 @@ class CondensedGraph:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CondensedGraph":
-        t, h = safe_io.read(path, KIND, FORMAT_VERSION)
-        if set(t) != {"x", "adj", "y"}:
-            from ..errors import SummaryFormatError
-
-            raise SummaryFormatError(f"{path}: a condensed graph holds x, adj and y; found {sorted(t)}.")
+        t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"x", "adj", "y"})
         cg = cls(x=t["x"], adj=t["adj"], y=t["y"], num_classes=int(h["num_classes"]), meta=h.get("meta", {}))
         cg.validate()
         return cg

@@ -26,7 +26,7 @@ from torch import nn
 from .. import safe_io
 from ..config import MethodConfig, make_config
 from ..engine import METHODS, Distiller, DistillState, register_method, run
-from ..errors import ConfigError, DataError, SummaryFormatError
+from ..errors import ConfigError, DataError
 from ..matching import gradient_distance
 from ..runtime import generator, pick_device, seeded_global_rng
 from ..summary import library_versions
@@ -84,9 +84,7 @@ class GraphSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GraphSet":
-        t, h = safe_io.read(path, KIND, FORMAT_VERSION)
-        if set(t) != {"x", "adj", "mask", "y"}:
-            raise SummaryFormatError(f"{path}: a condensed graph set holds x, adj, mask and y; found {sorted(t)}.")
+        t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"x", "adj", "mask", "y"})
         gs = cls(t["x"], t["adj"], t["mask"].bool(), t["y"], int(h["num_classes"]), h.get("name", ""),
                  h.get("meta", {}))
         gs.validate()

@@ -33,7 +33,7 @@ import torch
 from .. import safe_io
 from ..config import MethodConfig, make_config
 from ..engine import METHODS, Distiller, DistillState, register_method, run
-from ..errors import ConfigError, DataError, SummaryFormatError
+from ..errors import ConfigError, DataError
 from ..runtime import generator, pick_device
 
 KIND = "synthetic_interactions"
@@ -175,9 +175,7 @@ class SyntheticInteractions:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SyntheticInteractions":
-        t, h = safe_io.read(path, KIND, FORMAT_VERSION)
-        if "matrix" not in t:
-            raise SummaryFormatError(f"{path}: synthetic interactions hold a 'matrix' tensor; found {sorted(t)}.")
+        t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"matrix"})
         s = cls(t["matrix"], h.get("meta", {}))
         s.validate()
         return s

@@ -31,7 +31,7 @@ from torch import nn
 from .. import safe_io
 from ..config import MethodConfig, make_config
 from ..engine import METHODS, Distiller, DistillState, register_method, run
-from ..errors import ConfigError, DataError, SummaryFormatError
+from ..errors import ConfigError, DataError
 from ..inner import functional, unroll
 from ..registry import Registry
 from ..runtime import generator, pick_device, seeded_global_rng
@@ -221,9 +221,7 @@ class TextSummary:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TextSummary":
-        t, h = safe_io.read(path, KIND, FORMAT_VERSION)
-        if set(t) != {"x", "soft", "y"}:
-            raise SummaryFormatError(f"{path}: a text summary holds x, soft and y; found {sorted(t)}.")
+        t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"x", "soft", "y"})
         s = cls(t["x"], t["soft"], t["y"], float(h["lr"]), h.get("meta", {}))
         s.validate()
         return s
