@@ -786,8 +786,9 @@ def simulate(cfg: FederatedConfig, *, num_cpus: int | None = None, verbose: bool
     cpus = num_cpus or max(1, min(os.cpu_count() or 1, cfg.num_clients))
     sink: dict[str, Any] = {}
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               # _node_ip_address keeps Ray's own services talking over loopback, not the machine's address
-               "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False, "_node_ip_address": "127.0.0.1",
+               # Ray registers its GCS/raylet on the machine's own address whatever is asked (it maps 127.0.0.1
+               # to it: ray._private.services.resolve_ip_for_localhost); deploy() is the loopback-only path
+               "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
                              "logging_level": "error", "log_to_driver": verbose}}
     run_simulation(server_app=make_server_app(cfg, sink), client_app=client_app, num_supernodes=cfg.num_clients,
                    backend_config=backend, verbose_logging=verbose)
