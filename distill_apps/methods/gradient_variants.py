@@ -41,8 +41,10 @@ class DCCConfig(DSAConfig):
 class DCC(DSAMethod):
     paper = "Lee et al., ICML 2022, Dataset Condensation with Contrastive Signals"
     Config = DCCConfig
+    multilabel = False
 
-    def match_loss(self, net, x_syn: torch.Tensor, y_syn: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def match_loss(self, net, x_syn: torch.Tensor, y_syn: torch.Tensor, g: torch.Generator,
+                   t_syn: torch.Tensor | None = None) -> torch.Tensor:
         """Distance between the gradients of the loss over all classes at once (real batch vs synthetic set)."""
         aug = self.dsa()
         k = self.real.num_classes
@@ -119,6 +121,7 @@ class IDCIConfig(IDCConfig):
 class IDC(DSAMethod):
     paper = "Kim et al., ICML 2022, Dataset Condensation via Efficient Synthetic-Data Parameterization"
     Config = IDCConfig
+    multilabel = False
 
     def factor(self) -> int:
         f = int(self.cfg.factor)
