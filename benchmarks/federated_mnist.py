@@ -3,7 +3,10 @@
 A small CPU budget (see BUDGET); runs the ``federated`` recipe in Flower's simulation engine once per alpha and
 writes ``benchmarks/results/federated_mnist.json``.
 
-    DISTILL_APPS_DATA=/path/to/datasets python benchmarks/federated_mnist.py [--alphas 0.1 1.0] [--rounds 3]
+    DISTILL_APPS_DATA=/path/to/datasets python benchmarks/federated_mnist.py [--alphas 0.1 1.0] [--seeds 0 1 2]
+
+Each (alpha, seed) is one run (the seed draws the partition, the distillation and the training); the file keeps
+runs measured earlier with the same budget and adds ``summary``: mean and std per alpha and strategy.
 """
 from __future__ import annotations
 
@@ -14,40 +17,62 @@ import contextlib
 import time
 from pathlib import Path
 
+import numpy as np
+
 BUDGET = ["--dataset", "mnist", "--clients", "10", "--ipc", "10", "--method", "dm", "--steps", "30",
           "--method-options", '{"batch_real": 64}', "--model", "convnet-d2-w32", "--local-steps", "20",
           "--server-epochs", "50"]
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per alpha and strategy: accuracy mean/std over seeds (in %), mean bytes, number of runs."""
+    out: dict = {}
+    for alpha in sorted({r["alpha"] for r in runs}):
+        rs = [r for r in runs if r["alpha"] == alpha]
+        for name in rs[0]["strategies"]:
+            acc = np.array([100 * r["strategies"][name]["accuracy"] for r in rs])
+            out.setdefault(f"alpha{alpha}", {})[name] = {
+                "accuracy_mean": round(float(acc.mean()), 2), "accuracy_std": round(float(acc.std()), 2),
+                "mb_total": round(float(np.mean([r["strategies"][name]["bytes_total"] for r in rs])) / 1e6, 2),
+                "runs": len(rs)}
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated_mnist.json"))
     a = ap.parse_args()
     from distill_apps.recipes import federated_distilled as recipe
 
     results = {"budget": BUDGET + ["--rounds", str(a.rounds)], "runs": []}
-    if Path(a.out).exists():  # keep the runs of other alphas measured earlier with the same budget
+    todo = {(alpha, seed) for alpha in a.alphas for seed in a.seeds}
+    if Path(a.out).exists():  # keep the runs measured earlier with the same budget
         old = json.loads(Path(a.out).read_text())
         if old.get("budget") == results["budget"]:
-            results["runs"] = [r for r in old["runs"] if r.get("alpha") not in a.alphas]
+            results["runs"] = [r for r in old["runs"] if (r.get("alpha"), r.get("seed", 0)) not in todo]
     for alpha in a.alphas:
-        argv = BUDGET + ["--alpha", str(alpha), "--rounds", str(a.rounds), "--out",
-                         f"out/federated_mnist_alpha{alpha}", "--json"]
-        buf = io.StringIO()
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(buf):
-            recipe.main(argv)
-        run = json.loads(buf.getvalue())
-        run["seconds"] = round(time.perf_counter() - t0, 1)
-        run["command"] = "distill-apps recipe federated " + " ".join(
-            f"'{x}'" if x.startswith("{") else x for x in argv)
-        results["runs"].append(run)
-        print(json.dumps({"alpha": alpha, "seconds": run["seconds"],
-                          **{k: (v["accuracy"], v["bytes_total"]) for k, v in run["strategies"].items()}}))
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(results, indent=1))
+        for seed in a.seeds:
+            argv = BUDGET + ["--alpha", str(alpha), "--rounds", str(a.rounds), "--seed", str(seed),
+                             "--out", f"out/federated_mnist_alpha{alpha}_seed{seed}", "--json"]
+            buf = io.StringIO()
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(buf):
+                recipe.main(argv)
+            run = json.loads(buf.getvalue())
+            run["seed"] = seed
+            run["seconds"] = round(time.perf_counter() - t0, 1)
+            run["command"] = "distill-apps recipe federated " + " ".join(
+                f"'{x}'" if x.startswith("{") else x for x in argv)
+            results["runs"].append(run)
+            print(json.dumps({"alpha": alpha, "seed": seed, "seconds": run["seconds"],
+                              **{k: (v["accuracy"], v["bytes_total"]) for k, v in run["strategies"].items()}}))
+            results["summary"] = summarise(results["runs"])
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(results, indent=1))
+    print(json.dumps(results["summary"], indent=1))
     return 0
 
 

@@ -689,7 +689,9 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
                            proxy_epochs: int = 300, val_per_class: int = 30, distill_steps: int | None = None,
                            augment: str | None = "auto", seed: int = 0, device: str = "auto",
                            data_root: str | None = None, space: ModelSpace | None = None, top_k: int | None = None,
-                           summaries: dict[str, SyntheticSet] | None = None, progress: bool = True) -> StudyResult:
+                           summaries: dict[str, SyntheticSet] | None = None, progress: bool = True,
+                           distill_model: str = "convnet",
+                           ground_truth: StudyResult | None = None) -> StudyResult:
     """Rank K architectures by full-data training and by each proxy; correlate the rankings.
 
     Ground truth: each architecture trained on the real training split (minus the held-out validation
@@ -699,6 +701,8 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
     ``proxy_epochs`` and is scored on the validation images — what a search would see. ``summaries`` may
     give ready proxies by name. Timing is wall-clock per candidate (training + scoring); ``speedup`` is the
     mean full-data time over the mean proxy time, ``amortised_speedup`` also charges the distillation.
+    ``distill_model`` is the network the methods distil with; ``ground_truth`` (an earlier study of the same
+    data, K and seed, e.g. at another IPC) reuses its full-data accuracies instead of training them again.
     """
     from ..engine import distill
 
@@ -717,7 +721,16 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
 
         bar = tqdm(total=k * (1 + len(methods)), desc="nas-proxy study", dynamic_ncols=True)
     full_acc, full_sec = [], []
-    for s in archs:
+    if ground_truth is not None:
+        same = (ground_truth.archs == archs and ground_truth.settings.get("full_epochs") == full_epochs
+                and ground_truth.settings.get("seed") == seed and ground_truth.dataset == real.name)
+        if not same:
+            raise ConfigError("ground_truth comes from a study of other architectures, epochs, seed or data; "
+                              "pass a study run with the same dataset, k, space, full_epochs and seed.")
+        full_acc, full_sec = list(ground_truth.full_accuracy), list(ground_truth.full_seconds)
+        if bar:
+            bar.update(k)
+    for s in archs if ground_truth is None else ():
         a, t = train_full(space, s, rest, full_epochs, seed, dev)
         full_acc.append(a)
         full_sec.append(t)
@@ -727,13 +740,14 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
                          settings={"full_epochs": full_epochs, "proxy_epochs": proxy_epochs,
                                    "val_per_class": val_per_class, "distill_steps": distill_steps,
                                    "augment": augment, "seed": seed, "device": str(dev),
-                                   "train_images": int(rest.x_train.shape[0]), "methods": list(methods)})
+                                   "train_images": int(rest.x_train.shape[0]), "methods": list(methods),
+                                   "distill_model": distill_model})
     for method in methods:
         t0 = time.perf_counter()
         summary = (summaries or {}).get(method)
         if summary is None:
-            summary = distill(method, rest, ipc, steps=distill_steps, budget="quick", seed=seed, device=str(dev),
-                              progress=False)
+            summary = distill(method, rest, ipc, steps=distill_steps, budget="quick", model=distill_model,
+                              seed=seed, device=str(dev), progress=False)
         dsec = time.perf_counter() - t0
         task = ProxyTask(summary, x_val, y_val, epochs=proxy_epochs, augment=augment,
                          flip_invariant=real.flip_invariant, seed=seed, device=str(dev))

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--methods", nargs="+", default=["dm", "dsa", "random"],
                     help="proxy methods; 'random' is the random-subset baseline")
     ap.add_argument("--full-epochs", type=int, default=20, help="epochs of full-data training (ground truth)")
+    ap.add_argument("--distill-model", default="convnet",
+                    help="network the methods distil with (e.g. convnet-d2-w32 for a cheaper DSA on CPU)")
     ap.add_argument("--proxy-epochs", type=int, default=100, help="epochs of training on a proxy")
     ap.add_argument("--distill-steps", type=int, default=None, help="distillation steps (default: quick preset)")
     ap.add_argument("--val-per-class", type=int, default=30, help="held-out real images per class for scoring")
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         studies.append(dn.rank_correlation_study(
             real, k=a.k, ipc=ipc, methods=tuple(a.methods), full_epochs=a.full_epochs, proxy_epochs=a.proxy_epochs,
             val_per_class=a.val_per_class, distill_steps=a.distill_steps, augment=augment, seed=a.seed,
-            device=str(dev), space=space, progress=not a.json))
+            device=str(dev), space=space, progress=not a.json, distill_model=a.distill_model,
+            ground_truth=studies[0] if studies else None))  # full-data training once for all IPCs
     search = None
     if a.search_trials:
         # the proxy with the best rank correlation over all IPCs
@@ -129,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         from ..engine import distill
 
         rest, x_val, y_val = dn.holdout_split(real, a.val_per_class, a.seed)
-        summary = distill(name, rest, st.ipc, steps=a.distill_steps, budget="quick", seed=a.seed, device=str(dev),
-                          progress=False)
+        summary = distill(name, rest, st.ipc, steps=a.distill_steps, budget="quick", model=a.distill_model,
+                          seed=a.seed, device=str(dev), progress=False)
         task = dn.ProxyTask(summary, x_val, y_val, epochs=a.proxy_epochs, augment=augment,
                             flip_invariant=real.flip_invariant, seed=a.seed, device=str(dev))
         res = dn.search_architecture(task, space, strategy=a.strategy, trials=a.search_trials, seed=a.seed,

@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dc-outer", type=int, default=5, help="private releases per dp-dc step")
     ap.add_argument("--model", default="convnet-d2-w32", help="network for distillation, evaluation and audits")
     ap.add_argument("--eval-epochs", type=int, default=200)
-    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=1,
+                    help="independent runs (seed, seed+1, ...): each distils, evaluates and audits anew, so the "
+                         "spread includes the privacy noise; the report gives mean +- std")
+    ap.add_argument("--eval-runs", type=int, default=1, help="training runs on each summary within a run")
     ap.add_argument("--dpsgd-epochs", type=int, default=5)
     ap.add_argument("--no-dpsgd", action="store_true")
     ap.add_argument("--audit-n", type=int, default=500, help="members and non-members in the attack")
@@ -100,49 +103,80 @@ def main(argv: list[str] | None = None) -> int:
     real = da.load_dataset(a.dataset, a.data_root)
     epsilons: list[float | None] = sorted(a.epsilons) + ([] if a.no_non_private else [None])
     share_eps = a.share_epsilon if a.share_epsilon is not None else min(a.epsilons)
-    rows, shared = [], None
-    for method in a.methods:
-        for eps in epsilons:
-            cfg, steps = _config(a, method, eps)
-            s = da.distill(method, real, a.ipc, steps=steps, config=cfg, model=a.model, seed=a.seed, device=dev,
-                           progress=not a.json)
-            ev = da.evaluate(s, real, model=a.model, runs=a.runs, epochs=a.eval_epochs, augment=None, device=dev)
-            mia = audit_summary(s, real, model=a.model, epochs=a.eval_epochs, n=a.audit_n, seed=a.seed, device=dev)
-            tag = f"{method}_eps{'inf' if eps is None else f'{eps:g}'}"
-            nn = nearest_neighbour_audit(s, real, png=out / f"nn_{tag}.png", pairs=10, seed=a.seed)
-            p = s.meta["privacy"]
-            row = {"method": method, "target_epsilon": eps, "epsilon": p["epsilon"], "delta": p["delta"],
-                   "noise_multiplier": p["noise_multiplier"], "releases": p["releases"],
-                   "accuracy": ev.accuracy_mean, "accuracy_std": ev.accuracy_std, "eval_model": a.model,
-                   "eval_epochs": a.eval_epochs, "mia_auc": mia.auc, "mia_tpr_at_1pct": mia.tpr_at_fpr["0.01"],
-                   "mia_confidence_auc": mia.confidence_auc,
-                   "nearest_neighbour": {k: v for k, v in nn.items() if k != "closest_pairs"}}
-            rows.append(row)
-            if method == a.share_method and eps == share_eps:
-                shared = (s, row)
-    dpsgd = []
-    if not a.no_dpsgd:
-        from distill_apps.integrations.opacus import dp_sgd_baseline
+    if a.runs < 1 or a.eval_runs < 1:
+        raise ConfigError(f"--runs and --eval-runs must be >= 1; got {a.runs} and {a.eval_runs}.")
+    runs, dpsgd_runs, shared = [], [], None
+    for seed in range(a.seed, a.seed + a.runs):
+        for method in a.methods:
+            for eps in epsilons:
+                cfg, steps = _config(a, method, eps)
+                s = da.distill(method, real, a.ipc, steps=steps, config=cfg, model=a.model, seed=seed, device=dev,
+                               progress=not a.json)
+                ev = da.evaluate(s, real, model=a.model, runs=a.eval_runs, epochs=a.eval_epochs, augment=None,
+                                 device=dev, seed=seed)
+                mia = audit_summary(s, real, model=a.model, epochs=a.eval_epochs, n=a.audit_n, seed=seed, device=dev)
+                tag = f"{method}_eps{'inf' if eps is None else f'{eps:g}'}"
+                nn = nearest_neighbour_audit(s, real, png=out / f"nn_{tag}.png" if seed == a.seed else None,
+                                             pairs=10, seed=seed)
+                p = s.meta["privacy"]
+                runs.append({"method": method, "target_epsilon": eps, "seed": seed, "epsilon": p["epsilon"],
+                             "delta": p["delta"], "noise_multiplier": p["noise_multiplier"],
+                             "releases": p["releases"], "accuracy": ev.accuracy_mean, "eval_model": a.model,
+                             "eval_epochs": a.eval_epochs, "mia_auc": mia.auc,
+                             "mia_tpr_at_1pct": mia.tpr_at_fpr["0.01"], "mia_confidence_auc": mia.confidence_auc,
+                             "nearest_neighbour": {k: v for k, v in nn.items() if k != "closest_pairs"}})
+                if seed == a.seed and method == a.share_method and eps == share_eps:
+                    shared = (s, runs[-1])
+        if not a.no_dpsgd:
+            from distill_apps.integrations.opacus import dp_sgd_baseline
 
-        for eps in sorted(a.epsilons):
-            res, net = dp_sgd_baseline(real, epsilon=eps, delta=a.delta, epochs=a.dpsgd_epochs, model=a.model,
-                                       accountant=a.accountant, seed=a.seed, device=dev, return_model=True)
-            import torch
+            for eps in sorted(a.epsilons):
+                res, net = dp_sgd_baseline(real, epsilon=eps, delta=a.delta, epochs=a.dpsgd_epochs, model=a.model,
+                                           accountant=a.accountant, seed=seed, device=dev, return_model=True)
+                import torch
 
-            g = torch.Generator().manual_seed(a.seed)
-            k = min(a.audit_n, len(real.x_train), len(real.x_test))
-            im = torch.randperm(len(real.x_train), generator=g)[:k]
-            it = torch.randperm(len(real.x_test), generator=g)[:k]
-            mia = membership_inference(net, (real.x_train[im], real.y_train[im]), (real.x_test[it], real.y_test[it]))
-            dpsgd.append({**res.as_dict(), "mia_auc": mia.auc, "mia_tpr_at_1pct": mia.tpr_at_fpr["0.01"]})
+                g = torch.Generator().manual_seed(seed)
+                k = min(a.audit_n, len(real.x_train), len(real.x_test))
+                im = torch.randperm(len(real.x_train), generator=g)[:k]
+                it = torch.randperm(len(real.x_test), generator=g)[:k]
+                mia = membership_inference(net, (real.x_train[im], real.y_train[im]),
+                                           (real.x_test[it], real.y_test[it]))
+                dpsgd_runs.append({**res.as_dict(), "seed": seed, "mia_auc": mia.auc,
+                                   "mia_tpr_at_1pct": mia.tpr_at_fpr["0.01"]})
+    rows = _aggregate(runs, ("method", "target_epsilon"))
+    dpsgd = _aggregate(dpsgd_runs, ("target_epsilon",))
     files: dict[str, str] = {}
     if shared is not None:
         files["summary"] = str(shared[0].save(out / "summary.safetensors"))
         (out / "DATA_CARD.md").write_text(data_card(shared[0], shared[1], real.name))
         files["data_card"] = str(out / "DATA_CARD.md")
     result = {"recipe": "private-sharing", "dataset": real.name, "ipc": a.ipc, "delta": a.delta,
-              "accountant": a.accountant, "model": a.model, "summaries": rows, "dp_sgd": dpsgd, **files}
+              "accountant": a.accountant, "model": a.model, "runs": a.runs, "eval_runs": a.eval_runs,
+              "summaries": rows, "dp_sgd": dpsgd, "per_run": {"summaries": runs, "dp_sgd": dpsgd_runs}, **files}
     return finish(out, result, _report(result), a.json)
+
+
+def _aggregate(runs: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per ``key``: the first run's fields, with accuracy and the attack's figures as mean and std."""
+    import numpy as np
+
+    rows: dict[tuple, dict[str, Any]] = {}
+    for r in runs:
+        rows.setdefault(tuple(r[k] for k in key), []).append(r)
+    out = []
+    for group in rows.values():
+        row = {k: v for k, v in group[0].items() if k != "seed"}
+        for m in ("accuracy", "mia_auc", "mia_tpr_at_1pct", "epsilon"):
+            vals = np.array([r[m] for r in group], dtype=float)
+            row[m], row[f"{m}_std"] = float(vals.mean()), float(vals.std())
+        row["seeds"] = [r["seed"] for r in group]
+        out.append(row)
+    return out
+
+
+def _pm(x: dict[str, Any], m: str, pct: bool = False) -> str:
+    k = 100 if pct else 1
+    return f"{k * x[m]:.{2 if pct else 3}f} ± {k * x[m + '_std']:.{2 if pct else 3}f}"
 
 
 def _f(v, pct=False) -> str:
@@ -152,17 +186,18 @@ def _f(v, pct=False) -> str:
 
 
 def _report(r: dict[str, Any]) -> str:
-    lines = [f"# Private sharing: {r['dataset']}, IPC {r['ipc']}, delta {r['delta']} ({r['accountant']})", "",
+    lines = [f"# Private sharing: {r['dataset']}, IPC {r['ipc']}, delta {r['delta']} ({r['accountant']}), "
+             f"mean ± std over {r['runs']} run(s)", "",
              "| method | target eps | spent eps | test acc % | MIA AUC | TPR@1%FPR | NN median (syn / test) |",
              "|---|---|---|---|---|---|---|"]
     for x in r["summaries"]:
         nn = x["nearest_neighbour"]
-        lines.append(f"| {x['method']} | {_f(x['target_epsilon'])} | {x['epsilon']:.3g} | {_f(x['accuracy'], True)} "
-                     f"| {x['mia_auc']:.3f} | {x['mia_tpr_at_1pct']:.3f} | {nn['syn_to_train_median']:.2f} / "
+        lines.append(f"| {x['method']} | {_f(x['target_epsilon'])} | {x['epsilon']:.3g} | {_pm(x, 'accuracy', True)} "
+                     f"| {_pm(x, 'mia_auc')} | {_pm(x, 'mia_tpr_at_1pct')} | {nn['syn_to_train_median']:.2f} / "
                      f"{nn['test_to_train_median']:.2f} |")
     for x in r["dp_sgd"]:
         lines.append(f"| DP-SGD (real data) | {x['target_epsilon']:g} | {x['epsilon']:.3g} | "
-                     f"{_f(x['accuracy'], True)} | {x['mia_auc']:.3f} | {x['mia_tpr_at_1pct']:.3f} | - |")
+                     f"{_pm(x, 'accuracy', True)} | {_pm(x, 'mia_auc')} | {_pm(x, 'mia_tpr_at_1pct')} | - |")
     lines += ["", f"Model `{r['model']}`. Nearest-neighbour pairs: `nn_<method>_eps<e>.png` (left synthetic, right "
               "its nearest real training image).", ""]
     if r.get("data_card"):

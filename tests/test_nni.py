@@ -167,6 +167,19 @@ def test_rank_correlation_study_small(digits):
     assert p["spearman"] == pytest.approx(dn.spearman(p["accuracy"], st.full_accuracy))
     assert p["speedup"] > 0 and p["images"] == 30
     assert st.best_proxy() == "random"
+    # a second IPC reuses the ground truth: no architecture is trained on the full data again
+    calls = []
+    real_train_full = dn.train_full
+    try:
+        dn.train_full = lambda *a, **k: calls.append(a) or real_train_full(*a, **k)
+        st2 = dn.rank_correlation_study(digits, k=5, ipc=1, methods=("random",), full_epochs=2, proxy_epochs=5,
+                                        val_per_class=10, space=space, progress=False, ground_truth=st)
+    finally:
+        dn.train_full = real_train_full
+    assert calls == [] and st2.full_accuracy == st.full_accuracy and st2.proxies["random"]["images"] == 10
+    with pytest.raises(ConfigError, match="ground_truth"):
+        dn.rank_correlation_study(digits, k=5, ipc=1, methods=("random",), full_epochs=3, proxy_epochs=5,
+                                  val_per_class=10, space=space, progress=False, ground_truth=st)
 
 
 def test_bad_input_is_refused(digits, proxy):
