@@ -72,6 +72,7 @@ __all__ = [
     "ConvNetSpace", "ProxyTask", "holdout_split", "train_and_score", "evaluate_on_proxy", "proxy_evaluator",
     "sample_architectures", "build_candidate", "search_architecture", "search_hyperparameters", "STRATEGIES",
     "train_full", "rankdata", "spearman", "kendall_tau", "top_k_overlap", "rank_correlation_study", "StudyResult",
+    "StudyCheckpoint",
 ]
 
 VAL_KIND, VAL_VERSION = "nas-validation", 1
@@ -684,14 +685,53 @@ def train_full(space: ModelSpace, sample: dict[str, Any], real: RealData, epochs
     return accuracy(net, real.x_test.to(dev), real.y_test), secs
 
 
+class StudyCheckpoint:
+    """Files under ``folder`` that let a long study resume where it stopped (written atomically as it goes).
+
+    ``settings.json`` pins what the files belong to (data, architectures, epochs, seed, methods' network);
+    ``ground_truth.json`` grows by one architecture at a time; each proxy keeps its summary
+    (``proxy_<method>_ipc<k>.safetensors``, the package's safe format) and its scores
+    (``scores_<method>_ipc<k>.json``, one candidate at a time). A folder of another study is refused.
+    """
+
+    def __init__(self, folder: str | os.PathLike, settings: dict[str, Any]):
+        self.dir = Path(folder)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        settings = json.loads(json.dumps(settings, default=str))
+        old = self.load("settings")
+        if old is not None and old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ConfigError(f"the checkpoint folder {self.dir} holds a study with other settings ({', '.join(diff)}); "
+                              "resume with the same options, or give another folder (or delete this one).")
+        self.save("settings", settings)
+
+    def load(self, name: str) -> Any:
+        f = self.dir / f"{name}.json"
+        if not f.exists():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{f} is not valid JSON ({e}); delete it to recompute that part.") from e
+
+    def save(self, name: str, obj: Any) -> None:
+        f = self.dir / f"{name}.json"
+        tmp = f.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(obj, default=str))
+        os.replace(tmp, f)
+
+    def summary_path(self, method: str, ipc: int) -> Path:
+        return self.dir / f"proxy_{method}_ipc{ipc}.safetensors"
+
+
 def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
                            methods: Sequence[str] = ("dm", "dsa", "random"), full_epochs: int = 20,
                            proxy_epochs: int = 300, val_per_class: int = 30, distill_steps: int | None = None,
                            augment: str | None = "auto", seed: int = 0, device: str = "auto",
                            data_root: str | None = None, space: ModelSpace | None = None, top_k: int | None = None,
                            summaries: dict[str, SyntheticSet] | None = None, progress: bool = True,
-                           distill_model: str = "convnet",
-                           ground_truth: StudyResult | None = None) -> StudyResult:
+                           distill_model: str = "convnet", ground_truth: StudyResult | None = None,
+                           checkpoint: str | os.PathLike | None = None) -> StudyResult:
     """Rank K architectures by full-data training and by each proxy; correlate the rankings.
 
     Ground truth: each architecture trained on the real training split (minus the held-out validation
@@ -703,6 +743,8 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
     mean full-data time over the mean proxy time, ``amortised_speedup`` also charges the distillation.
     ``distill_model`` is the network the methods distil with; ``ground_truth`` (an earlier study of the same
     data, K and seed, e.g. at another IPC) reuses its full-data accuracies instead of training them again.
+    ``checkpoint`` (a folder, see :class:`StudyCheckpoint`) saves every finished piece and reuses what a stopped
+    run of the same study left there.
     """
     from ..engine import distill
 
@@ -720,7 +762,18 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=k * (1 + len(methods)), desc="nas-proxy study", dynamic_ncols=True)
+    ck = None
+    if checkpoint is not None:
+        ck = StudyCheckpoint(checkpoint, {"dataset": real.name, "archs": archs, "full_epochs": full_epochs,
+                                          "proxy_epochs": proxy_epochs, "val_per_class": val_per_class,
+                                          "distill_steps": distill_steps, "augment": augment, "seed": seed,
+                                          "distill_model": distill_model})
     full_acc, full_sec = [], []
+    if ground_truth is None and ck is not None and ck.load("ground_truth") is not None:
+        done = ck.load("ground_truth")
+        full_acc, full_sec = done["accuracy"], done["seconds"]
+        if bar:
+            bar.update(len(full_acc))
     if ground_truth is not None:
         same = (ground_truth.archs == archs and ground_truth.settings.get("full_epochs") == full_epochs
                 and ground_truth.settings.get("seed") == seed and ground_truth.dataset == real.name)
@@ -730,10 +783,12 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
         full_acc, full_sec = list(ground_truth.full_accuracy), list(ground_truth.full_seconds)
         if bar:
             bar.update(k)
-    for s in archs if ground_truth is None else ():
+    for s in archs[len(full_acc):] if ground_truth is None else ():
         a, t = train_full(space, s, rest, full_epochs, seed, dev)
         full_acc.append(a)
         full_sec.append(t)
+        if ck:
+            ck.save("ground_truth", {"accuracy": full_acc, "seconds": full_sec})
         if bar:
             bar.update(1)
     result = StudyResult(real.name, ipc, k, archs, full_acc, full_sec,
@@ -745,18 +800,31 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
     for method in methods:
         t0 = time.perf_counter()
         summary = (summaries or {}).get(method)
-        if summary is None:
-            summary = distill(method, rest, ipc, steps=distill_steps, budget="quick", model=distill_model,
-                              seed=seed, device=str(dev), progress=False)
-        dsec = time.perf_counter() - t0
+        tag = f"{method}_ipc{ipc}"
+        saved = ck.load(f"distill_{tag}") if ck else None
+        if summary is None and saved is not None and ck.summary_path(method, ipc).exists():
+            summary, dsec = SyntheticSet.load(ck.summary_path(method, ipc)), saved["seconds"]
+        else:
+            if summary is None:
+                summary = distill(method, rest, ipc, steps=distill_steps, budget="quick", model=distill_model,
+                                  seed=seed, device=str(dev), progress=False)
+            dsec = time.perf_counter() - t0
+            if ck:
+                summary.save(ck.summary_path(method, ipc))
+                ck.save(f"distill_{tag}", {"seconds": dsec})
         task = ProxyTask(summary, x_val, y_val, epochs=proxy_epochs, augment=augment,
                          flip_invariant=real.flip_invariant, seed=seed, device=str(dev))
-        accs, secs = [], []
-        for s in archs:
+        scores = (ck.load(f"scores_{tag}") if ck else None) or {"accuracy": [], "seconds": []}
+        accs, secs = scores["accuracy"], scores["seconds"]
+        if bar:
+            bar.update(len(accs))
+        for s in archs[len(accs):]:
             net = build_candidate(space, s, generator("nas-candidate-init", seed, arch_key(s)), dev)
             r = train_and_score(net, task)
             accs.append(r["accuracy"])
             secs.append(r["seconds"])
+            if ck:
+                ck.save(f"scores_{tag}", scores)
             if bar:
                 bar.update(1)
         mean_full, mean_proxy = float(np.mean(full_sec)), float(np.mean(secs))

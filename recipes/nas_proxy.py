@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", default="out/nas_proxy", help="folder for report.md, scatter.png, study.json")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse what a stopped run with the same options saved under OUT/checkpoint "
+                         "(without it, that folder is cleared and the study starts afresh)")
     return ap
 
 
@@ -117,23 +121,30 @@ def main(argv: list[str] | None = None) -> int:
     real = load_dataset(a.dataset, a.data_root)
     space = dn.ConvNetSpace.for_data(real, depths=tuple(a.depths), widths=tuple(a.widths))
     augment = None if a.augment == "none" else a.augment
+    ckdir = out / "checkpoint"
+    if not a.resume and ckdir.exists():
+        shutil.rmtree(ckdir)
     studies = []
     for ipc in a.ipc:
         studies.append(dn.rank_correlation_study(
             real, k=a.k, ipc=ipc, methods=tuple(a.methods), full_epochs=a.full_epochs, proxy_epochs=a.proxy_epochs,
             val_per_class=a.val_per_class, distill_steps=a.distill_steps, augment=augment, seed=a.seed,
-            device=str(dev), space=space, progress=not a.json, distill_model=a.distill_model,
-            ground_truth=studies[0] if studies else None))  # full-data training once for all IPCs
+            device=str(dev), space=space, progress=True, distill_model=a.distill_model,
+            ground_truth=studies[0] if studies else None,  # full-data training once for all IPCs
+            checkpoint=ckdir))
     search = None
     if a.search_trials:
         # the proxy with the best rank correlation over all IPCs
         st, name = max(((st, n) for st in studies for n in st.proxies),
                        key=lambda p: _rho(p[0].proxies[p[1]]["spearman"]))
         from ..engine import distill
+        from ..summary import SyntheticSet
 
         rest, x_val, y_val = dn.holdout_split(real, a.val_per_class, a.seed)
-        summary = distill(name, rest, st.ipc, steps=a.distill_steps, budget="quick", model=a.distill_model,
-                          seed=a.seed, device=str(dev), progress=False)
+        saved = ckdir / f"proxy_{name}_ipc{st.ipc}.safetensors"  # the study's own proxy, same seed
+        summary = SyntheticSet.load(saved) if saved.exists() else distill(
+            name, rest, st.ipc, steps=a.distill_steps, budget="quick", model=a.distill_model, seed=a.seed,
+            device=str(dev), progress=False)
         task = dn.ProxyTask(summary, x_val, y_val, epochs=a.proxy_epochs, augment=augment,
                             flip_invariant=real.flip_invariant, seed=a.seed, device=str(dev))
         res = dn.search_architecture(task, space, strategy=a.strategy, trials=a.search_trials, seed=a.seed,

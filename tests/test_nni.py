@@ -1,6 +1,7 @@
 """NNI integration: proxy evaluator, ConvNet model space, sequential-engine search, HPO, rank correlations."""
 from __future__ import annotations
 
+import json
 import os
 import pwd
 from pathlib import Path
@@ -180,6 +181,34 @@ def test_rank_correlation_study_small(digits):
     with pytest.raises(ConfigError, match="ground_truth"):
         dn.rank_correlation_study(digits, k=5, ipc=1, methods=("random",), full_epochs=3, proxy_epochs=5,
                                   val_per_class=10, space=space, progress=False, ground_truth=st)
+
+
+def test_study_checkpoint_resumes_without_recomputing(digits, tmp_path, monkeypatch):
+    """A stopped study resumes from its folder: finished ground truth, proxies and scores are not recomputed."""
+    import distill_apps.engine as engine
+
+    space = dn.ConvNetSpace.for_data(digits, **TINY)
+    kw = dict(k=4, ipc=2, methods=("random", "dm"), full_epochs=1, proxy_epochs=3, val_per_class=10,
+              distill_steps=2, space=space, progress=False, checkpoint=tmp_path / "ck")
+    first = dn.rank_correlation_study(digits, **kw)
+    # simulate a stop after two candidates of the dm proxy: drop the rest of its scores
+    ck = dn.StudyCheckpoint(tmp_path / "ck", json.loads((tmp_path / "ck" / "settings.json").read_text()))
+    part = ck.load("scores_dm_ipc2")
+    ck.save("scores_dm_ipc2", {k: v[:2] for k, v in part.items()})
+    calls = {"full": 0, "distill": 0, "score": 0}
+    real_full, real_distill, real_score = dn.train_full, engine.distill, dn.train_and_score
+    monkeypatch.setattr(dn, "train_full", lambda *a, **k: calls.__setitem__("full", calls["full"] + 1) or real_full(*a, **k))
+    monkeypatch.setattr(engine, "distill", lambda *a, **k: calls.__setitem__("distill", calls["distill"] + 1)
+                        or real_distill(*a, **k))
+    monkeypatch.setattr(dn, "train_and_score", lambda *a, **k: calls.__setitem__("score", calls["score"] + 1)
+                        or real_score(*a, **k))
+    again = dn.rank_correlation_study(digits, **kw)
+    assert calls == {"full": 0, "distill": 0, "score": 2}  # only the two dropped candidates are trained again
+    assert again.full_accuracy == first.full_accuracy
+    assert again.proxies["random"]["accuracy"] == first.proxies["random"]["accuracy"]
+    assert again.proxies["dm"]["accuracy"] == pytest.approx(first.proxies["dm"]["accuracy"])
+    with pytest.raises(ConfigError, match="other settings.*proxy_epochs"):
+        dn.rank_correlation_study(digits, **{**kw, "proxy_epochs": 4})
 
 
 def test_bad_input_is_refused(digits, proxy):
