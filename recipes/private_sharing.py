@@ -160,7 +160,7 @@ def _aggregate(runs: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[st
     """One row per ``key``: the first run's fields, with accuracy and the attack's figures as mean and std."""
     import numpy as np
 
-    rows: dict[tuple, dict[str, Any]] = {}
+    rows: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         rows.setdefault(tuple(r[k] for k in key), []).append(r)
     out = []
