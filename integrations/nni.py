@@ -769,8 +769,8 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
                                           "distill_steps": distill_steps, "augment": augment, "seed": seed,
                                           "distill_model": distill_model})
     full_acc, full_sec = [], []
-    if ground_truth is None and ck is not None and ck.load("ground_truth") is not None:
-        done = ck.load("ground_truth")
+    done = ck.load("ground_truth") if ck is not None and ground_truth is None else None
+    if done is not None:  # a stopped run's finished architectures
         full_acc, full_sec = done["accuracy"], done["seconds"]
         if bar:
             bar.update(len(full_acc))
