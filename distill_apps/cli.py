@@ -105,9 +105,11 @@ def cmd_distill(a: argparse.Namespace) -> int:
     summary = distill(a.method, real, a.ipc, steps=a.steps, budget=a.budget, model=a.model, seed=a.seed,
                       device=a.device, config=config, checkpoint=ckpt, checkpoint_every=a.checkpoint_every,
                       resume=a.resume, progress=not (a.no_progress or a.json), max_memory_gb=a.max_memory)
-    from .engine import is_main_process
+    from .engine import is_main_process, shutdown_distributed
 
-    if not is_main_process():  # under torchrun only rank 0 writes and evaluates
+    main_process = is_main_process()
+    shutdown_distributed()  # all ranks are done with collectives; leave the group cleanly before exiting
+    if not main_process:  # under torchrun only rank 0 writes and evaluates
         return 0
     summary.save(out)
     summary.image_grid(out.with_suffix(".png"))
@@ -217,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("distill-apps: interrupted; resume with --resume if you used --checkpoint-every.", file=sys.stderr)
         return 130
+    finally:
+        from .engine import shutdown_distributed
+
+        shutdown_distributed(barrier=False)  # error paths: never wait on a rank that may be gone
 
 
 if __name__ == "__main__":  # pragma: no cover

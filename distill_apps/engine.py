@@ -279,6 +279,22 @@ def distill(method: str = "dm", dataset: str | RealData = "digits", ipc: int = 1
                max_memory_gb=max_memory_gb)
 
 
+def shutdown_distributed(barrier: bool = True) -> None:
+    """Wait for every rank (unless ``barrier=False``), then tear the process group down before exit.
+
+    Without this, torchrun ranks that leave while gloo's threads are alive can abort with
+    "terminate called without an active exception" (seen on CI).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if barrier:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
 def is_main_process() -> bool:
     """True on rank 0 (or without torch.distributed): the process that writes outputs."""
     import torch.distributed as dist

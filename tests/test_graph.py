@@ -55,15 +55,30 @@ def test_gcond_alternates_structure_and_feature_updates(cora):
     assert not torch.equal(state.params["x"], x0) and torch.equal(state.modules["pge"].first_i.weight, w1)
 
 
-def test_doscond_uses_one_step_matching_and_a_discrete_structure(cora):
+def test_doscond_uses_one_step_matching_and_updates_features_and_structure_together(cora):
     d = G.make_graph_distiller("doscond", cora)
     state = d.init(generator("t", 0))
+    x0 = state.params["x"].detach().clone()
+    w0 = state.modules["pge"].first_i.weight.detach().clone()
     m = d.step(state, generator("s", 0))
-    assert (m["matches"], m["inner_steps"]) == (1, 0)  # one gradient match at the initialisation, no training
+    assert (m["matches"], m["inner_steps"], m["updated"]) == (1, 0, 2)  # one match at the initialisation
+    assert not torch.equal(state.params["x"], x0) and not torch.equal(state.modules["pge"].first_i.weight, w0)
+    adj = d.syn_adj(state, generator("a"), state.params["x"])
+    assert adj.requires_grad and not torch.allclose(adj, adj.round())  # GCond's continuous PGE weights
+    kept = adj.detach() >= d.cfg.threshold
+    assert torch.equal(d.export(state).adj, torch.where(kept, adj.detach(), torch.zeros_like(adj)))
+
+
+def test_doscond_discrete_structure_is_a_straight_through_bernoulli_sample(cora):
+    d = G.make_graph_distiller("doscond", cora, config={"structure": "bernoulli"})
+    state = d.init(generator("t", 0))
+    d.step(state, generator("s", 0))
     adj = d.syn_adj(state, generator("a"), state.params["x"])
     assert torch.allclose(adj, adj.round()) and adj.requires_grad  # a hard 0/1 sample with an ST gradient
     cg = d.export(state)
     assert set(cg.adj.unique().tolist()) <= {0.0, 1.0} and torch.equal(cg.adj, cg.adj.T)
+    with pytest.raises(ConfigError, match="structure"):
+        G.make_graph_distiller("doscond", cora, config={"structure": "dense"})
 
 
 def test_gcondx_has_identity_structure_and_gcdm_resumes_exactly(cora, tmp_path):
