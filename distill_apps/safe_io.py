@@ -64,6 +64,16 @@ def write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dic
     return path
 
 
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:
+    """Atomically write ``obj`` as JSON (a temporary file, then ``os.replace``): a stopped run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, default=str))
+    os.replace(tmp, path)
+    return path
+
+
 def read(path: str | os.PathLike, kind: str, version: int, tensors: set[str] | None = None
          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a file written by :func:`write`; refuse anything corrupt, foreign, of another kind or too new, and,

@@ -744,15 +744,8 @@ def run_server(grid: Grid, cfg: FederatedConfig) -> dict[str, Any]:
     for name in cfg.strategy_names():
         out["strategies"][name] = STRATEGIES.get(name)(cfg, real).run(grid)
     if cfg.out:
-        _write_json(Path(cfg.out), out)
+        safe_io.write_json(cfg.out, out, indent=1)
     return out
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 server_app = ServerApp()

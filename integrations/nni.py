@@ -715,13 +715,15 @@ class StudyCheckpoint:
             raise ConfigError(f"{f} is not valid JSON ({e}); delete it to recompute that part.") from e
 
     def save(self, name: str, obj: Any) -> None:
-        f = self.dir / f"{name}.json"
-        tmp = f.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(obj, default=str))
-        os.replace(tmp, f)
+        safe_io.write_json(self.dir / f"{name}.json", obj)
 
     def summary_path(self, method: str, ipc: int) -> Path:
-        return self.dir / f"proxy_{method}_ipc{ipc}.safetensors"
+        return self.proxy_file(self.dir, method, ipc)
+
+    @staticmethod
+    def proxy_file(folder: str | os.PathLike, method: str, ipc: int) -> Path:
+        """Where a study's proxy summary of ``method`` at ``ipc`` lives in its checkpoint ``folder``."""
+        return Path(folder) / f"proxy_{method}_ipc{ipc}.safetensors"
 
 
 def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..summary import SyntheticSet
 
         rest, x_val, y_val = dn.holdout_split(real, a.val_per_class, a.seed)
-        saved = ckdir / f"proxy_{name}_ipc{st.ipc}.safetensors"  # the study's own proxy, same seed
+        saved = dn.StudyCheckpoint.proxy_file(ckdir, name, st.ipc)  # the study's own proxy, same seed
         summary = SyntheticSet.load(saved) if saved.exists() else distill(
             name, rest, st.ipc, steps=a.distill_steps, budget="quick", model=a.distill_model, seed=a.seed,
             device=str(dev), progress=False)
