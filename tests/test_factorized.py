@@ -93,6 +93,28 @@ def test_gradients_reach_every_factor(method, digits, cfg):
     assert expected <= set(g)
 
 
+@pytest.mark.parametrize("batch_syn, expected", [(0, 1 * 10), (7, 7)])
+def test_haba_student_batch_defaults_to_the_raw_set_size(batch_syn, expected, digits, cfg, monkeypatch):
+    """HaBa decodes many more images than IPC x classes; by default each student step sees that many (MTT's cost)."""
+    from distill_apps.methods import factorized
+
+    seen = []
+    real_draw = factorized.UnrollPlan.draw.__func__
+
+    def spy(cls, n, steps, batch, *rest):
+        plan = real_draw(cls, n, steps, batch, *rest)
+        seen.append((n, [len(i) for i in plan.indices]))
+        return plan
+
+    monkeypatch.setattr(factorized.UnrollPlan, "draw", classmethod(spy))
+    d = make_distiller("haba", digits, 1, {**cfg("haba"), "batch_syn": batch_syn}, device="cpu", model=MODEL)
+    state = d.init(generator("init", 0))
+    d.loss(state, generator("step", 0, 0))
+    (n, sizes), = seen
+    assert n > expected  # the decoded set is larger than the batch
+    assert sizes == [expected] * 3  # syn_steps=3 student steps
+
+
 def test_haba_contrastive_constraint_pushes_hallucinations_apart(digits, cfg):
     d = make_distiller("haba", digits, 1, cfg("haba"), device="cpu", model=MODEL)
     state = d.init(generator("init", 0))

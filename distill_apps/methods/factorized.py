@@ -435,6 +435,8 @@ class HaBaConfig(MTTConfig):
     lambda_con: float = 0.1  # weight of the adversarial contrastive constraint
     lr_feat: float = 0.001  # Adam on the feature extractor of the constraint
     batch_real_feat: int = 256
+    batch_syn: int = 0  # 0: ipc x classes decoded images per student step, the raw set's size at this storage
+    #   budget (a student step then costs what MTT's does; all ~10x more decoded images exhaust memory at IPC 10)
 
 
 @register_method("haba")
@@ -492,7 +494,8 @@ class HaBa(HallucinatedMixin, MTT):
         syn_steps, max_start, _, _ = self.settings()
         start, target = self.experts().sample(g, self.cfg.expert_epochs, max_start)
         aug = self.augmenter()
-        plan = UnrollPlan.draw(x.shape[0], syn_steps, self.cfg.batch_syn, g, aug, self.real.image_shape[1:])
+        batch = self.cfg.batch_syn or self.ipc * self.real.num_classes
+        plan = UnrollPlan.draw(x.shape[0], syn_steps, batch, g, aug, self.real.image_shape[1:])
         with self.autocast():
             l_mtt = mtt_loss(self.student(), start, target, x, y, state.params["lr"], plan, aug)
             sim = self.hallucinator_similarity(state.modules["feat"], x)
