@@ -436,7 +436,7 @@ class HaBaConfig(MTTConfig):
     lr_feat: float = 0.001  # Adam on the feature extractor of the constraint
     batch_real_feat: int = 256
     batch_syn: int = 0  # 0: ipc x classes decoded images per student step, the raw set's size at this storage
-    #   budget (a student step then costs what MTT's does; all ~10x more decoded images exhaust memory at IPC 10)
+    #   budget, so a student step costs what MTT's does (all 450 decoded images at MNIST IPC 10 took 21.8 GB)
 
 
 @register_method("haba")
