@@ -10,6 +10,10 @@ REPO = Path(__file__).resolve().parents[1]
 _DEFAULT_ROOT = REPO.parent / "shared" / "datasets"
 if not os.environ.get("DISTILL_APPS_DATA") and _DEFAULT_ROOT.is_dir():
     os.environ["DISTILL_APPS_DATA"] = str(_DEFAULT_ROOT)
+# Pin the numerics: bf16 autocast switches on by itself on CPUs with AVX-512-BF16/AMX (runtime.bf16_fast) and off
+# on AVX2-only ones, so exactness tests would pass on one CI machine and fail on the other. Tests run in fp32
+# unless a test asks for autocast itself (DISTILL_APPS_FP32 is read at call time).
+os.environ.setdefault("DISTILL_APPS_FP32", "1")
 if not os.environ.get("DISTILL_APPS_CACHE"):  # expert trajectories, generators, Planetoid copies: never in ~
     import tempfile
 
