@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -31,14 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="distill-apps", description="Dataset distillation and its applications.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("distill", help="distil a dataset into a SyntheticSet")
-    d.add_argument("--dataset", default="digits")
+    from .modality import ipc_help
+
+    d = sub.add_parser("distill", help="distil a dataset into a summary (images, graphs, interactions or text)")
+    d.add_argument("--dataset", default=None, help="a registered dataset (`distill-apps datasets`); default: the "
+                   "method's modality's (digits, cora, ml-100k, sst2, mutag)")
     d.add_argument("--method", default="dm")
-    d.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
+    d.add_argument("--ipc", type=int, default=10, help="the budget, counted per modality: " + ipc_help())
     d.add_argument("--steps", type=int, default=None, help="outer iterations (default: the --budget preset)")
     d.add_argument("--budget", choices=("quick", "paper"), default="quick",
                    help="quick: a CPU-minutes preset; paper: the paper's iteration count")
-    d.add_argument("--model", default="convnet")
+    d.add_argument("--model", default=None, help="network (default: the modality's: convnet, gcn, inf-ae, textcnn)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default=None, help="summary path (default out/<method>_<dataset>_ipc<k>.safetensors)")
     d.add_argument("--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps (<out>.ckpt)")
@@ -53,14 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     _common(d)
 
-    e = sub.add_parser("evaluate", help="train fresh models on a summary and test them on real data")
+    e = sub.add_parser("evaluate", help="score a summary file of any kind with its modality's protocol")
     e.add_argument("path")
     e.add_argument("--dataset", default=None, help="default: the dataset the summary was distilled from")
-    e.add_argument("--model", default="convnet")
+    e.add_argument("--model", default=None, help="default: convnet for images; graphs, interactions and text use "
+                   "their own (gcn, inf-ae, textcnn)")
     e.add_argument("--runs", type=int, default=3)
-    e.add_argument("--epochs", type=int, default=None)
-    e.add_argument("--protocol", default="train", help="train (from scratch), krr (kernel methods) or schedule (DD)")
-    e.add_argument("--augment", default="auto", help="auto, dsa or none")
+    e.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
+    e.add_argument("--protocol", default=None, help="images: train (from scratch, default), krr (kernel methods) or "
+                   "schedule (DD); graphs and text: train; interactions: krr (the closed-form ∞-AE)")
+    e.add_argument("--augment", default=None, help="images: auto (default), dsa or none")
     _common(e)
 
     m = sub.add_parser("methods", help="list every registered method")
@@ -91,16 +97,28 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _score(res) -> str:
+    """An EvalResult's mean +- std: percent for accuracy, else the metric's value."""
+    if res.metric == "accuracy":
+        return f"{100 * res.accuracy_mean:.2f} +- {100 * res.accuracy_std:.2f} %"
+    return f"{res.metric} {res.accuracy_mean:.4f} +- {res.accuracy_std:.4f}"
+
+
 def cmd_distill(a: argparse.Namespace) -> int:
     from .config import load_config_file
     from .data import load_dataset
-    from .engine import distill
+    from .engine import METHODS, distill
     from .evaluate import evaluate
+    from .modality import MODALITIES, check_modality, default_dataset
+    from .summary import SyntheticSet
 
     config = load_config_file(a.config) if a.config else {}
     config.update(_parse_sets(a.set))
-    real = load_dataset(a.dataset, a.data_root)
-    out = Path(a.out or f"out/{a.method}_{a.dataset.replace(':', '-')}_ipc{a.ipc}.safetensors")
+    cls = METHODS.get(a.method)
+    dataset = a.dataset or default_dataset(cls)
+    check_modality(cls.modality, dataset, f"Method {a.method!r}")  # before loading anything
+    real = load_dataset(dataset, a.data_root)
+    out = Path(a.out or f"out/{a.method}_{re.sub(r'[^A-Za-z0-9._-]+', '-', dataset).strip('-')}_ipc{a.ipc}.safetensors")
     ckpt = out.with_suffix(".ckpt")
     summary = distill(a.method, real, a.ipc, steps=a.steps, budget=a.budget, model=a.model, seed=a.seed,
                       device=a.device, config=config, checkpoint=ckpt, checkpoint_every=a.checkpoint_every,
@@ -112,32 +130,28 @@ def cmd_distill(a: argparse.Namespace) -> int:
     if not main_process:  # under torchrun only rank 0 writes and evaluates
         return 0
     summary.save(out)
-    summary.image_grid(out.with_suffix(".png"))
+    grid = isinstance(summary, SyntheticSet)
+    if grid:
+        summary.image_grid(out.with_suffix(".png"))
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,
                               "steps": summary.meta.get("steps"), "budget": a.budget if a.steps is None else None}
     if not a.no_eval:
-        from .engine import distill as _d
-
-        # the quick budget evaluates with 300 epochs (the paper protocol's no-augmentation count) to stay in
-        # CPU minutes; --budget paper (or --eval-epochs) runs the full protocol (1000 epochs with DSA)
-        epochs = a.eval_epochs if a.eval_epochs is not None else (300 if a.budget == "quick" else None)
-        a.eval_epochs = epochs
-        res = evaluate(summary, real, runs=a.eval_runs, epochs=epochs, device=a.device, model=a.model)
-        rnd = _d("random", real, a.ipc, seed=a.seed, device=a.device, progress=False)
-        rnd.meta["eval_augment"] = summary.meta.get("eval_augment")  # same protocol for the baseline
-        base = evaluate(rnd, real, runs=a.eval_runs, epochs=a.eval_epochs, device=a.device, model=a.model)
+        modality = MODALITIES.get(cls.modality)
+        epochs = a.eval_epochs if a.eval_epochs is not None else (
+            modality.quick_eval_epochs if a.budget == "quick" else None)
+        opts = {"runs": a.eval_runs, "epochs": epochs, "device": a.device, "model": a.model}
+        res = evaluate(summary, real, **opts)
+        base = evaluate(modality.baseline(real, summary, a.ipc, a.seed, a.device), real, **opts)
         result.update({"accuracy_mean": res.accuracy_mean, "accuracy_std": res.accuracy_std, "runs": res.runs,
-                       "model": res.model, "protocol": res.protocol, "epochs": res.epochs,
+                       "model": res.model, "protocol": res.protocol, "epochs": res.epochs, "metric": res.metric,
                        "random_accuracy_mean": base.accuracy_mean, "random_accuracy_std": base.accuracy_std})
 
     def text() -> str:
-        lines = [f"saved {out} ({summary.meta.get('steps')} steps) and {out.with_suffix('.png')}"]
+        lines = [f"saved {out} ({summary.meta.get('steps')} steps)" + (f" and {out.with_suffix('.png')}" if grid else "")]
         if not a.no_eval:
-            lines.append(f"{a.method:>8} ipc {a.ipc}: {100 * result['accuracy_mean']:.2f} +- "
-                         f"{100 * result['accuracy_std']:.2f} % on {real.name} test ({result['runs']} runs, "
-                         f"{result['model']}, {result['epochs']} epochs)")
-            lines.append(f"{'random':>8} ipc {a.ipc}: {100 * result['random_accuracy_mean']:.2f} +- "
-                         f"{100 * result['random_accuracy_std']:.2f} % (same protocol)")
+            lines.append(f"{a.method:>8} ipc {a.ipc}: {_score(res)} on {real.name} test ({res.runs} runs, "
+                         f"{res.model}" + (f", {res.epochs} epochs)" if res.epochs is not None else ")"))
+            lines.append(f"{'random':>8} ipc {a.ipc}: {_score(base)} (same protocol)")
         return "\n".join(lines)
 
     _emit(result, a.json, text)
@@ -146,27 +160,33 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
-    from .summary import SyntheticSet
+    from .summaries import load_summary
 
-    summary = SyntheticSet.load(a.path)
-    aug = None if a.augment == "none" else a.augment
-    res = evaluate(summary, a.dataset, model=a.model, runs=a.runs, epochs=a.epochs, augment=aug,
-                   protocol=a.protocol, device=a.device, data_root=a.data_root, progress=not a.json)
-    _emit(res.as_dict(), a.json, lambda: f"{a.path}: {res}")
+    summary = load_summary(a.path)  # any kind: SyntheticSet, CondensedGraph, GraphSet, ...
+    opts = {k: v for k, v in {"model": a.model, "protocol": a.protocol, "epochs": a.epochs}.items() if v is not None}
+    if a.augment is not None:
+        opts["augment"] = None if a.augment == "none" else a.augment
+    res = evaluate(summary, a.dataset, runs=a.runs, device=a.device, data_root=a.data_root, progress=not a.json,
+                   **opts)
+    _emit({**res.as_dict(), "summary": summary.describe()}, a.json, lambda: f"{a.path}: {res}")
     return 0
 
 
 def cmd_methods(a: argparse.Namespace) -> int:
     from .engine import METHODS
+    from .modality import MODALITIES, default_dataset
 
     rows = []
     for n in METHODS.names():
         cls = METHODS.get(n)
         cfg = cls.Config()
         rows.append({"name": n, "family": cls.family, "modality": cls.modality, "paper": cls.paper,
-                     "paper_steps": cfg.steps, "quick_steps": cfg.quick_steps, "eval_augment": cls.eval_augment})
+                     "paper_steps": cfg.steps, "quick_steps": cfg.quick_steps, "eval_augment": cls.eval_augment,
+                     "default_dataset": default_dataset(cls), "ipc": MODALITIES.get(cls.modality).ipc})
+    used = sorted({r["modality"] for r in rows})
     _emit({"methods": rows}, a.json, lambda: "\n".join(
-        f"{r['name']:<12} {r['family']:<13} {r['modality']:<9} {r['paper']}" for r in rows))
+        [f"{r['name']:<12} {r['family']:<13} {r['modality']:<21} {r['default_dataset']:<8} {r['paper']}" for r in rows]
+        + ["", "--ipc counts: " + "; ".join(f"{m}: {MODALITIES.get(m).ipc}" for m in used)]))
     return 0
 
 
@@ -177,14 +197,19 @@ def cmd_datasets(a: argparse.Namespace) -> int:
     rows = []
     for n in DATASETS.names():
         spec = DATASETS.get(n)
-        present = True if not spec.files else (dataset_present(n, root) if n != "medmnist" else None)
-        row = {"name": n, "present": present, "description": spec.description}
-        if n == "medmnist":  # a family: list the flags whose .npz is under the root
-            row["flags_present"] = sorted(p.stem for p in (root / "medmnist").glob("*.npz"))
+        row = {"name": n, "modality": getattr(spec, "modality", "image"), "description": spec.description}
+        pattern = next((f for f in spec.files if "<" in f), None)
+        if pattern:  # a family (medmnist:<flag>, tu:<name>): list the members present under the root
+            parts = re.split(r"<[^>]+>", pattern)
+            rx = re.compile("([^/]+)".join(map(re.escape, parts)))
+            row["flags_present"] = sorted(m.group(1) for p in root.glob("*".join(parts))
+                                          if (m := rx.fullmatch(p.relative_to(root).as_posix())))
             row["present"] = bool(row["flags_present"])
+        else:
+            row["present"] = True if not spec.files else dataset_present(n, root)
         rows.append(row)
     _emit({"data_root": str(root), "datasets": rows}, a.json, lambda: f"data root: {root}\n" + "\n".join(
-        f"{r['name']:<14} {'yes' if r['present'] else ('-' if r['present'] is None else 'MISSING'):<8} "
+        f"{r['name']:<14} {'yes' if r['present'] else 'MISSING':<8} {r['modality']:<21} "
         f"{r['description']}" + (f" [present: {', '.join(r['flags_present'])}]" if r.get("flags_present") else "")
         for r in rows))
     return 0

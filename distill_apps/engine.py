@@ -26,8 +26,10 @@ from . import checkpoint as ckpt
 from .config import MethodConfig, make_config
 from .data import RealData, load_dataset
 from .errors import ConfigError, MemoryBudgetError, NonFiniteError
+from .modality import MODALITIES, check_modality, default_dataset
 from .registry import Registry
 from .runtime import autocast, generator, pick_device
+from .summaries import Summary
 from .summary import SyntheticSet, library_versions
 
 METHODS: Registry[type["Distiller"]] = Registry("method")
@@ -240,10 +242,13 @@ def _distributed() -> tuple[int, int]:
 
 
 def make_distiller(method: str, real: RealData, ipc: int, config: dict[str, Any] | MethodConfig | None = None,
-                   device: str | torch.device = "auto", model: str = "convnet", seed: int = 0) -> Distiller:
+                   device: str | torch.device = "auto", model: str | None = None, seed: int = 0) -> Distiller:
+    """Build ``method``'s distiller on loaded data ``real`` (of the method's modality; ``real.check_ipc`` says
+    what ``ipc`` may be there) with ``model`` (default: the modality's, e.g. ``convnet`` for images)."""
     cls = METHODS.get(method)
-    if cls.modality == "image":
-        real.check_ipc(ipc)
+    check_modality(cls.modality, real, f"Method {method!r}")
+    real.check_ipc(ipc)
+    model = model or MODALITIES.get(cls.modality).default_model
     cfg = config if isinstance(config, MethodConfig) else make_config(cls.Config, config, method)
     rank, world = _distributed()
     dev = pick_device(device)
@@ -252,14 +257,20 @@ def make_distiller(method: str, real: RealData, ipc: int, config: dict[str, Any]
     return cls(real.to(dev), ipc, cfg, dev, model, seed, rank, world)
 
 
-def distill(method: str = "dm", dataset: str | RealData = "digits", ipc: int = 10, *, steps: int | None = None,
-            budget: str = "paper", model: str = "convnet", seed: int = 0, device: str = "auto",
+def distill(method: str = "dm", dataset: str | RealData | None = None, ipc: int = 10, *, steps: int | None = None,
+            budget: str = "paper", model: str | None = None, seed: int = 0, device: str = "auto",
             data_root: str | None = None, config: dict[str, Any] | MethodConfig | None = None,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool = False,
             eval_every: int = 0, callbacks: tuple[Callable[[int, dict, DistillState], None], ...] = (),
             progress: bool = True, time_limit: float | None = None,
-            max_memory_gb: float | None = None) -> SyntheticSet:
-    """Distil ``dataset`` into ``ipc`` synthetic images per class with ``method``; returns a SyntheticSet.
+            max_memory_gb: float | None = None) -> Summary:
+    """Distil ``dataset`` with ``method`` into its summary (a SyntheticSet for images; a CondensedGraph, GraphSet,
+    SyntheticInteractions or TextSummary for the other modalities).
+
+    ``dataset`` is a registered name or loaded data of the method's modality (default: the modality's default
+    dataset, e.g. ``digits``, ``cora``, ``ml-100k``, ``sst2``); ``ipc`` is the budget in the modality's unit
+    (images, condensed nodes, graphs or sentences per class; synthetic users for ``distill_cf``) and ``model`` the
+    network (default: the modality's).
 
     ``steps`` overrides the method's iteration count; otherwise ``budget="paper"`` runs the paper's count and
     ``budget="quick"`` a CPU-minutes preset. With ``checkpoint`` and ``checkpoint_every=N`` the state is saved
@@ -267,6 +278,9 @@ def distill(method: str = "dm", dataset: str | RealData = "digits", ipc: int = 1
     ``max_memory_gb`` stops the run (after checkpointing) once its peak memory passes the limit, with a message
     naming what to lower, instead of letting the OS kill it.
     """
+    dataset = default_dataset(METHODS.get(method)) if dataset is None else dataset
+    if isinstance(dataset, str):
+        check_modality(METHODS.get(method).modality, dataset, f"Method {method!r}")  # before loading anything
     real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
     d = make_distiller(method, real, ipc, config, device, model, seed)
     if budget not in ("paper", "quick"):
@@ -327,7 +341,7 @@ def _guarded_step(d: "Distiller", state: DistillState) -> dict[str, float]:
 
 def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0, resume: bool = False,
         eval_every: int = 0, callbacks=(), progress: bool = True, time_limit: float | None = None,
-        max_memory_gb: float | None = None) -> SyntheticSet:
+        max_memory_gb: float | None = None) -> Summary:
     """Drive ``d`` for ``total`` steps (see :func:`distill`)."""
     state = d.init(generator("init", d.seed))
     if resume:

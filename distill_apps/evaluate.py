@@ -21,6 +21,8 @@ from .errors import DataError
 from .nets import build_model
 from .registry import Registry
 from .runtime import generator, pick_device
+from .modality import check_modality
+from .summaries import Summary
 from .summary import SyntheticSet
 from .train import accuracy, fit
 
@@ -42,13 +44,15 @@ class EvalResult:
     lr: float | None
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    metric: str = "accuracy"  # what accuracy_* hold: "accuracy", or e.g. "ndcg@10" for recommenders
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"{100 * self.accuracy_mean:.2f} +- {100 * self.accuracy_std:.2f} % "
-                f"({self.protocol}, {self.model}, {self.runs} runs)")
+        score = (f"{100 * self.accuracy_mean:.2f} +- {100 * self.accuracy_std:.2f} %" if self.metric == "accuracy"
+                 else f"{self.metric} {self.accuracy_mean:.4f} +- {self.accuracy_std:.4f}")
+        return f"{score} ({self.protocol}, {self.model}, {self.runs} runs)"
 
 
 def check_compatible(summary: SyntheticSet, real: RealData) -> None:
@@ -61,20 +65,28 @@ def check_compatible(summary: SyntheticSet, real: RealData) -> None:
         raise DataError(f"The summary has {summary.num_classes} classes but {real.name} has {real.num_classes}.")
 
 
-def evaluate(summary: SyntheticSet, dataset: RealData | str | None = None, *, model: str = "convnet",
+def evaluate(summary: Summary, dataset: RealData | str | None = None, *, model: str | None = None,
              runs: int = 3, epochs: int | None = None, lr: float | None = None, batch_size: int = 256,
-             augment: str | None = "auto", protocol: str = "train", seed: int = 0, device: str = "auto",
+             augment: str | None = "auto", protocol: str | None = None, seed: int = 0, device: str = "auto",
              data_root: str | None = None, progress: bool = False, **kw) -> EvalResult:
     """Evaluate ``summary`` on the real test split of ``dataset`` (default: the one it was distilled from).
 
     ``augment="auto"`` uses DSA when the summary's method was distilled with it (and then 1000 epochs, as in
-    the DSA/DM papers), none otherwise; pass ``"dsa"`` or ``None`` to choose.
+    the DSA/DM papers), none otherwise; pass ``"dsa"`` or ``None`` to choose. ``model`` defaults to
+    ``convnet`` and ``protocol`` to ``train``. A summary of another modality (graph, recommender, text) is
+    scored by its own protocol (``summary.evaluate``) with the same ``runs``/``epochs``/``lr``/``seed`` options.
     """
+    if not isinstance(summary, SyntheticSet):
+        return summary.evaluate(dataset, model=model, runs=runs, epochs=epochs, lr=lr, augment=augment,
+                                protocol=protocol, seed=seed, device=device, data_root=data_root, progress=progress,
+                                **kw)
+    model, protocol = model or "convnet", protocol or "train"
     dev = pick_device(device)
     if dataset is None:
         dataset = summary.meta.get("dataset")
         if dataset is None:
             raise DataError("The summary does not name its dataset: pass dataset=...")
+    check_modality("image", dataset, f"An image summary ({summary.meta.get('method', 'unknown method')})")
     real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
     check_compatible(summary, real)
     return PROTOCOLS.get(protocol)(summary, real, model=model, runs=runs, epochs=epochs, lr=lr,

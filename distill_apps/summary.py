@@ -11,7 +11,7 @@ import os
 import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch.utils.data import TensorDataset
@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 from . import safe_io
 from .errors import DataError, SummaryFormatError
 from .registry import Registry
+from .summaries import Summary, register_summary
 
 FORMAT_VERSION = 1
 KIND = "summary"
@@ -38,9 +39,12 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+@register_summary
 @dataclass
-class SyntheticSet:
-    """A distilled summary. ``x`` is normalised ``(N, C, H, W)``; ``y`` int64 ``(N,)``."""
+class SyntheticSet(Summary):
+    """A distilled image summary. ``x`` is normalised ``(N, C, H, W)``; ``y`` int64 ``(N,)``."""
+
+    kind: ClassVar[str] = KIND
 
     x: torch.Tensor | None
     y: torch.Tensor
@@ -132,6 +136,18 @@ class SyntheticSet:
         dt = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
         return replace(self, x=dt(self.x), y=self.y.detach().cpu().clone(), soft=dt(self.soft),
                        params={k: v.detach().cpu().clone() for k, v in self.params.items()})
+
+    def contents(self) -> dict[str, Any]:
+        """Images (or factorised parameters), classes, image shape and label kind."""
+        return {"images": len(self.y) if self.decoder is None else None, "classes": self.num_classes,
+                "image_shape": list(self.image_shape), "label_kind": self.label_kind, "decoder": self.decoder,
+                "stored_floats": self.storage_floats()}
+
+    def evaluate(self, data: Any = None, **kw):
+        """:func:`distill_apps.evaluate.evaluate` on ``data`` (default: the dataset it was distilled from)."""
+        from .evaluate import evaluate
+
+        return evaluate(self, data, **kw)
 
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:

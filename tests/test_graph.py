@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import distill_apps as da
+from distill_apps.engine import make_distiller
 from distill_apps.errors import ConfigError, SummaryFormatError
 from distill_apps.modalities import graph as G
 from distill_apps.runtime import generator
@@ -28,7 +30,7 @@ def test_unknown_graph_dataset_is_refused(data_root, tmp_path):
 
 
 def test_gcond_adjacency_is_a_function_of_features_and_gets_gradient(cora):
-    d = G.make_graph_distiller("gcond", cora, config={"outer_loop": 1, "inner_loop": 0})
+    d = make_distiller("gcond", cora, 5, config={"outer_loop": 1, "inner_loop": 0}, device="cpu")
     state = d.init(generator("t", 0))
     x = state.params["x"]
     a1 = d.syn_adj(state, generator("a"), x)
@@ -42,8 +44,8 @@ def test_gcond_adjacency_is_a_function_of_features_and_gets_gradient(cora):
 
 
 def test_gcond_alternates_structure_and_feature_updates(cora):
-    d = G.make_graph_distiller("gcond", cora, config={"outer_loop": 2, "inner_loop": 2, "alt_cycle": 2,
-                                                      "adj_every": 1, "lr_feat": 0.01, "lr_adj": 0.01})
+    d = make_distiller("gcond", cora, 5, config={"outer_loop": 2, "inner_loop": 2, "alt_cycle": 2, "adj_every": 1,
+                                                 "lr_feat": 0.01, "lr_adj": 0.01}, device="cpu")
     state = d.init(generator("t", 0))
     x0, w0 = state.params["x"].detach().clone(), state.modules["pge"].first_i.weight.detach().clone()
     m = d.step(state, generator("s", 0))  # step 0: structure only
@@ -56,7 +58,7 @@ def test_gcond_alternates_structure_and_feature_updates(cora):
 
 
 def test_doscond_uses_one_step_matching_and_updates_features_and_structure_together(cora):
-    d = G.make_graph_distiller("doscond", cora)
+    d = make_distiller("doscond", cora, 5, device="cpu")
     state = d.init(generator("t", 0))
     x0 = state.params["x"].detach().clone()
     w0 = state.modules["pge"].first_i.weight.detach().clone()
@@ -70,7 +72,7 @@ def test_doscond_uses_one_step_matching_and_updates_features_and_structure_toget
 
 
 def test_doscond_discrete_structure_is_a_straight_through_bernoulli_sample(cora):
-    d = G.make_graph_distiller("doscond", cora, config={"structure": "bernoulli"})
+    d = make_distiller("doscond", cora, 5, config={"structure": "bernoulli"}, device="cpu")
     state = d.init(generator("t", 0))
     d.step(state, generator("s", 0))
     adj = d.syn_adj(state, generator("a"), state.params["x"])
@@ -78,28 +80,38 @@ def test_doscond_discrete_structure_is_a_straight_through_bernoulli_sample(cora)
     cg = d.export(state)
     assert set(cg.adj.unique().tolist()) <= {0.0, 1.0} and torch.equal(cg.adj, cg.adj.T)
     with pytest.raises(ConfigError, match="structure"):
-        G.make_graph_distiller("doscond", cora, config={"structure": "dense"})
+        make_distiller("doscond", cora, 5, config={"structure": "dense"}, device="cpu")
+
+
+def test_ipc_is_nodes_per_class_and_reduction_is_gcond_ratio(cora):
+    per_class = make_distiller("gcdm", cora, 3, device="cpu")
+    ratio = make_distiller("gcdm", cora, 3, config={"reduction": 0.25}, device="cpu")
+    assert per_class.budget == [3] * 7 and ratio.budget == G.class_budget(cora, 0.25) == [5] * 7
+    with pytest.raises(ConfigError, match="condensed nodes per class"):
+        make_distiller("gcdm", cora, 0, device="cpu")
 
 
 def test_gcondx_has_identity_structure_and_gcdm_resumes_exactly(cora, tmp_path):
-    cg = G.distill_graph("gcond-x", cora, steps=1, config={"outer_loop": 1, "inner_loop": 0}, progress=False)
+    cg = da.distill("gcond-x", cora, 5, steps=1, config={"outer_loop": 1, "inner_loop": 0}, device="cpu",
+                    progress=False)
     assert cg.adj.abs().sum() == 0 and torch.allclose(G.normalize_dense(cg.adj), torch.eye(len(cg)))
-    straight = G.distill_graph("gcdm", cora, steps=4, progress=False)
+    straight = da.distill("gcdm", cora, 5, steps=4, device="cpu", progress=False)
     ck = tmp_path / "gcdm.ckpt"
-    G.distill_graph("gcdm", cora, steps=2, checkpoint=str(ck), checkpoint_every=2, progress=False)
-    resumed = G.distill_graph("gcdm", cora, steps=4, checkpoint=str(ck), checkpoint_every=2, resume=True,
-                              progress=False)
+    da.distill("gcdm", cora, 5, steps=2, checkpoint=str(ck), checkpoint_every=2, device="cpu", progress=False)
+    resumed = da.distill("gcdm", cora, 5, steps=4, checkpoint=str(ck), checkpoint_every=2, resume=True, device="cpu",
+                         progress=False)
     assert torch.equal(straight.x, resumed.x) and torch.equal(straight.adj, resumed.adj)
 
 
 def test_condensed_graph_round_trip_and_evaluation(cora, tmp_path):
-    cg = G.distill_graph("gcdm", cora, steps=2, progress=False)
+    cg = da.distill("gcdm", cora, 5, steps=2, device="cpu", progress=False)
     path = cg.save(tmp_path / "cora.safetensors")
     back = G.CondensedGraph.load(path)
     assert torch.equal(back.x, cg.x) and torch.equal(back.adj, cg.adj) and torch.equal(back.y, cg.y)
     assert back.meta["method"] == "gcdm" and back.meta["reduction_ratio"] == pytest.approx(35 / 2708)
     res = G.evaluate_graph(back, cora, runs=2, epochs=30)
-    assert len(res.accuracies) == 2 and 0.0 <= res.accuracy_mean <= 1.0 and res.nodes == 35
+    assert len(res.accuracies) == 2 and 0.0 <= res.accuracy_mean <= 1.0 and res.extra["nodes"] == 35
+    assert da.evaluate(back, cora, runs=2, epochs=30, device="cpu").accuracies == res.accuracies  # same protocol
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF
     path.write_bytes(bytes(raw))

@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("torch_geometric")
 
+import distill_apps as da  # noqa: E402
 from distill_apps.errors import ConfigError, DataError, SummaryFormatError  # noqa: E402
 from distill_apps.modalities import graph_classification as gc  # noqa: E402
 
@@ -56,10 +57,10 @@ def test_missing_files_and_wrong_method_are_clear(tmp_path, toy):
     with pytest.raises(DataError) as err:
         gc.load_tudataset("MUTAG", tmp_path)
     assert "MUTAG_A.txt" in str(err.value) and str(tmp_path / "tudataset" / "MUTAG" / "raw") in str(err.value)
-    with pytest.raises(ConfigError, match="doscond-gc"):
-        gc.distill_graph_classification("gcond", toy, 1, steps=1, progress=False)
+    with pytest.raises(ConfigError, match="is a graph-classification dataset. Graph datasets: citeseer, cora"):
+        da.distill("gcond", toy, 1, steps=1, progress=False)
     with pytest.raises(ConfigError, match="more than class"):
-        gc.distill_graph_classification("doscond-gc", toy, 33, steps=1, progress=False)
+        da.distill("doscond-gc", toy, 33, steps=1, progress=False)
 
 
 def test_doscond_gc_matches_once_per_step_and_learns_structure(toy):
@@ -86,7 +87,7 @@ def test_doscond_gc_matches_once_per_step_and_learns_structure(toy):
 
 
 def test_condensed_graphs_round_trip_and_train_a_classifier(toy, tmp_path):
-    s = gc.distill_graph_classification("doscond-gc", toy, 2, steps=10, config={"batch_real": 16}, progress=False)
+    s = da.distill("doscond-gc", toy, 2, steps=10, config={"batch_real": 16}, device="cpu", progress=False)
     assert len(s) == 4 and s.y.tolist() == [0, 0, 1, 1] and set(s.adj.unique().tolist()) <= {0.0, 1.0}
     path = s.save(tmp_path / "graphs.safetensors")
     back = gc.GraphSet.load(path)

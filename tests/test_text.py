@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import distill_apps as da
+from distill_apps.engine import METHODS
 from distill_apps.errors import DataError
 from distill_apps.modalities import text as T
 from distill_apps.runtime import generator
@@ -17,7 +19,7 @@ def sst2(data_root):
 
 
 def _distiller(sst2, **cfg):
-    cls = T.METHODS.get("text")
+    cls = METHODS.get("text")
     return cls(sst2, 2, cls.Config(inner_steps=3, batch_real=64, channels=8, **cfg), torch.device("cpu"))
 
 
@@ -42,13 +44,13 @@ def test_soft_labels_receive_gradient_through_the_unroll(sst2):
 
 
 def test_text_summary_round_trip_and_evaluation(sst2, tmp_path):
-    s = T.distill_text(sst2, 2, steps=2, config={"inner_steps": 3, "batch_real": 64, "channels": 8},
-                       progress=False)
+    s = da.distill("text", sst2, 2, steps=2, config={"inner_steps": 3, "batch_real": 64, "channels": 8},
+                   device="cpu", progress=False)
     assert s.x.shape == (4, 16, 16) and s.soft.shape == (4, 2) and s.y.tolist() == [0, 0, 1, 1]
     back = T.TextSummary.load(s.save(tmp_path / "sst2.safetensors"))
     assert torch.equal(back.x, s.x) and torch.equal(back.soft, s.soft) and back.lr == s.lr
     res = T.evaluate_text(back, sst2, runs=1)
-    assert 0.0 <= res["accuracy_mean"] <= 1.0 and res["sentences"] == 4
+    assert 0.0 <= res.accuracy_mean <= 1.0 and res.extra["sentences"] == 4 and res.epochs == 3  # inner steps
 
 
 def test_empty_sentence_file_is_refused(tmp_path):

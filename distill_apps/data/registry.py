@@ -28,6 +28,7 @@ class DatasetSpec:
     loader: Callable[..., RealData]
     files: tuple[str, ...]  # paths relative to the data root that must exist ('' for embedded)
     description: str
+    modality: str = "image"  # what the loader returns: image RealData, or "graph", "recsys", "text", ...
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -42,9 +43,11 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "distill_apps" / "data"
 
 
-def register_dataset(name: str, files: tuple[str, ...] = (), description: str = ""):
+def register_dataset(name: str, files: tuple[str, ...] = (), description: str = "", modality: str = "image"):
+    """Decorator: register ``fn(root, download=False)`` (or ``fn(root, arg, download=False)`` for a family named
+    ``name:arg``) as a dataset of ``modality``."""
     def deco(fn: Callable[..., RealData]) -> Callable[..., RealData]:
-        DATASETS.register(name)(DatasetSpec(name, fn, files, description or (fn.__doc__ or "").strip()))
+        DATASETS.register(name)(DatasetSpec(name, fn, files, description or (fn.__doc__ or "").strip(), modality))
         return fn
 
     return deco
@@ -74,6 +77,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, download: boo
     if name.startswith("medmnist:"):
         spec = DATASETS.get("medmnist")
         return spec.loader(data_root(root), flag=name.split(":", 1)[1], download=download)
+    family, sep, arg = name.partition(":")
+    if sep and name not in DATASETS:  # a family: tu:<folder or TU name>
+        return DATASETS.get(family).loader(data_root(root), arg, download=download)
     spec = DATASETS.get(name)
     return spec.loader(data_root(root), download=download)
 

@@ -19,10 +19,12 @@
 Design notes. The real graph is kept as a sparse normalised adjacency (Cora: 13k non-zeros), the condensed one
 dense. The PGE's first layer is split into ``W_i x_i + W_j x_j`` so the ``n'^2`` pair inputs are never built,
 and it uses LayerNorm instead of GCond's BatchNorm so the exported structure does not depend on running
-statistics. The number of synthetic nodes follows GCond: ``reduction`` times the labelled training nodes of
-each class (at least one); the *reduction ratio* reported as in the papers is ``n_syn / N`` of the whole graph
-(Cora 0.25 -> 35 nodes = 1.3 %, CiteSeer 0.25 -> 30 nodes = 0.9 %). Evaluation trains a GCN on the condensed
-graph (through :func:`distill_apps.train.fit`, full batch, Adam) and tests it on the real graph's test nodes.
+statistics. The budget ``ipc`` is the number of condensed nodes per class; the ``reduction`` option instead
+follows GCond: ``reduction`` times the labelled training nodes of each class (at least one). On Planetoid's
+public split (20 labelled nodes per class) ``ipc=5`` is GCond's ``r = 0.25``. The *reduction ratio* reported as
+in the papers is ``n_syn / N`` of the whole graph (Cora 5 per class -> 35 nodes = 1.3 %, CiteSeer 30 nodes =
+0.9 %). Evaluation trains a GCN on the condensed graph (through :func:`distill_apps.train.fit`, full batch, Adam)
+and tests it on the real graph's test nodes. ``cora`` and ``citeseer`` are registered datasets.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,12 +41,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import safe_io
-from ..config import MethodConfig, make_config
-from ..engine import METHODS, Distiller, DistillState, register_method, run
+from ..config import MethodConfig
+from ..data.registry import register_dataset
+from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError, DataError
+from ..evaluate import EvalResult
 from ..matching import gradient_distance
+from ..modality import Modality, register_modality
 from ..registry import Registry
 from ..runtime import generator, pick_device, seeded_global_rng
+from ..summaries import Summary, check_eval_options, header_errors, register_summary, resolve_data
 from ..summary import library_versions
 from ..train import fit
 
@@ -69,6 +75,7 @@ class GraphData:
     test_idx: torch.Tensor
     num_classes: int
     _sparse_x: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    modality: ClassVar[str] = "graph"
 
     @property
     def num_nodes(self) -> int:
@@ -87,6 +94,16 @@ class GraphData:
     def train_by_class(self) -> list[torch.Tensor]:
         yt = self.y[self.train_idx]
         return [self.train_idx[yt == c] for c in range(self.num_classes)]
+
+    def check_ipc(self, ipc: int) -> None:
+        """The graph budget: condensed nodes per class, a positive integer."""
+        if not isinstance(ipc, int) or ipc < 1:
+            raise ConfigError(f"For a graph, ipc is the number of condensed nodes per class (a positive integer); "
+                              f"got {ipc!r}.")
+
+    def to(self, device: torch.device) -> "GraphData":
+        """The graph stays in host memory; the condenser moves what it uses."""
+        return self
 
 
 def normalize_dense(a: torch.Tensor) -> torch.Tensor:
@@ -145,9 +162,20 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None,
                      num_classes=int(data.y.max()) + 1)
 
 
+for _key, _folder in (("cora", "Cora"), ("citeseer", "CiteSeer")):
+    def _loader(root: Path, download: bool = False, _key: str = _key) -> GraphData:
+        return load_planetoid(_key, root)
+
+    _files = tuple(f"planetoid/{_folder}/raw/ind.{_key}.{ext}" for ext in ("x", "y", "tx", "ty", "allx", "ally",
+                                                                            "graph", "test.index"))
+    register_dataset(_key, files=_files, modality="graph",
+                     description=f"Planetoid {_folder} citation graph, node classification (public split)")(_loader)
+
+
 # ---------------------------------------------------------------------- the condensed graph
+@register_summary
 @dataclass
-class CondensedGraph:
+class CondensedGraph(Summary):
     """A condensed graph: ``x`` (n, F) features, ``adj`` (n, n) non-negative symmetric weights (no self-loops;
     the GCN normalisation adds them), ``y`` (n,) int64 labels, and run metadata."""
 
@@ -156,6 +184,8 @@ class CondensedGraph:
     y: torch.Tensor
     num_classes: int
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = KIND
+    modality: ClassVar[str] = "graph"
 
     def validate(self) -> None:
         n = self.x.shape[0]
@@ -174,6 +204,10 @@ class CondensedGraph:
         """Condensed nodes over all nodes of the real graph (the papers' ratio for transductive data sets)."""
         return len(self) / graph.num_nodes
 
+    def contents(self) -> dict[str, Any]:
+        return {"nodes": len(self), "features": int(self.x.shape[1]), "edges": int((self.adj > 0).sum()) // 2,
+                "classes": self.num_classes}
+
     def save(self, path: str | os.PathLike) -> Path:
         self.validate()
         header = {"num_classes": self.num_classes, "meta": self.meta}
@@ -182,9 +216,20 @@ class CondensedGraph:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CondensedGraph":
         t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"x", "adj", "y"})
-        cg = cls(x=t["x"], adj=t["adj"], y=t["y"], num_classes=int(h["num_classes"]), meta=h.get("meta", {}))
-        cg.validate()
+        with header_errors(path, KIND):
+            cg = cls(x=t["x"], adj=t["adj"], y=t["y"], num_classes=int(h["num_classes"]), meta=dict(h.get("meta", {})))
+            cg.validate()
         return cg
+
+    def evaluate(self, data: GraphData | str | None = None, *, runs: int = 5, epochs: int | None = None,
+                 lr: float | None = None, seed: int = 0, device: str = "auto", data_root: str | None = None,
+                 model: str | None = None, protocol: str | None = None, augment: str | None = None,
+                 progress: bool = False, **kw) -> EvalResult:
+        """GCond's protocol (:func:`evaluate_graph`) on ``data`` (default: the graph it was condensed from)."""
+        check_eval_options(self, model=model, protocol=protocol, augment=augment, own_model="gcn", own_protocol="train")
+        graph = resolve_data(self, data, data_root)
+        return evaluate_graph(self, graph, runs=runs, epochs=600 if epochs is None else epochs,
+                              lr=0.01 if lr is None else lr, seed=seed, device=device, **kw)
 
 
 # ---------------------------------------------------------------------- networks
@@ -273,7 +318,7 @@ class GraphConfig(MethodConfig):
     steps: int = 1000
     quick_steps: int = 40
     amp: bool = False
-    reduction: float = 0.25  # synthetic nodes per labelled training node (GCond's r)
+    reduction: float = 0.0  # > 0: GCond's r, synthetic nodes per labelled training node (else ipc per class)
     hidden: int = 256
     nlayers: int = 2
     lr_feat: float = 1e-4
@@ -339,9 +384,11 @@ class GraphCondenser(Distiller):
         super().__init__(real, ipc, cfg, device, model, seed, rank, world_size)
         if cfg.structure and cfg.structure not in ("pge", "bernoulli", "none"):
             raise ConfigError(f"structure must be pge, bernoulli or none; got {cfg.structure!r}.")
+        if model != "gcn":
+            raise ConfigError(f"{self.name} condenses for a GCN; got model {model!r} (omit --model).")
         self.structure = cfg.structure or type(self).structure
         self.graph = real
-        self.budget = class_budget(real, cfg.reduction)
+        self.budget = class_budget(real, cfg.reduction) if cfg.reduction else [ipc] * real.num_classes
         self._x, self._adj, self._y = real.sparse_x().to(device), real.adj.to(device), real.y.to(device)
         self._train_by_class = [ix.to(device) for ix in real.train_by_class()]
 
@@ -392,7 +439,7 @@ class GraphCondenser(Distiller):
                 adj = state.modules["pge"](x)
                 adj = torch.where(adj < self.cfg.threshold, torch.zeros_like(adj), adj)
         meta = self.meta(state, reduction=self.cfg.reduction, reduction_ratio=x.shape[0] / self.graph.num_nodes,
-                         structure=self.structure)
+                         structure=self.structure, nodes_per_class=self.budget)
         return CondensedGraph(x=x.float().cpu().clone(), adj=adj.float().cpu().clone(),
                               y=state.buffers["y"].cpu().clone(), num_classes=self.graph.num_classes, meta=meta)
 
@@ -504,61 +551,7 @@ class GCDM(GraphCondenser):
         return {"loss": float(loss.detach()), "matches": 1, "inner_steps": 0}
 
 
-# ---------------------------------------------------------------------- entry points
-def make_graph_distiller(method: str, graph: GraphData | str, *, reduction: float | None = None,
-                         config: dict[str, Any] | GraphConfig | None = None, seed: int = 0, device: str = "cpu",
-                         data_root: str | None = None, cache_dir: str | None = None) -> GraphCondenser:
-    cls = METHODS.get(method)
-    if getattr(cls, "modality", "image") != "graph":
-        raise ConfigError(f"{method!r} is not a graph method; use one of {graph_methods()}.")
-    graph = load_planetoid(graph, data_root, cache_dir) if isinstance(graph, str) else graph
-    cfg = config if isinstance(config, MethodConfig) else make_config(cls.Config, config, method)
-    if reduction is not None:
-        cfg.reduction = float(reduction)
-    n_syn = sum(class_budget(graph, cfg.reduction))
-    return cls(graph, n_syn, cfg, pick_device(device), "gcn", seed)
-
-
-def distill_graph(method: str = "gcond", graph: GraphData | str = "cora", *, reduction: float | None = None,
-                  steps: int | None = None, budget: str = "paper", config: dict[str, Any] | None = None,
-                  seed: int = 0, device: str = "cpu", data_root: str | None = None, cache_dir: str | None = None,
-                  checkpoint: str | None = None, checkpoint_every: int = 0, resume: bool = False,
-                  progress: bool = True) -> CondensedGraph:
-    """Condense a Planetoid graph with a registered graph method; returns a :class:`CondensedGraph`.
-
-    >>> cg = distill_graph("gcond", "cora", reduction=0.25, budget="quick")   # 35 nodes = 1.3 % of Cora
-    >>> evaluate_graph(cg, "cora").accuracy_mean
-    """
-    d = make_graph_distiller(method, graph, reduction=reduction, config=config, seed=seed, device=device,
-                             data_root=data_root, cache_dir=cache_dir)
-    if budget not in ("paper", "quick"):
-        raise ConfigError(f"budget must be 'paper' or 'quick'; got {budget!r}.")
-    total = steps if steps is not None else (d.cfg.steps if budget == "paper" else d.cfg.quick_steps)
-    return run(d, total, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, progress=progress)
-
-
-def graph_methods() -> list[str]:
-    return [n for n in METHODS.names() if getattr(METHODS.get(n), "modality", "") == "graph"]
-
-
-@dataclass
-class GraphEvalResult:
-    accuracy_mean: float
-    accuracy_std: float
-    accuracies: list[float]
-    runs: int
-    nodes: int
-    reduction_ratio: float
-    seconds: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return (f"{100 * self.accuracy_mean:.2f} +- {100 * self.accuracy_std:.2f} % (GCN, {self.runs} runs, "
-                f"{self.nodes} nodes = {100 * self.reduction_ratio:.2f} %)")
-
-
+# ---------------------------------------------------------------------- evaluation
 def _test_accuracy(gcn: GCN, graph: GraphData) -> float:
     gcn.eval()
     with torch.no_grad():
@@ -567,64 +560,74 @@ def _test_accuracy(gcn: GCN, graph: GraphData) -> float:
     return float((out[graph.test_idx.to(dev)].argmax(1).cpu() == graph.y[graph.test_idx]).float().mean())
 
 
-def evaluate_graph(cg: CondensedGraph, graph: GraphData | str, *, runs: int = 5, epochs: int = 600,
-                   hidden: int = 256, dropout: float = 0.5, lr: float = 0.01, weight_decay: float = 5e-4,
-                   seed: int = 0, device: str = "cpu", data_root: str | None = None) -> GraphEvalResult:
+def _gcn_protocol(graph: GraphData, feat: torch.Tensor, adj: torch.Tensor, ids: torch.Tensor, y: torch.Tensor, *,
+                  stream: str, runs: int, epochs: int, hidden: int, dropout: float, lr: float, weight_decay: float,
+                  seed: int, device: str, extra: dict[str, Any]) -> EvalResult:
+    """Train ``runs`` fresh 2-layer GCNs (Adam, full batch) on nodes ``ids`` of the graph ``(feat, adj)`` (``adj``
+    normalised) and test each on ``graph``'s test nodes."""
+    dev = pick_device(device)
+    t0, accs = time.perf_counter(), []
+    feat, adj = feat.to(dev), adj.to(dev)
+    for r in range(runs):
+        g = generator(stream, seed, r)
+        with seeded_global_rng(g):
+            gcn = GCN(graph.num_features, hidden, graph.num_classes, 2, dropout).to(dev)
+        opt = torch.optim.Adam(gcn.parameters(), lr=lr, weight_decay=weight_decay)
+        with seeded_global_rng(g):  # dropout draws from the global RNG: seed it from g
+            fit(_NodeModel(gcn, feat, adj), ids, y, steps=epochs, batch_size=len(ids), optimizer=opt,
+                decay_at_half=False, amp=False, generator=g)
+        accs.append(_test_accuracy(gcn, graph))
+    t = torch.tensor(accs)
+    return EvalResult(float(t.mean()), float(t.std()) if runs > 1 else 0.0, accs, runs, "gcn", graph.name, "train",
+                      epochs, None, lr, time.perf_counter() - t0,
+                      {**extra, "hidden": hidden, "dropout": dropout, "weight_decay": weight_decay})
+
+
+def evaluate_graph(cg: CondensedGraph, graph: GraphData, *, runs: int = 5, epochs: int = 600, hidden: int = 256,
+                   dropout: float = 0.5, lr: float = 0.01, weight_decay: float = 5e-4, seed: int = 0,
+                   device: str = "cpu") -> EvalResult:
     """GCond's protocol: a 2-layer GCN trained (Adam, full batch) on the condensed graph, tested on the real
-    graph's test nodes; mean and std over ``runs`` seeds."""
-    graph = load_planetoid(graph, data_root) if isinstance(graph, str) else graph
+    graph's test nodes; mean and (unbiased) std over ``runs`` seeds; ``extra`` holds the node count and ratio."""
     cg.validate()
     if cg.x.shape[1] != graph.num_features or cg.num_classes != graph.num_classes:
         raise DataError(f"The condensed graph has {cg.x.shape[1]} features / {cg.num_classes} classes but "
                         f"{graph.name} has {graph.num_features} / {graph.num_classes}: evaluate on its own dataset.")
-    dev = pick_device(device)
-    t0, accs = time.perf_counter(), []
-    adj = normalize_dense(cg.adj.to(dev))
-    for r in range(runs):
-        g = generator("eval-graph", seed, r)
-        with seeded_global_rng(g):
-            gcn = GCN(graph.num_features, hidden, graph.num_classes, 2, dropout).to(dev)
-        model = _NodeModel(gcn, cg.x.to(dev), adj)
-        opt = torch.optim.Adam(gcn.parameters(), lr=lr, weight_decay=weight_decay)
-        with seeded_global_rng(g):  # dropout draws from the global RNG: seed it from g
-            fit(model, torch.arange(len(cg)), cg.y, steps=epochs, batch_size=len(cg), optimizer=opt,
-                decay_at_half=False, amp=False, generator=g)
-        accs.append(_test_accuracy(gcn, graph))
-    t = torch.tensor(accs)
-    return GraphEvalResult(float(t.mean()), float(t.std()) if runs > 1 else 0.0, accs, runs, len(cg),
-                           cg.reduction_ratio(graph), time.perf_counter() - t0)
+    return _gcn_protocol(graph, cg.x, normalize_dense(cg.adj), torch.arange(len(cg)), cg.y, stream="eval-graph",
+                         runs=runs, epochs=epochs, hidden=hidden, dropout=dropout, lr=lr, weight_decay=weight_decay,
+                         seed=seed, device=device,
+                         extra={"nodes": len(cg), "reduction_ratio": cg.reduction_ratio(graph)})
 
 
-def random_subgraph(graph: GraphData, reduction: float, seed: int = 0) -> CondensedGraph:
-    """Baseline: random labelled nodes (GCond's budget per class) with the real edges among them."""
+def random_subgraph(graph: GraphData, reduction: float = 0.25, seed: int = 0, *,
+                    per_class: list[int] | None = None) -> CondensedGraph:
+    """Baseline: random labelled nodes (GCond's budget per class, or ``per_class`` nodes of each class) with the
+    real edges among them."""
     g = generator("random-subgraph", seed)
+    budget = per_class if per_class is not None else class_budget(graph, reduction)
     picks = []
     for c, ix in enumerate(graph.train_by_class()):
-        picks.append(ix[torch.randperm(len(ix), generator=g)[: class_budget(graph, reduction)[c]]])
+        picks.append(ix[torch.randperm(len(ix), generator=g)[: budget[c]]])
     idx = torch.cat(picks)
     dense = graph.adj.to_dense()[idx][:, idx]
     adj = (dense > 0).float() * (1 - torch.eye(len(idx)))
     return CondensedGraph(x=graph.x[idx].clone(), adj=adj, y=graph.y[idx].clone(), num_classes=graph.num_classes,
                           meta={"method": "random", "dataset": graph.name, "reduction": reduction, "seed": seed,
-                                "versions": library_versions()})
+                                "nodes_per_class": budget, "versions": library_versions()})
 
 
 def full_graph_accuracy(graph: GraphData, *, runs: int = 5, epochs: int = 600, hidden: int = 256,
                         dropout: float = 0.5, lr: float = 0.01, weight_decay: float = 5e-4, seed: int = 0,
-                        device: str = "cpu") -> GraphEvalResult:
+                        device: str = "cpu") -> EvalResult:
     """The whole-dataset reference: the same GCN trained on the real graph's labelled nodes."""
-    dev = pick_device(device)
-    t0, accs = time.perf_counter(), []
-    for r in range(runs):
-        g = generator("eval-full-graph", seed, r)
-        with seeded_global_rng(g):
-            gcn = GCN(graph.num_features, hidden, graph.num_classes, 2, dropout).to(dev)
-        model = _NodeModel(gcn, graph.sparse_x().to(dev), graph.adj.to(dev))
-        opt = torch.optim.Adam(gcn.parameters(), lr=lr, weight_decay=weight_decay)
-        with seeded_global_rng(g):
-            fit(model, graph.train_idx, graph.y[graph.train_idx], steps=epochs, batch_size=len(graph.train_idx),
-                optimizer=opt, decay_at_half=False, amp=False, generator=g)
-        accs.append(_test_accuracy(gcn, graph))
-    t = torch.tensor(accs)
-    return GraphEvalResult(float(t.mean()), float(t.std()) if runs > 1 else 0.0, accs, runs, graph.num_nodes, 1.0,
-                           time.perf_counter() - t0)
+    return _gcn_protocol(graph, graph.sparse_x(), graph.adj, graph.train_idx, graph.y[graph.train_idx],
+                         stream="eval-full-graph", runs=runs, epochs=epochs, hidden=hidden, dropout=dropout, lr=lr,
+                         weight_decay=weight_decay, seed=seed, device=device,
+                         extra={"nodes": graph.num_nodes, "reduction_ratio": 1.0})
+
+
+def _random_baseline(graph: GraphData, summary: CondensedGraph, ipc: int, seed: int, device: str) -> CondensedGraph:
+    return random_subgraph(graph, seed=seed, per_class=torch.bincount(summary.y, minlength=graph.num_classes).tolist())
+
+
+register_modality(Modality("graph", "condensed nodes per class (or --set reduction=r: GCond's r x labelled nodes)",
+                           "cora", "gcn", _random_baseline))

@@ -10,12 +10,16 @@ distance. The GNN is a dense GCN (``D^-1/2 (A + I) D^-1/2``), mean-pooled over e
 
 Data come from TU-format files (``<root>/tudataset/<NAME>/raw/NAME_A.txt`` ...) read by
 ``torch_geometric.datasets.TUDataset`` after a copy to the writable cache; graphs are held as padded dense
-tensors with a node mask, which keeps small molecule-sized graphs (tens of nodes) fast on a CPU.
+tensors with a node mask, which keeps small molecule-sized graphs (tens of nodes) fast on a CPU. Registered
+datasets: ``mutag``, ``nci1``, ``proteins``, ``dd`` (under the data root) and ``tu:<folder>`` (any TU-format
+folder) or ``tu:<NAME>`` (``<data root>/tudataset/<NAME>/raw``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,11 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import safe_io
-from ..config import MethodConfig, make_config
-from ..engine import METHODS, Distiller, DistillState, register_method, run
+from ..config import MethodConfig
+from ..data.registry import register_dataset
+from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError, DataError
+from ..evaluate import EvalResult
 from ..matching import gradient_distance
+from ..modality import Modality, register_modality
 from ..runtime import generator, pick_device, seeded_global_rng
+from ..summaries import Summary, check_eval_options, header_errors, register_summary, resolve_data
 from ..summary import library_versions
 from ..train import fit
 from .graph import bernoulli_structure, pyg_dataset
@@ -38,8 +46,9 @@ FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------- data
+@register_summary
 @dataclass
-class GraphSet:
+class GraphSet(Summary):
     """Graphs as padded dense tensors: ``x`` (G, n, F), ``adj`` (G, n, n) 0/1 without self-loops, ``mask`` (G, n)
     true on real nodes, ``y`` (G,) int64. Used for real datasets and condensed summaries alike."""
 
@@ -50,6 +59,8 @@ class GraphSet:
     num_classes: int
     name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = KIND
+    modality: ClassVar[str] = "graph-classification"
 
     def validate(self) -> None:
         g, n = self.x.shape[:2] if self.x.ndim == 3 else (-1, -1)
@@ -76,6 +87,10 @@ class GraphSet:
         return GraphSet(self.x[idx], self.adj[idx], self.mask[idx], self.y[idx], self.num_classes, self.name,
                         dict(self.meta))
 
+    def contents(self) -> dict[str, Any]:
+        return {"graphs": len(self), "nodes_per_graph": int(self.x.shape[1]), "features": self.num_features,
+                "classes": self.num_classes}
+
     def save(self, path: str | os.PathLike) -> Path:
         self.validate()
         tensors = {"x": self.x.float(), "adj": self.adj.float(), "mask": self.mask.to(torch.uint8), "y": self.y}
@@ -85,10 +100,21 @@ class GraphSet:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GraphSet":
         t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"x", "adj", "mask", "y"})
-        gs = cls(t["x"], t["adj"], t["mask"].bool(), t["y"], int(h["num_classes"]), h.get("name", ""),
-                 h.get("meta", {}))
-        gs.validate()
+        with header_errors(path, KIND):
+            gs = cls(t["x"], t["adj"], t["mask"].bool(), t["y"], int(h["num_classes"]), str(h.get("name", "")),
+                     dict(h.get("meta", {})))
+            gs.validate()
         return gs
+
+    def evaluate(self, data: "GraphDataset | str | None" = None, *, runs: int = 5, epochs: int | None = None,
+                 lr: float | None = None, seed: int = 0, device: str = "auto", data_root: str | None = None,
+                 model: str | None = None, protocol: str | None = None, augment: str | None = None,
+                 progress: bool = False, **kw) -> EvalResult:
+        """DosCond's protocol (:func:`evaluate_graph_classification`) on ``data`` (default: its source)."""
+        check_eval_options(self, model=model, protocol=protocol, augment=augment, own_model="gcn", own_protocol="train")
+        ds = resolve_data(self, data, data_root)
+        return evaluate_graph_classification(self, ds, runs=runs, epochs=300 if epochs is None else epochs,
+                                             lr=0.01 if lr is None else lr, seed=seed, device=device, **kw)
 
 
 @dataclass
@@ -99,10 +125,21 @@ class GraphDataset:
     train: GraphSet
     val: GraphSet
     test: GraphSet
+    modality: ClassVar[str] = "graph-classification"
 
     @property
     def num_classes(self) -> int:
         return self.train.num_classes
+
+    def check_ipc(self, ipc: int) -> None:
+        """The budget is synthetic graphs per class: positive and at most the smallest class's training graphs."""
+        counts = [len(ix) for ix in self.train.by_class()]
+        if not isinstance(ipc, int) or ipc < 1:
+            raise ConfigError(f"Graphs per class must be a positive integer; got {ipc!r}.")
+        if ipc > min(counts):
+            c = counts.index(min(counts))
+            raise ConfigError(f"{ipc} graphs per class is more than class {c} of {self.name} has ({counts[c]} "
+                              f"training graphs): use --ipc {counts[c]} or less.")
 
     @property
     def num_features(self) -> int:
@@ -144,23 +181,30 @@ def split_stratified(gs: GraphSet, seed: int = 0, fractions: tuple[float, float]
 
 
 def load_tudataset(name: str, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                   seed: int = 0) -> GraphDataset:
+                   seed: int = 0, *, raw: str | os.PathLike | None = None, label: str | None = None) -> GraphDataset:
     """A TU graph-classification dataset (MUTAG, PROTEINS, NCI1, ...) through ``torch_geometric``'s TUDataset.
 
-    Raw files are read from ``<data root>/tudataset/<NAME>/raw/`` (``NAME_A.txt``, ``NAME_graph_indicator.txt``,
-    ``NAME_graph_labels.txt`` and optional node labels/attributes) and copied to the cache before loading,
-    because TUDataset writes ``processed/``. Graphs without node features get a one-hot degree feature.
+    Raw files are read from ``<data root>/tudataset/<NAME>/raw/`` (or the folder ``raw``): ``NAME_A.txt``,
+    ``NAME_graph_indicator.txt``, ``NAME_graph_labels.txt`` and optional node labels/attributes; they are copied
+    to the cache before loading, because TUDataset writes ``processed/``. Graphs without node features get a
+    one-hot degree feature. ``label`` is the name the dataset goes by (default ``name``).
     """
     from ..data.registry import data_root
 
-    raw = data_root(root) / "tudataset" / name / "raw"
+    family = "tudataset"
+    if raw is None:
+        raw = data_root(root) / "tudataset" / name / "raw"
+    else:  # a folder anywhere: cache it under a key of its path and file stats, so an edited folder reloads
+        raw = Path(raw).expanduser().resolve()
+        stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in raw.iterdir() if f.is_file())
+        family = "tudataset-" + hashlib.sha256(repr((str(raw), stats)).encode()).hexdigest()[:12]
     need = [f"{name}_A.txt", f"{name}_graph_indicator.txt", f"{name}_graph_labels.txt"]
     missing = [f for f in need if not (raw / f).exists()]
     if missing:
         raise DataError(f"Graph-classification dataset {name!r}: {', '.join(missing)} missing in {raw}. Put the TU "
                         f"files there (https://chrsmrrs.github.io/datasets/), or point --data-root "
                         f"($DISTILL_APPS_DATA) at the folder holding tudataset/{name}/raw.")
-    ds = pyg_dataset("TUDataset", raw, "tudataset", name, cache_dir)
+    ds = pyg_dataset("TUDataset", raw, family, name, cache_dir)
     graphs = [ds[i] for i in range(len(ds))]
     if graphs[0].x is None:
         max_deg = max(int(torch.bincount(d.edge_index[0], minlength=d.num_nodes).max()) for d in graphs)
@@ -171,7 +215,35 @@ def load_tudataset(name: str, root: str | os.PathLike | None = None, cache_dir: 
     y = torch.tensor([int(d.y) for d in graphs])
     gs = dense_graphs(feats, [d.edge_index for d in graphs], y, int(y.max()) + 1, name)
     train, val, test = split_stratified(gs, seed)
-    return GraphDataset(name, train, val, test)
+    return GraphDataset(label or name, train, val, test)
+
+
+def _tu_family(root: Path, arg: str, download: bool = False) -> GraphDataset:
+    """``tu:<folder>`` (a TU-format folder, or one holding ``raw/``) or ``tu:<NAME>`` (``<root>/tudataset/NAME/raw``)."""
+    if not arg:
+        raise ConfigError("tu: needs a folder or a TU name, e.g. --dataset tu:/data/MUTAG or --dataset tu:MUTAG.")
+    if "/" not in arg and os.sep not in arg:
+        return load_tudataset(arg, root, label=f"tu:{arg}")
+    p = Path(arg).expanduser().resolve()
+    raw = p / "raw" if (p / "raw").is_dir() else p
+    found = sorted(raw.glob("*_A.txt")) if raw.is_dir() else []
+    if len(found) != 1:
+        raise DataError(f"tu:{arg}: expected one TU dataset in {raw} (NAME_A.txt, NAME_graph_indicator.txt, "
+                        f"NAME_graph_labels.txt); found {len(found)} *_A.txt files. Point tu: at the folder of one "
+                        "dataset (or at the folder holding its raw/).")
+    return load_tudataset(found[0].name[:-len("_A.txt")], raw=raw, label=f"tu:{p}")
+
+
+register_dataset("tu", files=("tudataset/<name>/raw",), modality="graph-classification",
+                 description="any TU-format graph-classification folder as tu:<folder>, or tu:<NAME> for "
+                             "<data root>/tudataset/<NAME>/raw")(_tu_family)
+for _tu in ("MUTAG", "NCI1", "PROTEINS", "DD"):
+    def _named(root: Path, download: bool = False, _tu: str = _tu) -> GraphDataset:
+        return load_tudataset(_tu, root, label=_tu.lower())
+
+    register_dataset(_tu.lower(), files=tuple(f"tudataset/{_tu}/raw/{_tu}_{f}.txt" for f in
+                                               ("A", "graph_indicator", "graph_labels")),
+                     modality="graph-classification", description=f"TU {_tu} graph classification")(_named)
 
 
 # ---------------------------------------------------------------------- the GNN
@@ -240,13 +312,8 @@ class DosCondGC(Distiller):
     def __init__(self, real: GraphDataset, ipc: int, cfg: DosCondGCConfig, device: torch.device,
                  model: str = "gcn", seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         super().__init__(real, ipc, cfg, device, model, seed, rank, world_size)
-        counts = [len(ix) for ix in real.train.by_class()]
-        if not isinstance(ipc, int) or ipc < 1:
-            raise ConfigError(f"Graphs per class must be a positive integer; got {ipc!r}.")
-        if ipc > min(counts):
-            c = counts.index(min(counts))
-            raise ConfigError(f"{ipc} graphs per class is more than class {c} of {real.name} has ({counts[c]} "
-                              f"training graphs): use --ipc {counts[c]} or less.")
+        if model != "gcn":
+            raise ConfigError(f"{self.name} condenses for a GCN; got model {model!r} (omit --model).")
         self.train = real.train
         self._by_class = self.train.by_class()
         mean_nodes = float(self.train.mask.sum(1).float().mean())
@@ -309,23 +376,7 @@ class DosCondGC(Distiller):
                         self.real.num_classes, self.real.name, meta)
 
 
-# ---------------------------------------------------------------------- entry points and evaluation
-def distill_graph_classification(method: str, data: GraphDataset, ipc: int, *, steps: int | None = None,
-                                 budget: str = "paper", config: dict[str, Any] | None = None, seed: int = 0,
-                                 device: str = "cpu", progress: bool = True, **run_kw) -> GraphSet:
-    """Condense a graph-classification dataset into ``ipc`` synthetic graphs per class."""
-    cls = METHODS.get(method)
-    if getattr(cls, "modality", "") != "graph-classification":
-        names = [n for n in METHODS.names() if getattr(METHODS.get(n), "modality", "") == "graph-classification"]
-        raise ConfigError(f"{method!r} is not a graph-classification method; use one of {names}.")
-    if budget not in ("paper", "quick"):
-        raise ConfigError(f"budget must be 'paper' or 'quick'; got {budget!r}.")
-    cfg = make_config(cls.Config, config, method)
-    d = cls(data, ipc, cfg, pick_device(device), "gcn", seed)
-    total = steps if steps is not None else (cfg.steps if budget == "paper" else cfg.quick_steps)
-    return run(d, total, progress=progress, **run_kw)
-
-
+# ---------------------------------------------------------------------- baseline and evaluation
 def random_graphs(data: GraphDataset, ipc: int, seed: int = 0) -> GraphSet:
     """Baseline: ``ipc`` random real training graphs per class."""
     g = generator("random-graphs", seed)
@@ -335,21 +386,9 @@ def random_graphs(data: GraphDataset, ipc: int, seed: int = 0) -> GraphSet:
     return out
 
 
-@dataclass
-class GraphClassificationResult:
-    accuracy_mean: float
-    accuracy_std: float
-    accuracies: list[float]
-    runs: int
-    graphs: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def evaluate_graph_classification(gs: GraphSet, data: GraphDataset, *, runs: int = 5, epochs: int = 300,
                                   hidden: int = 128, nlayers: int = 3, lr: float = 0.01, weight_decay: float = 5e-4,
-                                  seed: int = 0, device: str = "cpu") -> GraphClassificationResult:
+                                  seed: int = 0, device: str = "cpu") -> EvalResult:
     """DosCond's protocol: a GCN trained (Adam, full batch) on the condensed graphs, tested on the real test
     graphs; mean and std of the accuracy over ``runs`` seeds."""
     gs.validate()
@@ -358,7 +397,7 @@ def evaluate_graph_classification(gs: GraphSet, data: GraphDataset, *, runs: int
                         f"{data.name} has {data.num_features} / {data.num_classes}.")
     dev = pick_device(device)
     test = data.test
-    accs = []
+    accs, t0 = [], time.perf_counter()
     for r in range(runs):
         g = generator("eval-graph-classification", seed, r)
         with seeded_global_rng(g):
@@ -371,4 +410,13 @@ def evaluate_graph_classification(gs: GraphSet, data: GraphDataset, *, runs: int
             out = gnn(test.x.to(dev), normalize_batch(test.adj, test.mask).to(dev), test.mask.to(dev))
         accs.append(float((out.argmax(1).cpu() == test.y).float().mean()))
     t = torch.tensor(accs)
-    return GraphClassificationResult(float(t.mean()), float(t.std()) if runs > 1 else 0.0, accs, runs, len(gs))
+    return EvalResult(float(t.mean()), float(t.std()) if runs > 1 else 0.0, accs, runs, "gcn", data.name, "train",
+                      epochs, None, lr, time.perf_counter() - t0,
+                      {"graphs": len(gs), "hidden": hidden, "nlayers": nlayers, "weight_decay": weight_decay})
+
+
+def _random_baseline(data: GraphDataset, summary: GraphSet, ipc: int, seed: int, device: str) -> GraphSet:
+    return random_graphs(data, ipc, seed)
+
+
+register_modality(Modality("graph-classification", "synthetic graphs per class", "mutag", "gcn", _random_baseline))

@@ -14,7 +14,7 @@ Sachdeva et al., NeurIPS 2022, "Infinite Recommendation Networks: A Data-Centric
   softmax of the scores (differentiated through the linear solve into the logits). The exported matrix is the
   noise-free inclusion probability ``1 - (1 - softmax(logits))^gamma``.
 
-Data: MovieLens-100K ``u.data``; every rating counts as an interaction (implicit feedback); ``test_fraction``
+Data: MovieLens-100K ``u.data`` (the registered dataset ``ml-100k``); every rating counts as an interaction (implicit feedback); ``test_fraction``
 of each user's interactions (seeded) is held out. Metrics: nDCG@10 and HR@10 (hits in the top 10 over
 ``min(10, held-out)``, as in the ∞-AE code), training items excluded from the ranking, averaged over users
 with held-out items.
@@ -31,10 +31,14 @@ from typing import Any, ClassVar
 import torch
 
 from .. import safe_io
-from ..config import MethodConfig, make_config
-from ..engine import METHODS, Distiller, DistillState, register_method, run
+from ..config import MethodConfig
+from ..data.registry import register_dataset
+from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError, DataError
-from ..runtime import generator, pick_device
+from ..evaluate import EvalResult
+from ..modality import Modality, register_modality
+from ..runtime import generator
+from ..summaries import Summary, check_eval_options, header_errors, register_summary, resolve_data
 
 KIND = "synthetic_interactions"
 FORMAT_VERSION = 1
@@ -53,6 +57,7 @@ class Interactions:
     train: torch.Tensor
     test: torch.Tensor
     num_classes: int = 1  # the Distiller base deals "classes" over ranks; a recommender has one task
+    modality: ClassVar[str] = "recsys"
 
     @property
     def num_users(self) -> int:
@@ -61,6 +66,16 @@ class Interactions:
     @property
     def num_items(self) -> int:
         return int(self.train.shape[1])
+
+    def check_ipc(self, ipc: int) -> None:
+        """The budget is the number of synthetic users (in total), a positive integer."""
+        if not isinstance(ipc, int) or ipc < 1:
+            raise ConfigError(f"For interactions, ipc is the number of synthetic users (a positive integer); "
+                              f"got {ipc!r}.")
+
+    def to(self, device: torch.device) -> "Interactions":
+        """The matrices stay in host memory; the distiller moves what it uses."""
+        return self
 
 
 def interactions_from_pairs(users: torch.Tensor, items: torch.Tensor, *, test_fraction: float = 0.2, seed: int = 0,
@@ -108,6 +123,12 @@ def load_movielens(root: str | os.PathLike | None = None, *, path: str | os.Path
                                    test_fraction=test_fraction, seed=seed, name="ml-100k")
 
 
+@register_dataset("ml-100k", files=("movielens/ml-100k/u.data",), modality="recsys",
+                  description="MovieLens-100K implicit feedback (943 users x 1682 items, 20 % of each user held out)")
+def _ml100k(root: Path, download: bool = False) -> Interactions:
+    return load_movielens(root)
+
+
 # ---------------------------------------------------------------------- the ∞-AE
 def relu_ntk(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """NTK of a one-hidden-layer ReLU network between the rows of ``a`` and ``b`` (Jacot et al. 2018):
@@ -152,12 +173,15 @@ def ranking_metrics(scores: torch.Tensor, train: torch.Tensor, test: torch.Tenso
 
 
 # ---------------------------------------------------------------------- the summary
+@register_summary
 @dataclass
-class SyntheticInteractions:
+class SyntheticInteractions(Summary):
     """A distilled (or sub-sampled) support set of ``matrix`` (users x items, values in [0, 1]) for the ∞-AE."""
 
     matrix: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = KIND
+    modality: ClassVar[str] = "recsys"
 
     def validate(self) -> None:
         m = self.matrix
@@ -169,6 +193,9 @@ class SyntheticInteractions:
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
 
+    def contents(self) -> dict[str, Any]:
+        return {"users": len(self), "items": int(self.matrix.shape[1]), "density": float(self.matrix.mean())}
+
     def save(self, path: str | os.PathLike) -> Path:
         self.validate()
         return safe_io.write(path, {"matrix": self.matrix.float()}, {"meta": self.meta}, KIND, FORMAT_VERSION)
@@ -176,9 +203,21 @@ class SyntheticInteractions:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SyntheticInteractions":
         t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"matrix"})
-        s = cls(t["matrix"], h.get("meta", {}))
-        s.validate()
+        with header_errors(path, KIND):
+            s = cls(t["matrix"], dict(h.get("meta", {})))
+            s.validate()
         return s
+
+    def evaluate(self, data: "Interactions | str | None" = None, *, runs: int = 1, epochs: int | None = None,
+                 lr: float | None = None, seed: int = 0, device: str = "auto", data_root: str | None = None,
+                 model: str | None = None, protocol: str | None = None, augment: str | None = None,
+                 progress: bool = False, reg: float = 1.0, k: int = 10) -> EvalResult:
+        """The ∞-AE fitted on the summary in closed form (:func:`evaluate_interactions`), nDCG@k on ``data``'s
+        held-out items. Deterministic: ``runs``, ``epochs``, ``lr`` and ``seed`` have nothing to set."""
+        check_eval_options(self, model=model, protocol=protocol, augment=augment, own_model="inf-ae", own_protocol="krr")
+        if lr is not None:
+            raise ConfigError("The ∞-AE is fitted in closed form: it has no learning rate (omit lr / --lr).")
+        return evaluate_interactions(self, resolve_data(self, data, data_root), reg=reg, k=k)
 
 
 # ---------------------------------------------------------------------- Distill-CF
@@ -204,8 +243,8 @@ class DistillCF(Distiller):
 
     def __init__(self, real: Interactions, ipc: int, cfg: DistillCFConfig, device: torch.device,
                  model: str = "inf-ae", seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if ipc < 1:
-            raise ConfigError(f"distill_cf needs at least one synthetic user; got {ipc}.")
+        if model != "inf-ae":
+            raise ConfigError(f"distill_cf distils for the ∞-AE; got model {model!r} (omit --model).")
         if not bool((real.train != 0).any()):
             raise EmptyInteractionsError(f"{real.name}: the training interaction matrix is empty.")
         super().__init__(real, ipc, cfg, device, model, seed, rank, world_size)
@@ -253,28 +292,6 @@ class DistillCF(Distiller):
                                      self.meta(state, synthetic_users=self.ipc, items=self.data.num_items))
 
 
-def distill_cf(data: Interactions | str = "ml-100k", users: int = 50, *, steps: int | None = None,
-               budget: str = "paper", config: dict[str, Any] | None = None, seed: int = 0, device: str = "cpu",
-               data_root: str | None = None, checkpoint: str | None = None, checkpoint_every: int = 0,
-               resume: bool = False, progress: bool = True) -> SyntheticInteractions:
-    """Distil ``data`` into ``users`` synthetic users with Distill-CF.
-
-    >>> s = distill_cf("ml-100k", users=50, budget="quick")
-    >>> evaluate_interactions(s, load_movielens())["ndcg@10"]
-    """
-    if isinstance(data, str):
-        if data.lower() not in ("ml-100k", "movielens"):
-            raise ConfigError(f"Unknown interaction dataset {data!r}: use 'ml-100k' or pass an Interactions object.")
-        data = load_movielens(data_root)
-    cls = METHODS.get("distill_cf")
-    cfg = make_config(cls.Config, config, "distill_cf")
-    d = cls(data, users, cfg, pick_device(device), "inf-ae", seed)
-    if budget not in ("paper", "quick"):
-        raise ConfigError(f"budget must be 'paper' or 'quick'; got {budget!r}.")
-    total = steps if steps is not None else (cfg.steps if budget == "paper" else cfg.quick_steps)
-    return run(d, total, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, progress=progress)
-
-
 def random_users(data: Interactions, users: int, seed: int = 0) -> SyntheticInteractions:
     """Baseline: ``users`` random real users' training rows as the ∞-AE support."""
     idx = torch.randperm(data.num_users, generator=generator("random-users", seed))[:users]
@@ -283,9 +300,9 @@ def random_users(data: Interactions, users: int, seed: int = 0) -> SyntheticInte
 
 
 def evaluate_interactions(summary: SyntheticInteractions | None, data: Interactions, *, reg: float = 1.0,
-                          k: int = 10) -> dict[str, float]:
+                          k: int = 10) -> EvalResult:
     """∞-AE fitted on ``summary`` (``None``: on all real training rows), scoring every real user's training row
-    against their held-out items."""
+    against their held-out items: nDCG@k as the score (``metric``), HR@k and user counts in ``extra``."""
     t0 = time.perf_counter()
     support = data.train if summary is None else summary.matrix
     if summary is not None:
@@ -296,6 +313,15 @@ def evaluate_interactions(summary: SyntheticInteractions | None, data: Interacti
         alpha = infinite_ae_fit(support, reg)
         scores = infinite_ae_scores(data.train, support, alpha)
     out = ranking_metrics(scores, data.train, data.test, k)
-    out.update(support_users=int(support.shape[0]), seconds=time.perf_counter() - t0)
-    return out
+    ndcg = out.pop(f"ndcg@{k}")
+    return EvalResult(ndcg, 0.0, [ndcg], 1, "inf-ae", data.name, "krr", None, None, None, time.perf_counter() - t0,
+                      {**out, "support_users": int(support.shape[0]), "reg": reg}, metric=f"ndcg@{k}")
 
+
+def _random_baseline(data: Interactions, summary: SyntheticInteractions, ipc: int, seed: int,
+                     device: str) -> SyntheticInteractions:
+    return random_users(data, len(summary), seed)
+
+
+register_modality(Modality("recsys", "synthetic users (in total, not per class)", "ml-100k", "inf-ae",
+                           _random_baseline))

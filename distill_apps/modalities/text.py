@@ -13,10 +13,13 @@ an embedding table that is either ``"bow"`` (the default: trained for one epoch 
 bag-of-words sentiment classifier on the training split; good features, but the table itself has seen every
 training label, an advantage all compared models share) or ``"random"`` (fixed N(0, 1) vectors, no label
 information; much weaker, see docs/graph_recsys_text.md).
-The table is frozen; the TextCNN takes token ids (real data) or embedding sequences (synthetic data).
+The table is frozen; the TextCNN takes token ids (real data) or embedding sequences (synthetic data). SST-2 is
+the registered dataset ``sst2``; the tokenised split and its table are cached (``$DISTILL_APPS_CACHE/text``),
+keyed by the files' contents and the options, so a second load takes a second instead of a minute.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import Counter
@@ -29,16 +32,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import safe_io
-from ..config import MethodConfig, make_config
-from ..engine import METHODS, Distiller, DistillState, register_method, run
-from ..errors import ConfigError, DataError
+from ..config import MethodConfig
+from ..data.registry import register_dataset
+from ..engine import Distiller, DistillState, register_method
+from ..errors import ConfigError, DataError, SummaryFormatError
+from ..evaluate import EvalResult
 from ..inner import functional, unroll
+from ..modality import Modality, register_modality
 from ..registry import Registry
 from ..runtime import generator, pick_device, seeded_global_rng
+from ..summaries import Summary, check_eval_options, header_errors, register_summary, resolve_data
+from ..summary import library_versions
 from ..train import accuracy, fit
 
 KIND = "text_summary"
 FORMAT_VERSION = 1
+CACHE_KIND, CACHE_VERSION = "text_data", 1
 PAD, UNK = 0, 1
 
 
@@ -87,6 +96,17 @@ class TextData:
     dev_ids: torch.Tensor
     dev_y: torch.Tensor
     num_classes: int = 2
+    modality: ClassVar[str] = "text"
+
+    def check_ipc(self, ipc: int) -> None:
+        """The budget is synthetic sentences per class, a positive integer."""
+        if not isinstance(ipc, int) or ipc < 1:
+            raise ConfigError(f"For text, ipc is the number of synthetic sentences per class (a positive integer); "
+                              f"got {ipc!r}.")
+
+    def to(self, device: torch.device) -> "TextData":
+        """The token ids stay in host memory; the distiller moves each batch it draws."""
+        return self
 
     @property
     def max_len(self) -> int:
@@ -141,16 +161,24 @@ def _bow_table(vocab_size: int, dim: int, ids: torch.Tensor, y: torch.Tensor, g:
 
 def load_sst2(root: str | os.PathLike | None = None, *, train_path: str | os.PathLike | None = None,
               dev_path: str | os.PathLike | None = None, max_len: int = 40, max_vocab: int = 20000, dim: int = 64,
-              embedding: str = "bow", train_limit: int | None = None, seed: int = 0) -> TextData:
+              embedding: str = "bow", train_limit: int | None = None, seed: int = 0, cache: bool = True) -> TextData:
     """SST-2 from ``<data root>/text/SST-2/{train,dev}.tsv``; vocabulary and embedding from the training split.
 
-    ``train_limit`` keeps the first N training sentences (for fast tests).
+    ``train_limit`` keeps the first N training sentences (for fast tests). The result is cached under
+    ``$DISTILL_APPS_CACHE/text`` keyed by the two files' bytes and every option (``cache=False``: rebuild).
     """
     from ..data.registry import data_root
 
     base = data_root(root) / "text" / "SST-2"
-    tr_s, tr_y = read_tsv(train_path or base / "train.tsv")
-    dv_s, dv_y = read_tsv(dev_path or base / "dev.tsv")
+    train_path, dev_path = Path(train_path or base / "train.tsv"), Path(dev_path or base / "dev.tsv")
+    key = _cache_file(train_path, dev_path, (max_len, max_vocab, dim, embedding, train_limit, seed)) if cache else None
+    if key is not None and key.is_file():
+        try:
+            return _read_cached(key)
+        except (SummaryFormatError, KeyError, TypeError):  # a damaged cache file: rebuild it
+            pass
+    tr_s, tr_y = read_tsv(train_path)
+    dv_s, dv_y = read_tsv(dev_path)
     if train_limit:
         tr_s, tr_y = tr_s[:train_limit], tr_y[:train_limit]
     counts = Counter(w for s in tr_s for w in tokenize(s))
@@ -158,8 +186,38 @@ def load_sst2(root: str | os.PathLike | None = None, *, train_path: str | os.Pat
     index = {w: i for i, w in enumerate(vocab)}
     train_ids, train_y = encode(tr_s, index, max_len), torch.tensor(tr_y, dtype=torch.long)
     table = EMBEDDINGS.get(embedding)(len(vocab), dim, train_ids, train_y, generator("text-embedding", seed))
-    return TextData("sst2", vocab, table, train_ids, train_y, encode(dv_s, index, max_len),
+    data = TextData("sst2", vocab, table, train_ids, train_y, encode(dv_s, index, max_len),
                     torch.tensor(dv_y, dtype=torch.long), num_classes=int(max(tr_y)) + 1)
+    if key is not None:
+        tensors = {"embedding": table, "train_ids": train_ids, "train_y": data.train_y, "dev_ids": data.dev_ids,
+                   "dev_y": data.dev_y}
+        safe_io.write(key, tensors, {"name": data.name, "vocab": vocab, "num_classes": data.num_classes},
+                      CACHE_KIND, CACHE_VERSION)
+    return data
+
+
+def _cache_file(train_path: Path, dev_path: Path, options: tuple) -> Path | None:
+    """Where the tokenised data for these files and options are cached (None when a file is missing)."""
+    from ..methods.generative import cache_dir
+
+    if not (train_path.is_file() and dev_path.is_file()):
+        return None  # read_tsv says which file is missing
+    h = hashlib.sha256(repr((options, CACHE_VERSION)).encode())
+    for f in (train_path, dev_path):
+        h.update(f.read_bytes())
+    return cache_dir() / "text" / f"{h.hexdigest()[:20]}.safetensors"
+
+
+def _read_cached(path: Path) -> TextData:
+    t, h = safe_io.read(path, CACHE_KIND, CACHE_VERSION, {"embedding", "train_ids", "train_y", "dev_ids", "dev_y"})
+    return TextData(h["name"], list(h["vocab"]), t["embedding"], t["train_ids"], t["train_y"], t["dev_ids"],
+                    t["dev_y"], num_classes=int(h["num_classes"]))
+
+
+@register_dataset("sst2", files=("text/SST-2/train.tsv", "text/SST-2/dev.tsv"), modality="text",
+                  description="SST-2 sentiment sentences (GLUE tsv), 2 classes; frozen 64-d bag-of-words table")
+def _sst2(root: Path, download: bool = False) -> TextData:
+    return load_sst2(root)
 
 
 # ---------------------------------------------------------------------- model
@@ -192,9 +250,10 @@ def new_textcnn(data: TextData, g: torch.Generator, device: torch.device | str =
 
 
 # ---------------------------------------------------------------------- summary
+@register_summary
 @dataclass
-class TextSummary:
-    """Synthetic sentences ``x`` (n, L, d) in the embedding space of ``meta['vocab_hash']``'s table, soft-label
+class TextSummary(Summary):
+    """Synthetic sentences ``x`` (n, L, d) in the embedding space of the dataset's frozen table, soft-label
     logits ``soft`` (n, K), their hard labels ``y`` and the learned step size ``lr``."""
 
     x: torch.Tensor
@@ -202,6 +261,8 @@ class TextSummary:
     y: torch.Tensor
     lr: float
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = KIND
+    modality: ClassVar[str] = "text"
 
     def validate(self) -> None:
         n = self.x.shape[0]
@@ -214,6 +275,10 @@ class TextSummary:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def contents(self) -> dict[str, Any]:
+        return {"sentences": len(self), "length": int(self.x.shape[1]), "dim": int(self.x.shape[2]),
+                "classes": int(self.soft.shape[1]), "lr": self.lr}
+
     def save(self, path: str | os.PathLike) -> Path:
         self.validate()
         return safe_io.write(path, {"x": self.x, "soft": self.soft, "y": self.y}, {"lr": self.lr, "meta": self.meta},
@@ -222,9 +287,21 @@ class TextSummary:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TextSummary":
         t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"x", "soft", "y"})
-        s = cls(t["x"], t["soft"], t["y"], float(h["lr"]), h.get("meta", {}))
-        s.validate()
+        with header_errors(path, KIND):
+            s = cls(t["x"], t["soft"], t["y"], float(h["lr"]), dict(h.get("meta", {})))
+            s.validate()
         return s
+
+    def evaluate(self, data: "TextData | str | None" = None, *, runs: int = 3, epochs: int | None = None,
+                 lr: float | None = None, seed: int = 0, device: str = "auto", data_root: str | None = None,
+                 model: str | None = None, protocol: str | None = None, augment: str | None = None,
+                 progress: bool = False, repeats: int = 1) -> EvalResult:
+        """:func:`evaluate_text` on ``data`` (default: its source); ``epochs`` full-batch SGD steps (default: the
+        distillation's inner steps x ``repeats``), ``lr`` instead of the learned step size."""
+        check_eval_options(self, model=model, protocol=protocol, augment=augment, own_model="textcnn",
+                           own_protocol="train")
+        return evaluate_text(self, resolve_data(self, data, data_root), runs=runs, repeats=repeats, steps=epochs,
+                             lr=lr, seed=seed, device=device)
 
 
 # ---------------------------------------------------------------------- method
@@ -254,8 +331,8 @@ class TextDistill(Distiller):
 
     def __init__(self, real: TextData, ipc: int, cfg: TextConfig, device: torch.device, model: str = "textcnn",
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if ipc < 1:
-            raise ConfigError(f"text distillation needs at least one synthetic sentence per class; got {ipc}.")
+        if model != "textcnn":
+            raise ConfigError(f"text distils for a TextCNN; got model {model!r} (omit --model).")
         super().__init__(real, ipc, cfg, device, model, seed, rank, world_size)
         self.data = real
 
@@ -304,46 +381,37 @@ class TextDistill(Distiller):
                                      vocab_size=len(self.data.vocab)))
 
 
-def distill_text(data: TextData, ipc: int = 10, *, steps: int | None = None, budget: str = "paper",
-                 config: dict[str, Any] | None = None, seed: int = 0, device: str = "cpu",
-                 checkpoint: str | None = None, checkpoint_every: int = 0, resume: bool = False,
-                 progress: bool = True) -> TextSummary:
-    """Distil ``data`` (see :func:`load_sst2`) into ``ipc`` synthetic sentences per class."""
-    cls = METHODS.get("text")
-    cfg = make_config(cls.Config, config, "text")
-    d = cls(data, ipc, cfg, pick_device(device), "textcnn", seed)
-    if budget not in ("paper", "quick"):
-        raise ConfigError(f"budget must be 'paper' or 'quick'; got {budget!r}.")
-    total = steps if steps is not None else (cfg.steps if budget == "paper" else cfg.quick_steps)
-    return run(d, total, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, progress=progress)
-
-
 # ---------------------------------------------------------------------- evaluation
-def evaluate_text(summary: TextSummary, data: TextData, *, runs: int = 3, repeats: int = 1, seed: int = 0,
-                  device: str = "cpu") -> dict[str, Any]:
+def evaluate_text(summary: TextSummary, data: TextData, *, runs: int = 3, repeats: int = 1, steps: int | None = None,
+                  lr: float | None = None, seed: int = 0, device: str = "cpu") -> EvalResult:
     """Fresh TextCNNs trained as in the distillation (plain SGD at the learned step size, ``inner_steps x
-    repeats`` full-batch steps, soft labels), dev accuracy mean and std over ``runs``."""
+    repeats`` full-batch steps unless ``steps`` is given, soft labels), dev accuracy mean and std over ``runs``."""
     summary.validate()
     if summary.x.shape[1:] != (data.max_len, data.dim):
         raise DataError(f"The summary's sentences are {tuple(summary.x.shape[1:])} but the data's embedding space is "
                         f"({data.max_len}, {data.dim}): load the data with the same max_len/dim/embedding.")
-    steps = int(summary.meta.get("inner_steps", 10)) * repeats
+    steps = int(summary.meta.get("inner_steps", 10)) * repeats if steps is None else steps
+    lr = summary.lr if lr is None else lr
     channels = int(summary.meta.get("channels", 32))
     dev = pick_device(device)
     accs, t0 = [], time.perf_counter()
     for r in range(runs):
         g = generator("eval-text", seed, r)
         net = new_textcnn(data, g, dev, channels=channels, dropout=0.0)
-        fit(net, summary.x, summary.soft, steps=steps, lr=summary.lr, momentum=0.0, weight_decay=0.0,
+        fit(net, summary.x, summary.soft, steps=steps, lr=lr, momentum=0.0, weight_decay=0.0,
             batch_size=len(summary), label_kind="logits", decay_at_half=False, amp=False, generator=g)
         accs.append(accuracy(net, data.dev_ids.to(dev), data.dev_y))
+    return _text_result(accs, data, steps, lr, t0, sentences=len(summary), optimizer="sgd")
+
+
+def _text_result(accs: list[float], data: TextData, steps: int | None, lr: float, t0: float, **extra) -> EvalResult:
     t = torch.tensor(accs)
-    return {"accuracy_mean": float(t.mean()), "accuracy_std": float(t.std()) if runs > 1 else 0.0,
-            "accuracies": accs, "sentences": len(summary), "seconds": time.perf_counter() - t0}
+    return EvalResult(float(t.mean()), float(t.std()) if len(accs) > 1 else 0.0, accs, len(accs), "textcnn", data.name,
+                      "train", steps, None, lr, time.perf_counter() - t0, extra)
 
 
 def train_on_ids(data: TextData, idx: torch.Tensor | None, *, runs: int = 3, epochs: int = 1, steps: int | None = None,
-                 lr: float = 1e-3, seed: int = 0, device: str = "cpu", channels: int = 32) -> dict[str, Any]:
+                 lr: float = 1e-3, seed: int = 0, device: str = "cpu", channels: int = 32) -> EvalResult:
     """Baselines: TextCNNs trained (Adam) on real sentences ``idx`` (``None`` = the full training split)."""
     dev = pick_device(device)
     ids = data.train_ids if idx is None else data.train_ids[idx]
@@ -358,12 +426,31 @@ def train_on_ids(data: TextData, idx: torch.Tensor | None, *, runs: int = 3, epo
             fit(net, ids, y, batch_size=min(256, len(y)), optimizer=opt, decay_at_half=False, amp=False,
                 generator=g, **kw)
         accs.append(accuracy(net, data.dev_ids.to(dev), data.dev_y))
-    t = torch.tensor(accs)
-    return {"accuracy_mean": float(t.mean()), "accuracy_std": float(t.std()) if runs > 1 else 0.0,
-            "accuracies": accs, "sentences": len(y), "seconds": time.perf_counter() - t0}
+    return _text_result(accs, data, steps, lr, t0, sentences=len(y), optimizer="adam",
+                        **({} if steps is not None else {"data_epochs": epochs}))
 
 
 def random_subset(data: TextData, per_class: int, seed: int = 0) -> torch.Tensor:
     """Indices of ``per_class`` random training sentences of every class."""
     g = generator("text-random-subset", seed)
     return torch.cat([ix[torch.randperm(len(ix), generator=g)[:per_class]] for ix in data.by_class()])
+
+
+def random_sentences(data: TextData, per_class: int, seed: int = 0, like: TextSummary | None = None) -> TextSummary:
+    """Baseline in summary form: ``per_class`` random real training sentences of every class (their embedding
+    sequences), labelled as the text method starts (one-hot logits x 2), trained by the same protocol as
+    ``like`` (its learned step size, inner steps and width; else the method's defaults)."""
+    idx = random_subset(data, per_class, seed)
+    y = data.train_y[idx].clone()
+    meta = {"method": "random", "dataset": data.name, "ipc": per_class, "seed": seed, "versions": library_versions()}
+    meta.update({k: like.meta[k] for k in ("inner_steps", "channels") if like is not None and k in like.meta})
+    lr = like.lr if like is not None else TextConfig().init_lr
+    return TextSummary(data.embedding[data.train_ids[idx]].clone(), F.one_hot(y, data.num_classes).float() * 2.0, y,
+                       lr, meta)
+
+
+def _random_baseline(data: TextData, summary: TextSummary, ipc: int, seed: int, device: str) -> TextSummary:
+    return random_sentences(data, ipc, seed, like=summary)
+
+
+register_modality(Modality("text", "synthetic sentences per class", "sst2", "textcnn", _random_baseline))
