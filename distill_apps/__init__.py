@@ -3,6 +3,7 @@
 >>> import distill_apps as da
 >>> summary = da.distill("dm", "digits", ipc=10, budget="quick")
 >>> da.evaluate(summary).accuracy_mean
+>>> da.evaluate(da.distill("gcond", "cora", ipc=5))   # graphs, interactions and text: the same two calls
 """
 __version__ = "0.1.0"
 
@@ -19,10 +20,11 @@ from .engine import METHODS, Distiller, DistillState, distill, list_methods, reg
 from .errors import DistillError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
 from .nets import build_model, list_models  # noqa: E402
+from .summaries import Summary, load_summary  # noqa: E402
 from .summary import SyntheticSet  # noqa: E402
 
 __all__ = [
     "__version__", "DSA", "MethodConfig", "RealData", "list_datasets", "load_dataset", "METHODS", "Distiller",
     "DistillState", "distill", "list_methods", "register_method", "DistillError", "EvalResult", "evaluate",
-    "build_model", "list_models", "SyntheticSet",
+    "build_model", "list_models", "SyntheticSet", "Summary", "load_summary",
 ]

@@ -43,3 +43,31 @@ def tmp_home(tmp_path, monkeypatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     return home
+
+
+TU_NAME = "TOYRINGSTAR"
+
+
+@pytest.fixture(scope="session")
+def tu_root(tmp_path_factory) -> Path:
+    """A data root holding ``tudataset/TOYRINGSTAR/raw``: TU-format files of a two-class set, rings (class 0) and
+    stars (class 1) of 6-12 nodes, 40 graphs per class, no node features (read by the real TU loader)."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("tu")
+    rng = np.random.default_rng(0)
+    raw = root / "tudataset" / TU_NAME / "raw"
+    raw.mkdir(parents=True)
+    edges, indicator, labels, offset = [], [], [], 0
+    for gid in range(2 * 40):
+        cls, n = gid % 2, int(rng.integers(6, 13))
+        pairs = [(i, (i + 1) % n) for i in range(n)] if cls == 0 else [(0, i) for i in range(1, n)]
+        for a, b in pairs:  # TU lists both directions, 1-based node ids
+            edges += [(a + offset + 1, b + offset + 1), (b + offset + 1, a + offset + 1)]
+        indicator += [gid + 1] * n
+        labels.append(cls)
+        offset += n
+    (raw / f"{TU_NAME}_A.txt").write_text("".join(f"{a}, {b}\n" for a, b in edges))
+    (raw / f"{TU_NAME}_graph_indicator.txt").write_text("".join(f"{i}\n" for i in indicator))
+    (raw / f"{TU_NAME}_graph_labels.txt").write_text("".join(f"{c}\n" for c in labels))
+    return root

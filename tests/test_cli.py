@@ -68,3 +68,20 @@ def test_missing_files_corrupt_summary_and_mismatch(tmp_path, capsys, data_root)
 def test_subprocess_exit_code_and_no_traceback(tmp_path):
     r = run_cli("distill", "--method", "nosuch")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "Known methods" in r.stderr
+
+
+def test_datasets_and_methods_know_every_modality(capsys, data_root, tu_root):
+    assert main(["datasets", "--json", "--data-root", str(data_root)]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["datasets"]}
+    assert {n: rows[n]["modality"] for n in ("digits", "cora", "citeseer", "ml-100k", "sst2", "mutag", "tu")} == {
+        "digits": "image", "cora": "graph", "citeseer": "graph", "ml-100k": "recsys", "sst2": "text",
+        "mutag": "graph-classification", "tu": "graph-classification"}
+    assert rows["cora"]["present"] and rows["ml-100k"]["present"] and rows["sst2"]["present"]
+    assert main(["datasets", "--json", "--data-root", str(tu_root)]) == 0  # a root holding tudataset/TOYRINGSTAR
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["datasets"]}
+    assert rows["tu"]["present"] and rows["tu"]["flags_present"] == ["TOYRINGSTAR"] and not rows["mutag"]["present"]
+    assert main(["methods", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["methods"]}
+    assert (rows["gcond"]["default_dataset"], rows["gcond"]["ipc"]) == ("cora", rows["doscond"]["ipc"])
+    assert "nodes per class" in rows["gcond"]["ipc"] and "users" in rows["distill_cf"]["ipc"]
+    assert "sentences per class" in rows["text"]["ipc"] and rows["dm"]["ipc"] == "synthetic images per class"

@@ -2,7 +2,6 @@
 discrete structure, safe save/load, and evaluation on real test graphs."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,33 +11,12 @@ import distill_apps as da  # noqa: E402
 from distill_apps.errors import ConfigError, DataError, SummaryFormatError  # noqa: E402
 from distill_apps.modalities import graph_classification as gc  # noqa: E402
 
-NAME = "TOYRINGSTAR"
-
-
-def _write_tu(root, per_class: int = 40, seed: int = 0) -> None:
-    """TU-format files of a two-class set: rings (class 0) and stars (class 1) of 6-12 nodes, no node features."""
-    rng = np.random.default_rng(seed)
-    raw = root / "tudataset" / NAME / "raw"
-    raw.mkdir(parents=True)
-    edges, indicator, labels, offset = [], [], [], 0
-    for gid in range(2 * per_class):
-        cls, n = gid % 2, int(rng.integers(6, 13))
-        pairs = [(i, (i + 1) % n) for i in range(n)] if cls == 0 else [(0, i) for i in range(1, n)]
-        for a, b in pairs:  # TU lists both directions, 1-based node ids
-            edges += [(a + offset + 1, b + offset + 1), (b + offset + 1, a + offset + 1)]
-        indicator += [gid + 1] * n
-        labels.append(cls)
-        offset += n
-    (raw / f"{NAME}_A.txt").write_text("".join(f"{a}, {b}\n" for a, b in edges))
-    (raw / f"{NAME}_graph_indicator.txt").write_text("".join(f"{i}\n" for i in indicator))
-    (raw / f"{NAME}_graph_labels.txt").write_text("".join(f"{c}\n" for c in labels))
+NAME = "TOYRINGSTAR"  # written by the tu_root fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tu")
-    _write_tu(root)
-    return gc.load_tudataset(NAME, root, cache_dir=tmp_path_factory.mktemp("cache"))
+def toy(tu_root, tmp_path_factory):
+    return gc.load_tudataset(NAME, tu_root, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 def test_tu_loader_pads_splits_and_builds_degree_features(toy):

@@ -73,7 +73,9 @@ def dataset_present(name: str, root: str | os.PathLike | None = None) -> bool:
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> RealData:
     """Load a registered dataset by name (``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``,
-    ``cifar100``, ``medmnist:<flag>``)."""
+    ``cifar100``, ``medmnist:<flag>``; other modalities: ``cora``, ``citeseer``, ``ml-100k``, ``sst2``,
+    ``mutag``, ``tu:<folder>``, ...). Image datasets load as :class:`RealData`, the others as their modality's
+    data object (see the spec's ``modality``)."""
     if name.startswith("medmnist:"):
         spec = DATASETS.get("medmnist")
         return spec.loader(data_root(root), flag=name.split(":", 1)[1], download=download)

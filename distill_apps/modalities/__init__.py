@@ -1,5 +1,7 @@
-"""Other modalities (graph, recommender, text). Each module registers its methods on import; optional
-dependencies such as torch_geometric are imported inside the functions that need them."""
+"""Other modalities (graph, recommender, text). Each module registers, on import, its methods, its datasets
+(``cora``, ``citeseer``, ``ml-100k``, ``sst2``, TU sets), its summary class and its :class:`~distill_apps.modality.
+Modality` (budget unit, default dataset and model, random baseline); optional dependencies such as
+torch_geometric are imported inside the functions that need them."""
 import importlib
 import pkgutil
 
