@@ -97,13 +97,6 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _score(res) -> str:
-    """An EvalResult's mean +- std: percent for accuracy, else the metric's value."""
-    if res.metric == "accuracy":
-        return f"{100 * res.accuracy_mean:.2f} +- {100 * res.accuracy_std:.2f} %"
-    return f"{res.metric} {res.accuracy_mean:.4f} +- {res.accuracy_std:.4f}"
-
-
 def cmd_distill(a: argparse.Namespace) -> int:
     from .config import load_config_file
     from .data import load_dataset
@@ -147,11 +140,12 @@ def cmd_distill(a: argparse.Namespace) -> int:
                        "random_accuracy_mean": base.accuracy_mean, "random_accuracy_std": base.accuracy_std})
 
     def text() -> str:
-        lines = [f"saved {out} ({summary.meta.get('steps')} steps)" + (f" and {out.with_suffix('.png')}" if grid else "")]
+        png = f" and {out.with_suffix('.png')}" if grid else ""
+        lines = [f"saved {out} ({summary.meta.get('steps')} steps){png}"]
         if not a.no_eval:
-            lines.append(f"{a.method:>8} ipc {a.ipc}: {_score(res)} on {real.name} test ({res.runs} runs, "
+            lines.append(f"{a.method:>8} ipc {a.ipc}: {res.score()} on {real.name} test ({res.runs} runs, "
                          f"{res.model}" + (f", {res.epochs} epochs)" if res.epochs is not None else ")"))
-            lines.append(f"{'random':>8} ipc {a.ipc}: {_score(base)} (same protocol)")
+            lines.append(f"{'random':>8} ipc {a.ipc}: {base.score()} (same protocol)")
         return "\n".join(lines)
 
     _emit(result, a.json, text)

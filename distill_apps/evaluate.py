@@ -18,10 +18,10 @@ import torch
 from .augment import DSA
 from .data import RealData, load_dataset
 from .errors import DataError
+from .modality import check_modality
 from .nets import build_model
 from .registry import Registry
 from .runtime import generator, pick_device
-from .modality import check_modality
 from .summaries import Summary
 from .summary import SyntheticSet
 from .train import accuracy, fit
@@ -49,10 +49,14 @@ class EvalResult:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def score(self) -> str:
+        """Mean +- std: in percent for accuracy, else the metric's value."""
+        if self.metric == "accuracy":
+            return f"{100 * self.accuracy_mean:.2f} +- {100 * self.accuracy_std:.2f} %"
+        return f"{self.metric} {self.accuracy_mean:.4f} +- {self.accuracy_std:.4f}"
+
     def __str__(self) -> str:
-        score = (f"{100 * self.accuracy_mean:.2f} +- {100 * self.accuracy_std:.2f} %" if self.metric == "accuracy"
-                 else f"{self.metric} {self.accuracy_mean:.4f} +- {self.accuracy_std:.4f}")
-        return f"{score} ({self.protocol}, {self.model}, {self.runs} runs)"
+        return f"{self.score()} ({self.protocol}, {self.model}, {self.runs} runs)"
 
 
 def check_compatible(summary: SyntheticSet, real: RealData) -> None:

@@ -67,7 +67,8 @@ def check_modality(modality: str, data: Any, who: str) -> None:
         return
     name = data if isinstance(data, str) else getattr(data, "name", type(data).__name__)
     raise ConfigError(
-        f"{who} works on {modality} data, but {name!r} is a{'n' if kind[0] in 'aeiou' else ''} {kind} dataset. {modality.capitalize()} datasets: "
+        f"{who} works on {modality} data, but {name!r} is a{'n' if kind[0] in 'aeiou' else ''} {kind} dataset. "
+        f"{modality.capitalize()} datasets: "
         f"{', '.join(datasets_of(modality)) or 'none registered'} (`distill-apps datasets` shows which are "
         "present); pass one with --dataset (or dataset=...).")
 

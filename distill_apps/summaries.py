@@ -111,7 +111,8 @@ def header_errors(path: str | os.PathLike, kind: str) -> Iterator[None]:
     except DataError as exc:
         raise SummaryFormatError(f"{path}: {exc}") from exc
     except (KeyError, TypeError, ValueError) as exc:
-        raise SummaryFormatError(f"{path}: the {kind} header lacks or mangles field {exc}; the file is corrupt.") from exc
+        raise SummaryFormatError(f"{path}: the {kind} header lacks or mangles field {exc}; the file is "
+                                 "corrupt.") from exc
 
 
 def resolve_data(summary: Summary, data: Any, data_root: str | None = None) -> Any:

@@ -24,7 +24,8 @@ SMOKE = {"itgan": {"gan_steps": 20, "invert_steps": 10}, "mtt": _TRAJ, "tesla": 
 _GRAPH = {"outer_loop": 1, "inner_loop": 1, "hidden": 16, "pge_hidden": 8}
 SMOKE.update({"gcond": _GRAPH, "gcond-x": _GRAPH, "doscond": {"hidden": 16, "pge_hidden": 8},
               "gcdm": {"hidden": 16, "pge_hidden": 8}, "doscond-gc": {"batch_real": 8, "hidden": 16},
-              "distill_cf": {"gamma": 5, "batch_users": 64}, "text": {"inner_steps": 2, "batch_real": 32, "channels": 4}})
+              "distill_cf": {"gamma": 5, "batch_users": 64},
+              "text": {"inner_steps": 2, "batch_real": 32, "channels": 4}})
 # per modality: the smallest registered dataset (tu: a TU-format folder the tu_root fixture writes), the budget and
 # extra CLI arguments
 SMALLEST = {"image": "digits", "graph": "cora", "recsys": "ml-100k", "text": "sst2", "graph-classification": None}

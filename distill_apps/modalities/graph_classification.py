@@ -219,7 +219,8 @@ def load_tudataset(name: str, root: str | os.PathLike | None = None, cache_dir: 
 
 
 def _tu_family(root: Path, arg: str, download: bool = False) -> GraphDataset:
-    """``tu:<folder>`` (a TU-format folder, or one holding ``raw/``) or ``tu:<NAME>`` (``<root>/tudataset/NAME/raw``)."""
+    """``tu:<folder>`` (a TU-format folder, or one holding ``raw/``) or ``tu:<NAME>``
+    (``<root>/tudataset/NAME/raw``)."""
     if not arg:
         raise ConfigError("tu: needs a folder or a TU name, e.g. --dataset tu:/data/MUTAG or --dataset tu:MUTAG.")
     if "/" not in arg and os.sep not in arg:

@@ -214,7 +214,8 @@ class SyntheticInteractions(Summary):
                  progress: bool = False, reg: float = 1.0, k: int = 10) -> EvalResult:
         """The ∞-AE fitted on the summary in closed form (:func:`evaluate_interactions`), nDCG@k on ``data``'s
         held-out items. Deterministic: ``runs``, ``epochs``, ``lr`` and ``seed`` have nothing to set."""
-        check_eval_options(self, model=model, protocol=protocol, augment=augment, own_model="inf-ae", own_protocol="krr")
+        check_eval_options(self, model=model, protocol=protocol, augment=augment, own_model="inf-ae",
+                           own_protocol="krr")
         if lr is not None:
             raise ConfigError("The ∞-AE is fitted in closed form: it has no learning rate (omit lr / --lr).")
         return evaluate_interactions(self, resolve_data(self, data, data_root), reg=reg, k=k)
