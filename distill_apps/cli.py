@@ -69,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--augment", default=None, help="images: auto (default), dsa or none")
     _common(e)
 
-    m = sub.add_parser("methods", help="list every registered method")
+    m = sub.add_parser("methods", help="list every registered method: family, modality, default dataset, paper, "
+                       "and what --ipc counts in each modality")
     m.add_argument("--json", action="store_true")
-    s = sub.add_parser("datasets", help="list datasets and whether their files are present")
+    s = sub.add_parser("datasets", help="list datasets, their modality and whether their files are present")
     s.add_argument("--data-root", default=None)
     s.add_argument("--json", action="store_true")
 
