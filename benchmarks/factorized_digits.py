@@ -7,12 +7,12 @@ is the standard train-from-scratch protocol with ``MODEL`` (DSA where the method
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import distill_apps as da
+from distill_apps.options import make_parser
 from distill_apps.evaluate import evaluate
 
 MODEL = "convnet-d2-w32"
@@ -25,12 +25,13 @@ CONFIGS = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    ap.add_argument("--methods", nargs="+", default=list(STEPS))
-    ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "factorized_digits.json"))
+    ap = make_parser("python benchmarks/factorized_digits.py", __doc__.splitlines()[0])
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images-worth of storage per class")
+    ap.add_argument("--methods", nargs="+", default=list(STEPS), help="methods to run")
+    ap.add_argument("--runs", type=int, default=2, help="evaluation runs")
+    ap.add_argument("--epochs", type=int, default=300, help="evaluation epochs")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "factorized_digits.json"),
+                    help="results JSON")
     a = ap.parse_args()
     real = da.load_dataset("digits")
     out = Path(a.out)

@@ -1,6 +1,6 @@
 """Fidelity benchmark: distil (method x dataset x IPC), evaluate with the field's protocol, compare with papers.
 
-    python benchmarks/fidelity.py --methods random herding kcenter dc dsa dm --datasets mnist --ipcs 1 10 \
+    python benchmarks/fidelity.py --methods random herding kcenter dc dsa dm --datasets mnist --ipc 1 10 \
         --budget quick --runs 3 --out benchmarks/results/fidelity_mnist_quick.json
 
 ``--budget quick`` uses each method's CPU-minutes preset (and 300 evaluation epochs); ``--budget paper`` the
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import distill_apps as da
+from distill_apps.options import add_set_argument, make_parser, method_options
 
 # Published test accuracy (%) with ConvNet-3; (method, dataset, ipc) -> figure. Sources: DC (Zhao et al. 2021,
 # Table 1: random/herding/k-center/DC), DSA (Zhao & Bilen 2021), DM (Zhao & Bilen 2023), IDC (Kim et al. 2022),
@@ -44,7 +45,7 @@ def run_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Namespace)
     """Distil once, evaluate under every requested protocol; one row per protocol."""
     t0 = time.perf_counter()
     s = da.distill(method, dataset, ipc, steps=a.steps, budget=a.budget, seed=a.seed, device=a.device,
-                   progress=not a.quiet, time_limit=a.time_limit, config=a.config or None)
+                   progress=not a.quiet, time_limit=a.time_limit, config=a.configs.get(method) or None)
     t_distill = time.perf_counter() - t0
     epochs = a.epochs if a.epochs is not None else (300 if a.budget == "quick" else None)
     rows = []
@@ -75,39 +76,34 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", default=["random", "herding", "kcenter", "dc", "dsa", "dm"])
-    ap.add_argument("--datasets", nargs="+", default=["digits"])
-    ap.add_argument("--ipcs", nargs="+", type=int, default=[1, 10])
-    ap.add_argument("--budget", choices=("quick", "paper"), default="quick")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--model", default="convnet")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--data-root", default=None)
+    ap = make_parser("python benchmarks/fidelity.py", __doc__)
+    ap.add_argument("--methods", nargs="+", default=["random", "herding", "kcenter", "dc", "dsa", "dm"],
+                    help="methods to distil with")
+    ap.add_argument("--datasets", nargs="+", default=["digits"], help="registered image datasets")
+    ap.add_argument("--ipc", nargs="+", type=int, default=[1, 10], help="images per class")
+    ap.add_argument("--budget", choices=("quick", "paper"), default="quick", help="distillation/evaluation preset")
+    ap.add_argument("--steps", type=int, default=None, help="distillation steps (default: the --budget preset)")
+    ap.add_argument("--runs", type=int, default=3, help="evaluation runs")
+    ap.add_argument("--epochs", type=int, default=None, help="evaluation epochs (default: 300 quick, paper's)")
+    ap.add_argument("--model", default="convnet", help="evaluation network")
+    ap.add_argument("--seed", type=int, default=0, help="seed of distillation and evaluation")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ap.add_argument("--data-root", default=None, help="folder holding the datasets (or $DISTILL_APPS_DATA)")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="stop each distillation after this many seconds (a CPU budget); the row records the steps")
     ap.add_argument("--protocols", nargs="+", default=["train"], help="train, krr (kernel methods), schedule (DD)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method option override")
-    ap.add_argument("--out", default="benchmarks/results/fidelity.json")
-    ap.add_argument("--quiet", action="store_true")
+    add_set_argument(ap)
+    ap.add_argument("--out", default="benchmarks/results/fidelity.json", help="results JSON (appended cell by cell)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
-    a.config = {}
-    for item in a.set:
-        k, _, v = item.partition("=")
-        try:
-            a.config[k] = json.loads(v)
-        except json.JSONDecodeError:
-            a.config[k] = v
+    a.configs = method_options(a.set, a.methods)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = json.loads(out.read_text()) if out.exists() else []
     done = {(r["method"], r["dataset"], r["ipc"]) for r in rows}
     for name in a.datasets:
         real = da.load_dataset(name, a.data_root)
-        for ipc in a.ipcs:
+        for ipc in a.ipc:
             for m in a.methods:
                 if (m, real.name, ipc) in done:
                     continue

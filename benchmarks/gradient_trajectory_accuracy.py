@@ -5,19 +5,19 @@ ConvNet-3 models on the summary (``--runs`` runs, ``--epochs`` epochs, DSA where
 the learned lr for MTT/TESLA) and tests on the real test split. Writes
 ``benchmarks/results/gradient_trajectory_accuracy_<dataset>.json`` and prints a table.
 
-    python benchmarks/gradient_trajectory_accuracy.py --dataset digits --ipc 1,10 --runs 3 --epochs 300
+    python benchmarks/gradient_trajectory_accuracy.py --dataset digits --ipc 1 10 --runs 3 --epochs 300
 
 The budgets are far below the papers' (e.g. MTT: 5000 iterations and 100 experts of 50 epochs); they say what
 the implementations do in CPU minutes, not what the methods reach.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import distill_apps as da
+from distill_apps.options import add_set_argument, make_parser, method_options, split_list
 
 
 def budgets(expert_dir: str) -> dict[str, tuple[dict[int, int], dict]]:
@@ -34,22 +34,25 @@ def budgets(expert_dir: str) -> dict[str, tuple[dict[int, int], dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="digits")
-    ap.add_argument("--ipc", default="1,10")
-    ap.add_argument("--methods", default="random,dcc,idc,mtt,tesla")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--model", default="convnet")
-    ap.add_argument("--expert-dir", default="/tmp/distill_apps_bench_experts")
-    ap.add_argument("--out", default="")
+    ap = make_parser("python benchmarks/gradient_trajectory_accuracy.py", __doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="digits", help="a registered image dataset")
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images per class")
+    ap.add_argument("--methods", nargs="+", default=["random", "dcc", "idc", "mtt", "tesla"], help="methods to run")
+    add_set_argument(ap)
+    ap.add_argument("--runs", type=int, default=3, help="evaluation runs")
+    ap.add_argument("--epochs", type=int, default=300, help="evaluation epochs")
+    ap.add_argument("--model", default="convnet", help="network for distillation and evaluation")
+    ap.add_argument("--expert-dir", default="/tmp/distill_apps_bench_experts", help="expert trajectory cache")
+    ap.add_argument("--out", default="", help="results JSON (default results/gradient_trajectory_accuracy_<data>)")
     a = ap.parse_args(argv)
     real = da.load_dataset(a.dataset)
     table = budgets(a.expert_dir)
+    overrides = method_options(a.set, split_list(a.methods, "--methods"))
     rows = []
-    for method in a.methods.split(","):
+    for method in a.methods:
         steps_by_ipc, cfg = table[method]
-        for ipc in (int(s) for s in a.ipc.split(",")):
+        cfg = {**cfg, **overrides[method]}
+        for ipc in a.ipc:
             t0 = time.perf_counter()
             s = da.distill(method, real, ipc=ipc, steps=steps_by_ipc[ipc], model=a.model, config=cfg, progress=False)
             t_distill = time.perf_counter() - t0

@@ -2,12 +2,12 @@
 
     OMP_NUM_THREADS=1 python benchmarks/kernel_speed.py --dataset digits --ipc 1 10 --repeats 3
 
-Writes ``benchmarks/results/kernel_speed.json``. Both methods use their default configs unless ``--kip-model`` /
-``--rfad-model`` / ``--n-models`` are given; the time is the median of ``--repeats`` steps after one warm-up step.
+Writes ``benchmarks/results/kernel_speed.json``. Both methods use their default configs unless ``--set`` changes
+them (e.g. ``--set kip.kernel_model=convnet-d2 --set rfad.n_models=4 --set batch_real=64``); the time is the
+median of ``--repeats`` steps after one warm-up step.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import distill_apps as da
 from distill_apps.engine import make_distiller
+from distill_apps.options import add_set_argument, make_parser, method_options
 from distill_apps.runtime import generator
 
 
@@ -38,29 +39,19 @@ def measure(method: str, real, ipc: int, cfg: dict, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="digits")
-    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--kip-model", default=None, help="KIP's eNTK network (default: its config's)")
-    ap.add_argument("--rfad-model", default=None, help="RFAD's feature network (default: its config's)")
-    ap.add_argument("--n-models", type=int, default=None)
-    ap.add_argument("--batch-real", type=int, default=None)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kernel_speed.json"))
+    ap = make_parser("python benchmarks/kernel_speed.py", __doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="digits", help="a registered image dataset")
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images per class (support size / classes)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
+    add_set_argument(ap)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kernel_speed.json"),
+                    help="results JSON")
     args = ap.parse_args(argv)
     real = da.load_dataset(args.dataset)
-    kip_cfg, rf_cfg = {}, {}
-    if args.kip_model:
-        kip_cfg["kernel_model"] = args.kip_model
-    if args.rfad_model:
-        rf_cfg["feature_model"] = args.rfad_model
-    if args.n_models:
-        rf_cfg["n_models"] = args.n_models
-    if args.batch_real:
-        kip_cfg["batch_real"] = rf_cfg["batch_real"] = args.batch_real
+    configs = method_options(args.set, ["kip", "rfad"])
     rows = []
     for ipc in args.ipc:
-        for method, cfg in (("kip", kip_cfg), ("rfad", rf_cfg)):
+        for method, cfg in configs.items():
             r = measure(method, real, ipc, cfg, args.repeats)
             print(f"{method:5s} {args.dataset} support {r['support']:4d}: {r['step_seconds_median']:.3f} s/step, "
                   f"{r['gflops_per_step_matmul_conv']:.2f} GFLOP/step", flush=True)

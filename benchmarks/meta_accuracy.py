@@ -9,24 +9,24 @@ below the papers' (which run thousands of steps on GPUs): they check the plumbin
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import distill_apps as da
+from distill_apps.options import make_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="digits")
-    ap.add_argument("--methods", nargs="+", default=["dd", "kip", "rfad", "frepo"])
-    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    ap.add_argument("--budget", default="quick", choices=["quick", "paper"])
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--out", default=None)
+    ap = make_parser("python benchmarks/meta_accuracy.py", __doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="digits", help="a registered image dataset")
+    ap.add_argument("--methods", nargs="+", default=["dd", "kip", "rfad", "frepo"], help="methods to run")
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images per class")
+    ap.add_argument("--budget", default="quick", choices=["quick", "paper"], help="distillation preset")
+    ap.add_argument("--steps", type=int, default=None, help="distillation steps (default: the --budget preset)")
+    ap.add_argument("--runs", type=int, default=2, help="evaluation runs")
+    ap.add_argument("--epochs", type=int, default=300, help="evaluation epochs")
+    ap.add_argument("--out", default=None, help="results JSON (default results/meta_accuracy_<dataset>.json)")
     args = ap.parse_args(argv)
     real = da.load_dataset(args.dataset)
     out = Path(args.out or Path(__file__).parent / "results" / f"meta_accuracy_{args.dataset}.json")

@@ -1,8 +1,8 @@
 """Speed benchmark: step time, peak memory and achieved GFLOP/s per method and IPC.
 
-    python benchmarks/speed.py --methods dc dsa dm --ipcs 1 10 --dataset mnist --steps 3
-    python benchmarks/speed.py --methods dm --ipcs 10 --procs 2 --no-flops      # two ranks under torchrun
-    python benchmarks/speed.py --methods dc --ipcs 50 --set outer_loop=1 --set real_chunk=64   # memory guard
+    python benchmarks/speed.py --methods dc dsa dm --ipc 1 10 --dataset mnist --steps 3
+    python benchmarks/speed.py --methods dm --ipc 10 --procs 2 --no-flops       # two ranks under torchrun
+    python benchmarks/speed.py --methods dc --ipc 50 --set outer_loop=1 --set real_chunk=64   # memory guard
 
 Each (method, IPC) runs in its own process; peak memory is the peak RSS during the steps (sampled every 2 ms)
 minus the RSS once the data and the method's one-off set-up are loaded, i.e. what the distillation steps add. FLOPs of one
@@ -66,17 +66,6 @@ class PeakRSS:
         self.peak = max(float(out.strip() or "nan"), _status_mb("VmRSS"))
 
 
-def parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        k, _, v = item.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
 def measure(method: str, dataset: str, ipc: int, steps: int, model: str, data_root: str | None,
             compile_: bool = False, config: dict | None = None, count_flops: bool = True) -> dict:
     import torch
@@ -136,35 +125,37 @@ def run_one(method: str, ipc: int, a: argparse.Namespace, config: dict, procs: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", default=["dc", "dsa", "dm"])
-    ap.add_argument("--ipcs", nargs="+", type=int, default=[1, 10])
-    ap.add_argument("--dataset", default="mnist")
-    ap.add_argument("--model", default="convnet")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--data-root", default=None)
+    from distill_apps.options import add_set_argument, make_parser, method_options
+
+    ap = make_parser("python benchmarks/speed.py", __doc__)
+    ap.add_argument("--methods", nargs="+", default=["dc", "dsa", "dm"], help="methods to measure")
+    ap.add_argument("--ipc", nargs="+", type=int, default=[1, 10], help="images per class")
+    ap.add_argument("--dataset", default="mnist", help="a registered image dataset")
+    ap.add_argument("--model", default="convnet", help="distillation network")
+    ap.add_argument("--steps", type=int, default=3, help="timed distillation steps")
+    ap.add_argument("--data-root", default=None, help="folder holding the datasets (or $DISTILL_APPS_DATA)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the embedding pass (cfg.compile)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method option override")
+    add_set_argument(ap)
     ap.add_argument("--procs", type=int, default=1, help="processes (torchrun, gloo) per measurement")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
-    ap.add_argument("--out", default="benchmarks/results/speed.json")
+    ap.add_argument("--out", default="benchmarks/results/speed.json", help="results JSON (and .md)")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "IPC"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    config = parse_sets(a.set)
+    configs = method_options(a.set, [a.one[0]] if a.one else a.methods)
     if a.one:
-        row = measure(a.one[0], a.dataset, int(a.one[1]), a.steps, a.model, a.data_root, a.compile, config,
-                      not a.no_flops)
+        row = measure(a.one[0], a.dataset, int(a.one[1]), a.steps, a.model, a.data_root, a.compile,
+                      configs[a.one[0]], not a.no_flops)
         print(json.dumps(row), flush=True)
         return 0
     rows = []
     for m in a.methods:
-        for ipc in a.ipcs:
-            row = run_one(m, ipc, a, config, a.procs)
+        for ipc in a.ipc:
+            row = run_one(m, ipc, a, configs[m], a.procs)
             rows.append(row)
             print(json.dumps(row), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rows, indent=1))
-    lines = [f"compile: {a.compile}; processes: {a.procs}; options: {config or '-'}", "",
+    lines = [f"compile: {a.compile}; processes: {a.procs}; options: {a.set or '-'}", "",
              "| method | IPC | step (s) | reference (s) | GFLOP/step | GFLOP/s | peak RSS above data (MB) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -7,13 +7,12 @@ ConvNet student (from the expert-shaped template) unrolled ``N`` SGD steps on th
 (for TESLA) soft labels.
 
     python benchmarks/unroll_memory.py                       # digits-shaped (1x8x8), ConvNet-3 w128, ipc 10
-    python benchmarks/unroll_memory.py --shape 3,32,32 --device cuda   # CIFAR-10-shaped, on a GPU
+    python benchmarks/unroll_memory.py --shape 3 32 32 --device cuda   # CIFAR-10-shaped, on a GPU
 
 Prints a table and writes ``benchmarks/results/unroll_memory.json``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from distill_apps.augment import DSA
 from distill_apps.inner import functional
 from distill_apps.methods.trajectory import SavedTensorMeter, UnrollPlan, mtt_loss, tesla_gradients
 from distill_apps.nets import build_model
+from distill_apps.options import make_parser
 from distill_apps.runtime import generator
 
 
@@ -60,18 +60,20 @@ def measure(kind: str, steps: int, shape, classes: int, ipc: int, model: str, de
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", default="10,20,40")
-    ap.add_argument("--shape", default="1,8,8", help="C,H,W of the images (default: digits)")
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--ipc", type=int, default=10)
-    ap.add_argument("--model", default="convnet")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "unroll_memory.json"))
+    ap = make_parser("python benchmarks/unroll_memory.py", __doc__.splitlines()[0])
+    ap.add_argument("--unroll", type=int, nargs="+", default=[10, 20, 40], help="SGD steps unrolled (N)")
+    ap.add_argument("--shape", type=int, nargs=3, default=[1, 8, 8], metavar=("C", "H", "W"),
+                    help="image shape (default: digits)")
+    ap.add_argument("--classes", type=int, default=10, help="number of classes")
+    ap.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
+    ap.add_argument("--model", default="convnet", help="student network")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "unroll_memory.json"),
+                    help="results JSON")
     a = ap.parse_args(argv)
-    shape = tuple(int(s) for s in a.shape.split(","))
+    shape = tuple(a.shape)
     rows = []
-    for n in (int(s) for s in a.steps.split(",")):
+    for n in a.unroll:
         for kind in ("mtt", "tesla-tesla", "tesla-exact"):
             rows.append(measure(kind, n, shape, a.classes, a.ipc, a.model, a.device))
             r = rows[-1]

@@ -4,6 +4,11 @@
 >>> summary = da.distill("dm", "digits", ipc=10, budget="quick")
 >>> da.evaluate(summary).accuracy_mean
 >>> da.evaluate(da.distill("gcond", "cora", ipc=5))   # graphs, interactions and text: the same two calls
+
+The public API is what ``__all__`` below names, plus the names :data:`PUBLIC_SUBMODULES` lists for a few
+submodules (errors, data, nets, training helpers, seeded generators, the safe file format, registries, privacy
+tools and the ``--set`` option syntax). The adapters (``distill_apps.integrations``, ``distill_apps.recipes``)
+use nothing else, and a test holds them to it; everything else may change between versions.
 """
 __version__ = "0.1.0"
 
@@ -20,11 +25,30 @@ from .engine import METHODS, Distiller, DistillState, distill, list_methods, reg
 from .errors import DistillError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
 from .nets import build_model, list_models  # noqa: E402
-from .summaries import Summary, load_summary  # noqa: E402
+from .summaries import Privacy, Summary, load_summary  # noqa: E402
 from .summary import SyntheticSet  # noqa: E402
 
 __all__ = [
     "__version__", "DSA", "MethodConfig", "RealData", "list_datasets", "load_dataset", "METHODS", "Distiller",
     "DistillState", "distill", "list_methods", "register_method", "DistillError", "EvalResult", "evaluate",
-    "build_model", "list_models", "SyntheticSet", "Summary", "load_summary",
+    "build_model", "list_models", "SyntheticSet", "Summary", "load_summary", "Privacy",
 ]
+
+#: Public submodules and the names they offer besides ``__all__`` (None: the submodule's own ``__all__``).
+#: ``distill_apps.integrations.*`` (the host adapters) are public as a whole.
+PUBLIC_SUBMODULES: dict[str, tuple[str, ...] | None] = {
+    "errors": ("DistillError", "ConfigError", "DataError", "SummaryFormatError", "CheckpointMismatchError",
+               "NonFiniteError", "MemoryBudgetError"),
+    "data": None,  # RealData, load_dataset, the dataset registry, class-incremental and federated splits
+    "nets": None,  # build_model and the model registry
+    "nets.convnet": ("ConvNet", "make_norm", "make_act"),  # the ConvNet's building blocks (NAS spaces)
+    "train": ("fit", "predict", "accuracy", "target_loss"),  # training and scoring a fresh model
+    "runtime": ("pick_device", "generator", "seeded_global_rng"),  # devices and named, seeded generators
+    "safe_io": ("write", "read", "write_json", "checksum"),  # the safetensors + JSON file format
+    "registry": ("Registry",),
+    "privacy": None,  # Opacus accounting and privacy audits
+    "options": None,  # the --set KEY=VALUE / METHOD.KEY=VALUE option syntax of the CLI and recipes
+    "summary": ("SyntheticSet",),
+    "summaries": ("Summary", "Privacy", "load_summary"),
+    "recipes.reporting": None,  # the shared ending of a recipe (results.json, report.md, data cards)
+}

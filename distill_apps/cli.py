@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-memory", type=float, default=None, metavar="GB",
                    help="stop (after checkpointing) with advice once peak memory passes GB")
     d.add_argument("--config", default=None, help="YAML file of method options")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one method option")
+    d.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+                   help="override one method option (repeatable; VALUE read as YAML)")
     d.add_argument("--eval-runs", type=int, default=3)
     d.add_argument("--eval-epochs", type=int, default=None)
     d.add_argument("--no-eval", action="store_true", help="skip the evaluation against a random subset")
@@ -76,26 +77,66 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default=None)
     s.add_argument("--json", action="store_true")
 
-    r = sub.add_parser("recipe", help="run an end-to-end recipe", add_help=False)
-    r.add_argument("name", choices=sorted(RECIPES))
-    r.add_argument("rest", nargs=argparse.REMAINDER)
+    r = sub.add_parser("recipe", help="run an end-to-end recipe (`recipe --help` lists them)", add_help=False,
+                       usage="distill-apps recipe NAME [options]  (distill-apps recipe NAME --help: its options)")
+    r.add_argument("-h", "--help", action=_RecipeList)
+    r.add_argument("name", nargs="?", choices=sorted(RECIPES), help="the recipe to run")
+    r.add_argument("rest", nargs=argparse.REMAINDER, help="the recipe's own options")
     return ap
+
+
+def _recipe_module(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(f"distill_apps.recipes.{RECIPES[name]}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("distill_apps.recipes"):
+            raise DistillError(f"Recipe {name!r} is not available in this version.") from exc
+        raise
+
+
+def recipe_listing() -> str:
+    """``distill-apps recipe --help``: every recipe with one line saying what it does."""
+    lines = ["usage: distill-apps recipe NAME [options]", "", "Run an end-to-end recipe; `distill-apps recipe NAME "
+             "--help` shows its options and their defaults.", "", "recipes:"]
+    for name in sorted(RECIPES):
+        try:
+            mod = _recipe_module(name)
+            doc = getattr(mod, "SUMMARY", None) or (mod.__doc__ or "").strip().split("\n")[0]
+        except (DistillError, ImportError) as exc:
+            doc = f"(unavailable: {exc})"
+        doc = re.sub(r"^Recipe[^:]*:\s*", "", doc)
+        lines.append(f"  {name:<17} {doc}")
+    return "\n".join(lines)
+
+
+class _RecipeList(argparse.Action):
+    """``-h/--help`` of ``distill-apps recipe``: list the recipes instead of the generic usage."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="list the recipes")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(recipe_listing())
+        parser.exit()
+
+
+def _privacy(summary: Any) -> dict[str, Any] | None:
+    """A summary's privacy accounting for the JSON output (epsilon, delta, accountant, ...); None when none."""
+    p = summary.privacy
+    return None if p is None else p.as_dict()
 
 
 def _emit(obj: dict[str, Any], as_json: bool, text: Callable[[], str]) -> None:
     print(json.dumps(obj, indent=None if as_json else 2, default=str) if as_json else text())
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    import yaml
+def _parse_sets(items: list[str], method: str) -> dict[str, Any]:
+    """``--set KEY=VALUE`` / ``--set METHOD.KEY=VALUE`` for the one method of ``distill`` (:mod:`.options`)."""
+    from .options import method_options
 
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise DistillError(f"--set expects KEY=VALUE; got {it!r}.")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    return method_options(items, [method])[method]
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
@@ -107,7 +148,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from .summary import SyntheticSet
 
     config = load_config_file(a.config) if a.config else {}
-    config.update(_parse_sets(a.set))
+    config.update(_parse_sets(a.set, a.method))
     cls = METHODS.get(a.method)
     dataset = a.dataset or default_dataset(cls)
     check_modality(cls.modality, dataset, f"Method {a.method!r}")  # before loading anything
@@ -128,7 +169,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
     if grid:
         summary.image_grid(out.with_suffix(".png"))
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,
-                              "steps": summary.meta.get("steps"), "budget": a.budget if a.steps is None else None}
+                              "steps": summary.meta.get("steps"), "budget": a.budget if a.steps is None else None,
+                              "privacy": _privacy(summary)}
     if not a.no_eval:
         modality = MODALITIES.get(cls.modality)
         epochs = a.eval_epochs if a.eval_epochs is not None else (
@@ -143,6 +185,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
     def text() -> str:
         png = f" and {out.with_suffix('.png')}" if grid else ""
         lines = [f"saved {out} ({summary.meta.get('steps')} steps){png}"]
+        if summary.privacy is not None:
+            lines.append(f"privacy: {summary.privacy}")
         if not a.no_eval:
             lines.append(f"{a.method:>8} ipc {a.ipc}: {res.score()} on {real.name} test ({res.runs} runs, "
                          f"{res.model}" + (f", {res.epochs} epochs)" if res.epochs is not None else ")"))
@@ -163,7 +207,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         opts["augment"] = None if a.augment == "none" else a.augment
     res = evaluate(summary, a.dataset, runs=a.runs, device=a.device, data_root=a.data_root, progress=not a.json,
                    **opts)
-    _emit({**res.as_dict(), "summary": summary.describe()}, a.json, lambda: f"{a.path}: {res}")
+    privacy = summary.privacy
+    text = f"{a.path}: {res}" + ("" if privacy is None else f"\nprivacy: {privacy}")
+    _emit({**res.as_dict(), "summary": summary.describe(), "privacy": _privacy(summary)}, a.json, lambda: text)
     return 0
 
 
@@ -211,15 +257,10 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 
 
 def cmd_recipe(a: argparse.Namespace) -> int:
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"distill_apps.recipes.{RECIPES[a.name]}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("distill_apps.recipes"):
-            raise DistillError(f"Recipe {a.name!r} is not available in this version.") from exc
-        raise
-    return int(mod.main(a.rest) or 0)
+    if a.name is None:
+        print(recipe_listing(), file=sys.stderr)
+        return 2
+    return int(_recipe_module(a.name).main(a.rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ modality's summary (``CondensedGraph``, ``GraphSet``, ``SyntheticInteractions``,
   (atomic, checksummed; foreign, corrupt or too-new files are refused); the header's ``kind`` names the class;
 * ``evaluate(data=None, **kw)``: the modality's protocol, reported as an :class:`~distill_apps.evaluate.EvalResult`
   that names it (``data`` defaults to the dataset the summary was distilled from, ``source``);
-* ``describe()``: a short dict of what the summary holds; ``meta``: method, dataset, budget, config, versions.
+* ``describe()``: a short dict of what the summary holds; ``meta``: method, dataset, budget, config, versions;
+* ``privacy``: the differential-privacy accounting (:class:`Privacy`) of a ``dp-*`` summary, None otherwise.
 
 :func:`load_summary` reads any summary file and returns the right class (the registry maps the file's ``kind`` to
 it), so ``distill-apps evaluate PATH`` works on every kind.
@@ -18,6 +19,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
@@ -60,6 +62,12 @@ class Summary(ABC):
         """Sizes and shapes of what the summary holds (the modality-specific part of :meth:`describe`)."""
 
     @property
+    def privacy(self) -> "Privacy | None":
+        """The differential-privacy accounting of a ``dp-*`` summary (epsilon, delta, accountant, ...), read from
+        ``meta["privacy"]``; None for a summary distilled without privacy accounting."""
+        return Privacy.from_meta(self.meta.get("privacy"))
+
+    @property
     def source(self) -> str | None:
         """The dataset the summary was distilled from (as ``load_dataset`` names it)."""
         return self.meta.get("dataset")
@@ -69,6 +77,43 @@ class Summary(ABC):
         m = self.meta
         return {"kind": self.kind, "modality": self.modality, "method": m.get("method"), "dataset": self.source,
                 "ipc": m.get("ipc"), "steps": m.get("steps"), **self.contents()}
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """What a private summary's release spent: ``(epsilon, delta)`` under ``accountant`` (Opacus' ``rdp`` or
+    ``prv``), with the mechanism's parameters. A run asked for with ``non_private: true`` reports
+    ``epsilon = inf`` and ``private = False``: it carries no guarantee."""
+
+    epsilon: float
+    delta: float
+    accountant: str | None
+    private: bool = True
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    releases: int | None = None
+    mechanism: str | None = None
+
+    @classmethod
+    def from_meta(cls, p: Any) -> "Privacy | None":
+        """Read ``meta["privacy"]`` as the private methods write it; None when absent."""
+        if not isinstance(p, dict) or "epsilon" not in p:
+            return None
+        return cls(epsilon=float(p["epsilon"]), delta=float(p.get("delta", 0.0)), accountant=p.get("accountant"),
+                   private=not p.get("non_private", False), target_epsilon=p.get("target_epsilon"),
+                   noise_multiplier=p.get("noise_multiplier"), sample_rate=p.get("sample_rate"),
+                   releases=p.get("releases"), mechanism=p.get("mechanism"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able fields (``epsilon`` stays a float; ``inf`` for a non-private run)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        if not self.private:
+            return "no privacy guarantee (non-private run, epsilon = inf)"
+        target = f", target {self.target_epsilon:g}" if self.target_epsilon is not None else ""
+        return f"({self.epsilon:.3g}, {self.delta:g})-DP, {self.accountant} accountant{target}"
 
 
 def file_kind(path: str | os.PathLike) -> str | None:

@@ -137,6 +137,66 @@ class SyntheticSet(Summary):
         return replace(self, x=dt(self.x), y=self.y.detach().cpu().clone(), soft=dt(self.soft),
                        params={k: v.detach().cpu().clone() for k, v in self.params.items()})
 
+    # ---------------------------------------------------------------- classes
+    #: soft-label value of a class a summary knows nothing about (see :meth:`relabel`): for ``logits`` a logit
+    #: whose softmax weight is exactly 0 in float32 yet finite; for ``multilabel`` and ``regression`` targets 0
+    #: ("not this label" / the one-hot component of another class)
+    ABSENT_SOFT: ClassVar[dict[str, float]] = {"logits": -1.0e4, "multilabel": 0.0, "regression": 0.0}
+
+    @classmethod
+    def absent_value(cls, label_kind: str) -> float:
+        """The soft-label value :meth:`relabel` gives classes absent from a summary of ``label_kind``."""
+        if label_kind not in cls.ABSENT_SOFT:
+            raise DataError(f"Summaries with {label_kind!r} labels carry no soft labels to fill; "
+                            f"known soft kinds: {', '.join(cls.ABSENT_SOFT)}.")
+        return cls.ABSENT_SOFT[label_kind]
+
+    def restrict(self, classes) -> "SyntheticSet":
+        """The images of ``classes`` only, renumbered ``0..k-1`` in the order given (soft labels keep those
+        classes' columns); the inverse of :meth:`relabel` for the classes kept. Factorised summaries are
+        decoded first."""
+        m = self.materialize()
+        ids = self._check_ids(classes, self.num_classes, "restrict")
+        keep = torch.tensor(ids, dtype=torch.long, device=m.y.device)
+        lookup = torch.full((self.num_classes,), -1, dtype=torch.long, device=m.y.device)
+        lookup[keep] = torch.arange(len(ids), device=m.y.device)
+        rows = torch.isin(m.y, keep)
+        soft = None if m.soft is None else m.soft[rows][:, keep]
+        return replace(m, x=m.x[rows], y=lookup[m.y[rows]], num_classes=len(ids), soft=soft,
+                       meta={**m.meta, "classes_of_source": ids})
+
+    def relabel(self, mapping, num_classes: int, *, dataset: str | None = None) -> "SyntheticSet":
+        """The summary with class ``j`` renamed ``mapping[j]``, in a label space of ``num_classes`` classes.
+
+        The usual use: a summary distilled from :meth:`RealData.restrict(classes) <distill_apps.data.RealData.
+        restrict>` goes back to the dataset's class ids with ``relabel(classes, real.num_classes,
+        dataset=real.name)``. Soft labels grow to ``num_classes`` columns; classes the summary knows nothing
+        about get :meth:`absent_value` (the same for every adapter). ``dataset`` sets ``meta["dataset"]``, the
+        data :meth:`evaluate` uses by default. Factorised summaries are decoded first.
+        """
+        m = self.materialize()
+        if len(mapping) != self.num_classes:
+            raise DataError(f"relabel() needs one new id for each of the summary's {self.num_classes} classes; "
+                            f"got {len(mapping)}.")
+        ids = self._check_ids(mapping, num_classes, "relabel")
+        new = torch.tensor(ids, dtype=torch.long, device=m.y.device)
+        soft = None
+        if m.soft is not None:
+            soft = torch.full((len(m.y), num_classes), self.absent_value(m.label_kind), dtype=m.soft.dtype,
+                              device=m.soft.device)
+            soft[:, new] = m.soft
+        meta = {k: v for k, v in m.meta.items() if k != "classes_of_source"}
+        if dataset is not None:
+            meta["dataset"] = dataset
+        return replace(m, y=new[m.y], num_classes=int(num_classes), soft=soft, meta=meta)
+
+    @staticmethod
+    def _check_ids(ids, num_classes: int, what: str) -> list[int]:
+        out = [int(c) for c in ids]
+        if not out or len(set(out)) != len(out) or any(not 0 <= c < num_classes for c in out):
+            raise DataError(f"{what}() takes distinct class ids in [0, {num_classes}); got {out}.")
+        return out
+
     def contents(self) -> dict[str, Any]:
         """Images (or factorised parameters), classes, image shape and label kind."""
         return {"images": len(self.y) if self.decoder is None else None, "classes": self.num_classes,

@@ -42,12 +42,11 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("The Avalanche integration needs avalanche-lib: pip install 'distill-apps[avalanche]'") from _exc
 
-from ..data import RealData, load_dataset
-from ..data.splits import class_incremental_order
-from ..engine import METHODS, distill
-from ..errors import ConfigError, DataError, DistillError
-from ..summary import SyntheticSet
-from ..train import target_loss
+import distill_apps as da
+from distill_apps import RealData, SyntheticSet
+from distill_apps.data import class_incremental_order
+from distill_apps.errors import ConfigError, DataError, DistillError
+from distill_apps.train import target_loss
 
 __all__ = [
     "DistilledBuffer", "DistilledReplayPlugin", "tensor_dataset", "split_benchmark", "split_mnist",
@@ -58,18 +57,19 @@ __all__ = [
 # method families whose loss is defined for a single class (per-class embedding statistics or selection);
 # gradient/trajectory matching trains a classifier, which is constant on a one-class experience
 SINGLE_CLASS_FAMILIES = ("distribution", "coreset")
-_ABSENT_LOGIT = -1.0e4  # logit given to classes outside an experience (softmax weight 0, still finite)
 
 
 # ---------------------------------------------------------------------- datasets and benchmarks
-def tensor_dataset(x: torch.Tensor, y: torch.Tensor, task_labels: int | torch.Tensor = 0) -> ClassificationDataset:
-    """An Avalanche ``ClassificationDataset`` of ``(x, y, task_label)`` triples from tensors."""
+def tensor_dataset(x: torch.Tensor, y: torch.Tensor, task_labels: int | torch.Tensor = 0, *,
+                   task_in_item: bool = True) -> ClassificationDataset:
+    """An Avalanche ``ClassificationDataset`` from tensors: items ``(x, y, task_label)`` (Avalanche's own
+    benchmarks' shape), or ``(x, y)`` pairs with ``task_in_item=False`` (the task label stays a data attribute)."""
     n = len(y)
     t = [int(task_labels)] * n if not torch.is_tensor(task_labels) else [int(v) for v in task_labels.tolist()]
     return ClassificationDataset(
         [TensorDataset(x, y.long())],
         data_attributes=[DataAttribute([int(v) for v in y.tolist()], "targets"),
-                         DataAttribute(t, "targets_task_labels", use_in_getitem=True)])
+                         DataAttribute(t, "targets_task_labels", use_in_getitem=task_in_item)])
 
 
 def split_benchmark(dataset: str | RealData = "digits", num_experiences: int = 5, seed: int = 0,
@@ -80,7 +80,7 @@ def split_benchmark(dataset: str | RealData = "digits", num_experiences: int = 5
     ``train_per_class`` keeps a seeded random subset of that many training images per class (CPU budgets).
     Returns ``(benchmark, real)`` where ``real`` is the (possibly subsampled) :class:`RealData`.
     """
-    real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    real = da.load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
     if real.y_train.ndim != 1:
         raise DataError(f"{real.name} has multi-label targets; class-incremental streams need one class per image.")
     if train_per_class is not None:
@@ -111,8 +111,23 @@ def split_digits(num_experiences: int = 5, seed: int = 0, **kw):
     return split_benchmark("digits", num_experiences, seed, **kw)
 
 
+def item_fields(dataset) -> int:
+    """How many fields an item of ``dataset`` has: 2 for ``(x, y)``, 3 for ``(x, y, task_label)``."""
+    if len(dataset) == 0:
+        raise DataError("The experience holds no samples; there is nothing to distil into the replay memory.")
+    n = len(dataset[0])
+    if n not in (2, 3):
+        raise DataError(f"DistilledBuffer serves (x, y) or (x, y, task_label) items, the shapes of Avalanche's "
+                        f"benchmarks; this experience's items have {n} fields. Use a raw-exemplar buffer (e.g. "
+                        "ReservoirSamplingBuffer) for such items.")
+    return n
+
+
 def experience_tensors(dataset, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x, y, task_labels)`` tensors of an Avalanche dataset, read with its eval transforms (no augmentation)."""
+    """``(x, y, task_labels)`` tensors of an Avalanche dataset, read with its eval transforms (no augmentation).
+
+    For ``(x, y)`` items the task labels come from the dataset's ``targets_task_labels`` attribute (0 without).
+    """
     ds = dataset.eval() if hasattr(dataset, "eval") else dataset
     xs, ys, ts = [], [], []
     for batch in DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=getattr(ds, "collate_fn", None)):
@@ -120,10 +135,16 @@ def experience_tensors(dataset, batch_size: int = 1024) -> tuple[torch.Tensor, t
             raise DataError("Experience items must be (x, y[, task_label]) tuples; got a single field.")
         xs.append(torch.as_tensor(batch[0]))
         ys.append(torch.as_tensor(batch[1]))
-        ts.append(torch.as_tensor(batch[-1]) if len(batch) > 2 else torch.zeros(len(batch[1]), dtype=torch.long))
+        if len(batch) > 2:
+            ts.append(torch.as_tensor(batch[2]))
     if not xs:
         raise DataError("The experience holds no samples; there is nothing to distil into the replay memory.")
-    x, y, t = torch.cat(xs).float(), torch.cat(ys), torch.cat(ts).long()
+    x, y = torch.cat(xs).float(), torch.cat(ys)
+    if ts:
+        t = torch.cat(ts).long()
+    else:
+        attr = getattr(ds, "targets_task_labels", None)
+        t = torch.zeros(len(y), dtype=torch.long) if attr is None else torch.as_tensor(list(attr)).long()
     if x.ndim != 4:
         raise DataError(f"DistilledBuffer distils images (N, C, H, W); this experience's inputs have shape "
                         f"{tuple(x.shape)}. Use a raw-exemplar buffer for other inputs.")
@@ -182,10 +203,14 @@ class DistilledBuffer(ExemplarsBuffer):
     :class:`ConfigError`; ``"real"`` stores a random class-balanced subset of that class's real images instead
     (recorded in ``classes[c].source``). Distribution matching and coresets run on one class as usual.
 
-    Soft labels and learned learning rates: the buffer serves ``(x, y, task_label)`` triples with ``y`` the class
-    each image was distilled for, so a plain ``ReplayPlugin`` trains memory rows with hard labels. A summary's
-    soft targets (``soft_targets``, over the global classes; classes outside the experience get logit -1e4) and its
-    learned lr (``replay_weights = lr / base_lr``) are used by :class:`DistilledReplayPlugin`.
+    Items: the buffer serves items shaped like the stream's own, ``(x, y, task_label)`` (Avalanche's benchmarks)
+    or ``(x, y)`` (a benchmark built from plain ``(x, y)`` datasets), so Avalanche's replay loader can collate
+    memory rows with the experience's rows; ``y`` is the class each image was distilled for.
+
+    Soft labels and learned learning rates: a plain ``ReplayPlugin`` trains memory rows with hard labels. A
+    summary's soft targets (``soft_targets``, over the global classes; classes outside the experience get
+    :meth:`SyntheticSet.absent_value <distill_apps.SyntheticSet.absent_value>`, logit -1e4) and its learned lr
+    (``replay_weights = lr / base_lr``) are used by :class:`DistilledReplayPlugin`.
     """
 
     def __init__(self, max_size: int, method: str = "dm", *, steps: int | None = None, budget: str = "quick",
@@ -196,9 +221,9 @@ class DistilledBuffer(ExemplarsBuffer):
         if not isinstance(max_size, int) or max_size < 1:
             raise ConfigError("DistilledBuffer max_size (images-worth of memory) must be a positive int; "
                               f"got {max_size!r}.")
-        cls = METHODS.get(method)  # unknown names raise ConfigError listing the known ones
+        cls = da.METHODS.get(method)  # unknown names raise ConfigError listing the known ones
         if cls.modality != "image":
-            image_methods = ", ".join(n for n in METHODS.names() if METHODS.get(n).modality == "image")
+            image_methods = ", ".join(n for n in da.METHODS.names() if da.METHODS.get(n).modality == "image")
             raise ConfigError(f"Method {method!r} distils {cls.modality} data; DistilledBuffer stores images. Use an "
                               f"image method ({image_methods}).")
         if shrink not in ("select", "redistill"):
@@ -215,6 +240,7 @@ class DistilledBuffer(ExemplarsBuffer):
         self.progress = progress
         self.classes: dict[int, _ClassMemory] = {}  # global class id -> its memory, in order of arrival
         self.image_shape: tuple[int, ...] | None = None
+        self.item_fields: int | None = None  # 2: (x, y) items, 3: (x, y, task_label), as the stream's own
         self.label_kind = "hard"
         self.soft_targets: torch.Tensor | None = None
         self.replay_weights = torch.zeros(0)
@@ -253,6 +279,11 @@ class DistilledBuffer(ExemplarsBuffer):
     # ------------------------------------------------------------------ Avalanche's contract
     def post_adapt(self, agent_state, exp) -> None:
         """Distil ``exp``'s data into the memory and shrink earlier classes to the new per-class share."""
+        fields = item_fields(exp.dataset)
+        if self.item_fields is not None and fields != self.item_fields:
+            raise DataError(f"This experience's items have {fields} fields but the earlier ones had "
+                            f"{self.item_fields}; a replay memory serves one item shape to one stream.")
+        self.item_fields = fields
         x, y, t = experience_tensors(exp.dataset)
         if self.image_shape is None:
             self.image_shape = tuple(x.shape[1:])
@@ -289,8 +320,6 @@ class DistilledBuffer(ExemplarsBuffer):
     # ------------------------------------------------------------------ internals
     def _distil_experience(self, x, y, t, classes, share, exp_id) -> dict[int, _ClassMemory]:
         k = len(classes)
-        local = torch.zeros(max(classes) + 1, dtype=torch.long)
-        local[torch.tensor(classes)] = torch.arange(k)
         counts = [int((y == c).sum()) for c in classes]
         ipc = min(share, min(counts))
         task_of = {c: int(t[y == c].mode().values) for c in classes}
@@ -306,43 +335,40 @@ class DistilledBuffer(ExemplarsBuffer):
             return {classes[0]: _ClassMemory(x[pick].clone(), None, None, task_of[classes[0]], exp_id, "real")}
         mean = self.mean or tuple(x.mean(dim=(0, 2, 3)).tolist())
         std = self.std or tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
-        real = RealData(name=f"experience{exp_id}", x_train=x, y_train=local[y], x_test=x[:1], y_test=local[y[:1]],
-                        num_classes=k, mean=mean, std=std, class_names=[str(c) for c in classes])
-        summary = self._run_method(real, ipc, exp_id, classes)
+        # the experience's training images only: the buffer never evaluates, so the test split is empty
+        seen = RealData(name=f"experience{exp_id}", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0],
+                        num_classes=self.num_classes, mean=mean, std=std)
+        summary = self._run_method(seen.restrict(classes), ipc, exp_id, classes)
         self.summaries.append(summary)
-        return self._split_summary(summary, classes, ipc, task_of, exp_id)
+        return self._split_summary(summary.relabel(classes, self.num_classes), classes, ipc, task_of, exp_id)
 
     def _run_method(self, real: RealData, ipc: int, exp_id: int, classes: list[int]) -> SyntheticSet:
         try:
-            return distill(self.method, real, ipc, steps=self.steps, budget=self.budget, model=self.model,
-                           seed=self.seed * 7919 + exp_id, device=self.device, config=self.config,
-                           progress=self.progress).detach()
+            return da.distill(self.method, real, ipc, steps=self.steps, budget=self.budget, model=self.model,
+                              seed=self.seed * 7919 + exp_id, device=self.device, config=self.config,
+                              progress=self.progress).detach()
         except (DistillError, RuntimeError, ValueError, IndexError) as exc:
             raise ConfigError(
                 f"Method {self.method!r} could not distil experience {exp_id} (classes {classes}, {ipc} images per "
                 f"class, images {tuple(real.image_shape)}, model {self.model!r}): {exc}. Pick a method and model "
                 "that run on these images (e.g. method='dm' with a ConvNet whose depth suits the image size).") from exc
 
-    def _split_summary(self, s: SyntheticSet, classes, ipc, task_of, exp_id) -> dict[int, _ClassMemory]:
-        m = s.materialize()
+    def _split_summary(self, m: SyntheticSet, classes, ipc, task_of, exp_id) -> dict[int, _ClassMemory]:
+        """One memory per class of a summary already in the stream's class ids (``relabel``)."""
         if m.soft is not None and self.label_kind not in ("hard", m.label_kind):
             raise ConfigError(f"Summaries with {self.label_kind} and {m.label_kind} soft labels cannot share one "
                               "memory; use one method per DistilledBuffer.")
         if m.soft is not None:
             self.label_kind = m.label_kind
         out = {}
-        for j, c in enumerate(classes):
-            sel = torch.nonzero(m.y == j).flatten()
+        for c in classes:
+            sel = torch.nonzero(m.y == c).flatten()
             if len(sel) == 0:
                 raise DataError(f"Method {self.method!r} returned no image for class {c} of experience {exp_id}; "
                                 "refusing to leave the class out of the replay memory.")
             xc = m.x[sel]
             keep = _pixel_herding(xc, ipc)  # factorised forms decode to more images: keep the share (docs)
-            soft = None
-            if m.soft is not None:
-                fill = _ABSENT_LOGIT if m.label_kind == "logits" else 0.0
-                soft = torch.full((len(keep), self.num_classes), fill)
-                soft[:, torch.tensor(classes)] = m.soft[sel][keep].float()
+            soft = None if m.soft is None else m.soft[sel][keep].float().clone()
             out[c] = _ClassMemory(xc[keep].float().clone(), soft, m.lr, task_of[c], exp_id, self.method)
         return out
 
@@ -377,7 +403,8 @@ class DistilledBuffer(ExemplarsBuffer):
             self.classes[c] = new[c]
 
     def _rebuild(self) -> None:
-        """Serve the memory as an Avalanche dataset of (x, y, task) triples and check the invariants."""
+        """Serve the memory as an Avalanche dataset whose items have the stream's shape, ``(x, y, task)`` or
+        ``(x, y)``, and check the invariants."""
         if self.stored_floats() > self.budget_floats():  # guaranteed by construction; never serve more
             raise DataError(f"Replay memory holds {self.stored_floats()} image floats, over its budget of "
                             f"{self.budget_floats()}; this is a bug in DistilledBuffer.")
@@ -395,19 +422,19 @@ class DistilledBuffer(ExemplarsBuffer):
             for c, m in mems:
                 if m.soft is not None:
                     if m.soft.shape[1] < self.num_classes:  # classes that arrived later: absent for this row
-                        pad = _ABSENT_LOGIT if self.label_kind == "logits" else 0.0
+                        pad = SyntheticSet.absent_value(self.label_kind)
                         extra = torch.full((len(m.soft), self.num_classes - m.soft.shape[1]), pad)
                         m.soft = torch.cat([m.soft, extra], 1)
                     rows.append(m.soft)
                 elif self.label_kind == "logits":  # hard rows as logits: softmax is the one-hot label
-                    row = torch.full((len(m.x), self.num_classes), _ABSENT_LOGIT)
+                    row = torch.full((len(m.x), self.num_classes), SyntheticSet.absent_value("logits"))
                     rows.append(row.index_fill_(1, torch.tensor([c]), 0.0))
                 else:
                     rows.append(torch.nn.functional.one_hot(torch.full((len(m.x),), c), self.num_classes).float())
             self.soft_targets = torch.cat(rows)
         else:
             self.soft_targets = None
-        self.buffer = tensor_dataset(self._x, self._y, self._t)
+        self.buffer = tensor_dataset(self._x, self._y, self._t, task_in_item=self.item_fields != 2)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The served memory as ``(x, y, task_labels)`` tensors."""

@@ -27,8 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import RealData
-from ..errors import ConfigError, DataError
+import distill_apps as da
+from distill_apps import DSA, RealData, SyntheticSet
+from distill_apps.data import DATASETS, data_root
+from distill_apps.errors import ConfigError, DataError
+from distill_apps.privacy import side_by_side_png
+from distill_apps.runtime import generator, pick_device
+from distill_apps.train import fit, predict
+
+__all__ = ["SIZES", "flags_2d", "load_medmnist", "allocate_budget", "distill_medical", "select_subset", "auc_binary",
+           "clinical_metrics", "evaluate_medical", "ssim", "anonymisation_check"]
 
 SIZES = (28, 64, 128, 224)
 
@@ -48,8 +56,6 @@ def flags_2d() -> list[str]:
 
 def load_medmnist(flag: str, root: str | None = None, size: int = 28, download: bool = False) -> RealData:
     """A MedMNIST 2D dataset with its official splits and task type (builds on the ``medmnist:<flag>`` loader)."""
-    from ..data.registry import DATASETS, data_root
-
     _medmnist()
     if flag not in flags_2d():
         raise DataError(f"Unknown or non-2D MedMNIST flag {flag!r}. Known 2D flags: {', '.join(flags_2d())}.")
@@ -92,50 +98,43 @@ def allocate_budget(counts: list[int], total: int, mode: str = "balanced", min_p
 
 def distill_medical(method: str, real: RealData, ipc: int, *, budget: str = "balanced", steps: int | None = None,
                     config: dict | None = None, model: str = "convnet", seed: int = 0, device: str = "auto",
-                    progress: bool = False):
+                    progress: bool = False) -> SyntheticSet:
     """Distil ``real`` with ``ipc * classes`` images in all, split per class by ``budget``.
 
-    Classes sharing a budget are distilled together (one engine run each distinct budget, the method's loss
-    restricted to those classes) and the parts are joined; ``meta["class_budget"]`` records the split.
+    One :func:`distill_apps.distill` run per distinct budget ``b``, on the classes that hold at least ``b``
+    images (``real.restrict(...)``, their real images; every class when all do), so a method sees as many
+    classes as the data allows (a classifier-based method on a one-class view would learn nothing); the run's
+    images of the classes whose budget is ``b`` are kept in the dataset's class ids (``relabel``). The parts
+    are joined in class order and ``meta["class_budget"]`` records the split. ``steps=None`` runs each method's
+    quick preset. Multi-label soft rows keep only the labels of the classes a run saw.
     """
-    from .. import engine
-    from ..config import make_config
-    from ..runtime import pick_device
-    from ..summary import SyntheticSet
-
     per_class = allocate_budget(real.class_counts(), ipc * real.num_classes, budget)
-    if budget == "balanced" and len(set(per_class)) == 1:
-        s = engine.distill(method, real, per_class[0], steps=steps, budget="quick" if steps is None else "paper",
-                           model=model, seed=seed, device=device, config=config, progress=progress)
-        s.meta["class_budget"] = per_class
+    run = dict(steps=steps, budget="quick", model=model, seed=seed, device=device, config=config, progress=progress)
+    if len(set(per_class)) == 1:
+        s = da.distill(method, real, per_class[0], **run)
+        s.meta.update(class_budget=per_class, budget_mode=budget)
         return s
-    cls = engine.METHODS.get(method)
-    cfg = make_config(cls.Config, config, method)
-    xs, ys, soft, metas = [], [], [], []
+    counts, parts = real.class_counts(), []
     for b in sorted(set(per_class)):
-        group = [c for c, n in enumerate(per_class) if n == b]
-        d = cls(real.to(pick_device(device)), b, cfg, pick_device(device), model, seed)
-        d.classes = group  # the per-class losses of the other classes are left out
-        s = engine.run(d, cfg.quick_steps if steps is None else steps, progress=progress)
-        keep = torch.isin(s.y, torch.tensor(group))
-        xs.append(s.x[keep])
-        ys.append(s.y[keep])
-        soft.append(None if s.soft is None else s.soft[keep])
-        metas.append(s.meta)
-    y = torch.cat(ys)
+        seen = [c for c in range(real.num_classes) if counts[c] >= b]  # holds the group: budgets are capped
+        data = real if len(seen) == real.num_classes else real.restrict(seen)
+        s = da.distill(method, data, b, **run)
+        s = s if data is real else s.relabel(seen, real.num_classes, dataset=real.name)
+        group = torch.tensor([c for c, n in enumerate(per_class) if n == b])
+        keep = torch.isin(s.y, group)
+        parts.append((s.x[keep], s.y[keep], None if s.soft is None else s.soft[keep], s))
+    y = torch.cat([p[1] for p in parts])
     order = torch.argsort(y, stable=True)
-    meta = {**metas[-1], "ipc": ipc, "class_budget": per_class, "budget_mode": budget}
-    multi = soft[0] is not None
-    return SyntheticSet(x=torch.cat(xs)[order], y=y[order], num_classes=real.num_classes,
-                        image_shape=real.image_shape, mean=real.mean, std=real.std, meta=meta,
-                        soft=torch.cat(soft)[order] if multi else None, label_kind=s.label_kind if multi else "hard")
+    last = parts[-1][3]
+    meta = {**last.meta, "ipc": ipc, "class_budget": per_class, "budget_mode": budget}
+    soft = None if last.soft is None else torch.cat([p[2] for p in parts])[order]
+    return SyntheticSet(x=torch.cat([p[0] for p in parts])[order], y=y[order], num_classes=real.num_classes,
+                        image_shape=real.image_shape, mean=real.mean, std=real.std, meta=meta, soft=soft,
+                        label_kind=last.label_kind)
 
 
 def select_subset(real: RealData, ipc: int, *, budget: str = "balanced", seed: int = 0):
     """A random real subset with the same per-class budgets (the baseline a summary must beat)."""
-    from ..runtime import generator
-    from ..summary import SyntheticSet
-
     per_class = allocate_budget(real.class_counts(), ipc * real.num_classes, budget)
     g = generator("medical-subset", seed)
     idx = torch.cat([real.sample(c, n, g) for c, n in enumerate(per_class)])
@@ -198,11 +197,6 @@ def evaluate_medical(summary, real: RealData, *, model: str = "convnet", runs: i
     ``class_weighted=True`` trains on a class-balanced resampling of the summary (each class equally often), the
     usual remedy when a proportional summary keeps the data's imbalance.
     """
-    from ..augment import DSA
-    from ..nets import build_model
-    from ..runtime import generator, pick_device
-    from ..train import fit, predict
-
     dev = pick_device(device)
     m = summary.materialize()
     x, yv = m.x, (m.soft if m.soft is not None else m.y)
@@ -215,7 +209,7 @@ def evaluate_medical(summary, real: RealData, *, model: str = "convnet", runs: i
     rows = []
     for r in range(runs):
         g = generator("evaluate-medical", seed, r)
-        net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
+        net = da.build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
                           device=dev)
         fit(net, x.to(dev), yv.to(dev), epochs=epochs, lr=lr or summary.lr or 0.01, label_kind=m.label_kind,
             augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g)
@@ -296,8 +290,6 @@ def anonymisation_check(summary, real: RealData, *, png: str | Path | None = Non
            "real_nearest_l2_median": float(rl2.median()), "real_best_ssim_median": float(rss.median()),
            "nearest_real_l2": sl2_i.tolist(), "nearest_real_ssim": sss_i.tolist()}
     if png is not None:
-        from ..privacy.audit import side_by_side_png
-
         order = torch.argsort(sl2 - 1e6 * flagged.float())[:pairs]
         side_by_side_png(xs[order], xr[sl2_i[order]], png)
         out["png"] = str(png)

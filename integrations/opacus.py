@@ -15,6 +15,13 @@ from typing import Any
 
 import torch
 
+import distill_apps as da
+from distill_apps.privacy import check_accountant, check_target
+from distill_apps.runtime import generator, pick_device
+from distill_apps.train import accuracy
+
+__all__ = ["DPSGDResult", "dp_sgd_baseline"]
+
 
 def _opacus():
     try:
@@ -26,6 +33,8 @@ def _opacus():
 
 @dataclass
 class DPSGDResult:
+    """What the DP-SGD baseline reached: test accuracy, the epsilon Opacus' accountant spent and the settings."""
+
     accuracy: float
     epsilon: float
     delta: float
@@ -41,6 +50,7 @@ class DPSGDResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-able dict."""
         return asdict(self)
 
 
@@ -54,16 +64,11 @@ def dp_sgd_baseline(real, *, epsilon: float, delta: float = 1e-5, epochs: int = 
     from opacus.validators import ModuleValidator
     from torch.utils.data import DataLoader, TensorDataset
 
-    from ..nets import build_model
-    from ..privacy.accounting import _check, check_target
-    from ..runtime import generator, pick_device
-    from ..train import accuracy
-
     check_target(epsilon, delta)
-    _check(accountant)
+    check_accountant(accountant)
     dev = pick_device(device)
     g = generator("dp-sgd", seed)
-    net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g)
+    net = da.build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g)
     if ModuleValidator.validate(net, strict=False):
         net = ModuleValidator.fix(net)
     net = net.to(dev)

@@ -28,9 +28,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+import distill_apps as da
 from distill_apps.errors import ConfigError
+from distill_apps.options import add_set_argument, make_parser, method_options, split_list
 
-DEFAULT_MEMORIES = "reservoir,class_balanced,herding,dm,dsa"
+#: the one line `distill-apps recipe --help` shows
+SUMMARY = "class-incremental learning (Avalanche) with raw vs distilled replay memories of equal budget"
+
+DEFAULT_MEMORIES = ("reservoir", "class_balanced", "herding", "dm", "dsa")
 # with --budget quick, gradient matching runs a shortened loop schedule (the paper's is 10-50 outer rounds of
 # 10-50 inner epochs per step, tens of CPU-minutes per experience); --budget paper uses the paper's schedule
 QUICK_PRESETS: dict[str, dict[str, Any]] = {"dc": {"outer_loop": 3, "inner_loop": 3},
@@ -38,30 +43,32 @@ QUICK_PRESETS: dict[str, dict[str, Any]] = {"dc": {"outer_loop": 3, "inner_loop"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="distill-apps recipe continual", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="digits", help="digits (default, bundled), mnist, fashion_mnist, ...")
-    ap.add_argument("--experiences", type=int, default=5)
+    """The recipe's options (``--help`` shows each default)."""
+    ap = make_parser("distill-apps recipe continual", __doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="digits", help="digits (bundled), mnist, fashion_mnist, ...")
+    ap.add_argument("--experiences", type=int, default=5, help="experiences of the class-incremental stream")
     ap.add_argument("--mem-per-class", type=int, nargs="+", default=[10],
                     help="memory budget in images per class of the whole stream (one run per value)")
-    ap.add_argument("--methods", default=DEFAULT_MEMORIES,
-                    help="comma-separated memories: reservoir, class_balanced, herding, or a distillation method")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_MEMORIES),
+                    help="memories: reservoir, class_balanced, herding, or a registered distillation method")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one stream per seed")
     ap.add_argument("--steps", type=int, default=20,
-                    help="distillation steps per experience (default 20, a CPU budget; -1: the --budget preset)")
+                    help="distillation steps per experience (a CPU budget; -1: the --budget preset)")
     ap.add_argument("--budget", choices=("quick", "paper"), default="quick",
                     help="distillation iterations with --steps -1: quick (CPU preset) or paper (the paper's count)")
-    ap.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                    help="override a distillation option, e.g. --set dsa.outer_loop=10 (repeatable)")
+    add_set_argument(ap)
     ap.add_argument("--epochs", type=int, default=5, help="training epochs per experience")
     ap.add_argument("--model", default="convnet-d2-w32", help="learner and distillation network")
-    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--lr", type=float, default=0.01, help="learner's SGD learning rate")
     ap.add_argument("--batch-size", type=int, default=32, help="minibatch of current data (and of memory)")
-    ap.add_argument("--strategy", default="naive", help="naive (Naive + ReplayPlugin) or er_ace")
+    ap.add_argument("--strategy", choices=sorted(STRATEGIES), default="naive",
+                    help="naive (Naive + ReplayPlugin) or er_ace")
     ap.add_argument("--train-per-class", type=int, default=None, help="subsample training images per class")
-    ap.add_argument("--shrink", choices=("select", "redistill"), default="select")
+    ap.add_argument("--shrink", choices=("select", "redistill"), default="select",
+                    help="how a distilled memory shrinks earlier classes when new ones arrive")
     ap.add_argument("--out", default=None, help="report folder (default out/continual_<dataset>)")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data-root", default=None, help="folder holding the datasets (or $DISTILL_APPS_DATA)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return ap
 
@@ -100,7 +107,6 @@ def run_stream(memory_name: str, mem_per_class: int, seed: int, a: argparse.Name
     from avalanche.training.plugins import EvaluationPlugin
 
     from distill_apps.integrations.avalanche import make_memory, split_benchmark
-    from distill_apps.nets import build_model
 
     if a.strategy not in STRATEGIES:
         raise ConfigError(f"Unknown strategy {a.strategy!r}; known: {', '.join(STRATEGIES)}.")
@@ -110,10 +116,10 @@ def run_stream(memory_name: str, mem_per_class: int, seed: int, a: argparse.Name
     random.seed(seed)
     np.random.seed(seed)
     c, h, w = real.image_shape
-    model = build_model(a.model, c, real.num_classes, (h, w), generator=torch.Generator().manual_seed(seed))
+    model = da.build_model(a.model, c, real.num_classes, (h, w), generator=torch.Generator().manual_seed(seed))
     mem_size = mem_per_class * real.num_classes
     memory = make_memory(memory_name, mem_size, learner=model, steps=None if a.steps < 0 else a.steps,
-                         budget=a.budget, model=a.model, config=method_config(memory_name, a),
+                         budget=a.budget, model=a.model, config=a.method_config.get(memory_name),
                          device=a.device, seed=seed, shrink=a.shrink, num_classes=real.num_classes, mean=real.mean,
                          std=real.std, base_lr=a.lr)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9)
@@ -138,21 +144,6 @@ def run_stream(memory_name: str, mem_per_class: int, seed: int, a: argparse.Name
     if hasattr(memory, "stored_floats"):
         out["stored_floats"], out["budget_floats"] = memory.stored_floats(), memory.budget_floats()
     return out
-
-
-def method_config(name: str, a: argparse.Namespace) -> dict[str, Any]:
-    """Options for a distillation method: the quick preset (with --budget quick), then ``--set name.key=value``."""
-    import yaml
-
-    cfg = dict(QUICK_PRESETS.get(name, {})) if a.budget == "quick" else {}
-    for item in a.set:
-        key, sep, value = item.partition("=")
-        method, dot, opt = key.partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"--set expects METHOD.KEY=VALUE (e.g. dsa.outer_loop=10); got {item!r}.")
-        if method.strip() == name:
-            cfg[opt.strip()] = yaml.safe_load(value)
-    return cfg
 
 
 def _ms(values: list[float]) -> dict[str, Any]:
@@ -219,17 +210,16 @@ def write_report(rows: list[dict[str, Any]], a: argparse.Namespace, out: Path) -
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    memories = [m.strip() for m in a.methods.split(",") if m.strip()]
-    if not memories:
-        raise ConfigError("--methods is empty: name at least one memory (e.g. reservoir,dm).")
+    memories = list(dict.fromkeys(split_list(a.methods, "--methods")))
     if any(v < 1 for v in a.mem_per_class):
         raise ConfigError(f"--mem-per-class must be >= 1; got {a.mem_per_class}.")
-    from distill_apps.engine import METHODS
     from distill_apps.integrations.avalanche import MEMORIES
 
-    for m in memories:
-        if m not in MEMORIES:
-            METHODS.get(m)  # raises ConfigError naming the known methods
+    methods = [m for m in memories if m not in MEMORIES]
+    for m in methods:
+        da.METHODS.get(m)  # raises ConfigError naming the known methods
+    # options of each distillation method: the quick preset (with --budget quick), then --set
+    a.method_config = method_options(a.set, methods, presets=QUICK_PRESETS if a.budget == "quick" else None)
     out = Path(a.out or f"out/continual_{a.dataset.replace(':', '-')}")
     runs = []
     jobs = [(m, mpc, s) for mpc in a.mem_per_class for m in memories for s in a.seeds]

@@ -7,7 +7,7 @@ sends a distilled summary once; the server trains on their union -- DOSFL / FedD
 (the baseline) at the same number of rounds. Reported: test accuracy of the global model and total bytes
 communicated (uplink + downlink), per round too. Writes ``results.json``, ``report.md`` and ``federated.png``.
 
-    distill-apps recipe federated --dataset digits --clients 5 --alpha 0.5 --rounds 3 --json
+    distill-apps recipe federated --dataset digits --clients 5 --alpha 0.5 --rounds 3 --set batch_real=64 --json
     distill-apps recipe federated --mode deployment   # real SuperLink + SuperNodes on 127.0.0.1
 """
 from __future__ import annotations
@@ -20,30 +20,39 @@ from pathlib import Path
 from typing import Any
 
 from distill_apps.errors import ConfigError
+from distill_apps.options import add_set_argument, make_parser, method_options
+
+#: the one line `distill-apps recipe --help` shows
+SUMMARY = "federated learning on Flower: one-shot distilled summaries vs distilled + FedAvg vs FedAvg, bytes counted"
+
+STRATEGY_NAMES = ("oneshot", "distilled_fedavg", "fedavg")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="distill-apps recipe federated", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="digits")
-    ap.add_argument("--data-root", default="")
-    ap.add_argument("--clients", type=int, default=5)
-    ap.add_argument("--partition", choices=("dirichlet", "iid"), default="dirichlet")
+    """The recipe's options (``--help`` shows each default)."""
+    ap = make_parser("distill-apps recipe federated", __doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="digits", help="a registered image dataset")
+    ap.add_argument("--data-root", default="", help="folder holding the datasets (or $DISTILL_APPS_DATA)")
+    ap.add_argument("--clients", type=int, default=5, help="number of clients (SuperNodes)")
+    ap.add_argument("--partition", choices=("dirichlet", "iid"), default="dirichlet", help="how data is split")
     ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (0.1 strongly non-IID)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of distilled+FedAvg and FedAvg")
     ap.add_argument("--ipc", type=int, default=10, help="synthetic images per class on each client")
-    ap.add_argument("--method", default="dm", help="any registered distillation method")
+    ap.add_argument("--method", default="dm", help="any registered image distillation method")
     ap.add_argument("--steps", type=int, default=50, help="distillation steps on each client")
-    ap.add_argument("--method-options", default="", help="JSON object of method options")
-    ap.add_argument("--model", default="convnet-d2-w32")
+    add_set_argument(ap)
+    ap.add_argument("--model", default="convnet-d2-w32", help="network of the clients and the server")
     ap.add_argument("--local-steps", type=int, default=30, help="local SGD minibatches per FedAvg round")
-    ap.add_argument("--local-lr", type=float, default=0.01)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--local-lr", type=float, default=0.01, help="learning rate of local training")
+    ap.add_argument("--batch-size", type=int, default=64, help="minibatch of local training")
     ap.add_argument("--mix", type=float, default=0.5, help="share of summary images in local training")
     ap.add_argument("--server-epochs", type=int, default=100, help="one-shot: epochs on the union")
-    ap.add_argument("--strategies", default="oneshot,distilled_fedavg,fedavg")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--mode", choices=("simulation", "deployment"), default="simulation")
+    ap.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES, default=list(STRATEGY_NAMES),
+                    help="strategies to run, one after another")
+    ap.add_argument("--seed", type=int, default=0, help="seed of partition, distillation and training")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    ap.add_argument("--mode", choices=("simulation", "deployment"), default="simulation",
+                    help="Flower's simulation engine, or real SuperLink + SuperNodes on 127.0.0.1")
     ap.add_argument("--timeout", type=float, default=1800.0, help="deployment: wall-clock bound in seconds")
     ap.add_argument("--out", default="out/federated", help="folder for results.json, report.md, federated.png")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -109,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from distill_apps.integrations import flower
 
+    opts = method_options(a.set, [a.method])[a.method]
     cfg = flower.FederatedConfig(
         dataset=a.dataset, data_root=a.data_root, num_clients=a.clients, partition=a.partition, alpha=a.alpha,
-        seed=a.seed, method=a.method, ipc=a.ipc, steps=a.steps, method_options=a.method_options, model=a.model,
-        strategies=a.strategies, rounds=a.rounds, local_steps=a.local_steps, local_lr=a.local_lr,
+        seed=a.seed, method=a.method, ipc=a.ipc, steps=a.steps, method_config=opts, model=a.model,
+        strategies=list(dict.fromkeys(a.strategies)), rounds=a.rounds, local_steps=a.local_steps, local_lr=a.local_lr,
         batch_size=a.batch_size, mix=a.mix, server_epochs=a.server_epochs, device=a.device)
     if a.timeout <= 0:
         raise ConfigError(f"--timeout must be positive; got {a.timeout}.")

@@ -6,8 +6,11 @@ the full-data model; every one is evaluated with MedMNIST's AUC and ACC (plus ba
 sensitivity/specificity), and every distilled summary goes through the anonymisation check (nearest real image
 by L2 and SSIM, flagged when closer than real images are to each other).
 
-Writes ``report.md``, ``results.json``, ``grid_<dataset>_<method>_ipc<k>.png`` and
-``anon_<dataset>_<method>_ipc<k>.png`` under ``--out``; ``--json`` prints one JSON object.
+Writes under ``--out``: ``report.md``, ``results.json`` and, for every distilled summary, the shareable file
+``summary_<dataset>_<method>_ipc<k>.safetensors`` with its data card ``card_<dataset>_<method>_ipc<k>.json`` /
+``.md`` (dataset, method, IPC, privacy, anonymisation check, evaluation), ``grid_<...>.png`` and
+``anon_<...>.png``; ``--json`` prints one JSON object. Private methods take their target with ``--set
+epsilon=2 --set delta=1e-5`` (default: each method's, epsilon 10).
 """
 from __future__ import annotations
 
@@ -15,28 +18,34 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
-from distill_apps.recipes.reporting import finish
+
+from distill_apps.options import add_set_argument, make_parser, method_options, split_list
+from distill_apps.recipes.reporting import data_card, finish, write_data_card
+
+#: the one line `distill-apps recipe --help` shows
+SUMMARY = "distil MedMNIST into shareable summaries, each saved with a data card (AUC/ACC, anonymisation check)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="distill-apps recipe medical", description=__doc__.split("\n\n")[0])
+    """The recipe's options (``--help`` shows each default)."""
+    ap = make_parser("distill-apps recipe medical", __doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["pneumoniamnist", "breastmnist"], help="MedMNIST 2D flags")
-    ap.add_argument("--size", type=int, default=28)
-    ap.add_argument("--ipc", type=int, nargs="+", default=[10], help="e.g. 1 10 50")
+    ap.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224), help="image size of the npz files")
+    ap.add_argument("--ipc", type=int, nargs="+", default=[10], help="images per class, e.g. 1 10 50")
     ap.add_argument("--methods", nargs="+", default=["dm", "dp-dm"], help="registered methods, e.g. dm dsa dp-dm")
-    ap.add_argument("--budget", default="balanced", choices=("balanced", "proportional"))
+    ap.add_argument("--budget", default="balanced", choices=("balanced", "proportional"),
+                    help="per-class split of the image budget")
     ap.add_argument("--steps", type=int, default=None, help="distillation steps (default: each method's quick preset)")
-    ap.add_argument("--epsilon", type=float, default=10.0, help="target epsilon of the private methods")
-    ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--model", default="convnet-d2-w32")
+    add_set_argument(ap)
+    ap.add_argument("--model", default="convnet-d2-w32", help="network for distillation and evaluation")
     ap.add_argument("--epochs", type=int, default=100, help="epochs of training on a summary")
     ap.add_argument("--full-epochs", type=int, default=10, help="epochs of the full-data model (0 skips it)")
-    ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--out", default="medical-report")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--runs", type=int, default=1, help="training runs per evaluation")
+    ap.add_argument("--seed", type=int, default=0, help="seed of distillation, subsets and training")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ap.add_argument("--data-root", default=None, help="folder holding medmnist/<flag>.npz (or $DISTILL_APPS_DATA)")
+    ap.add_argument("--out", default="medical-report", help="folder for the report, summaries and data cards")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return ap
 
 
@@ -47,10 +56,12 @@ PUBLISHED = {  # MedMNIST v2 (Yang et al. 2023), ResNet-18 (28), test AUC / ACC
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    import distill_apps as da
+    from distill_apps import SyntheticSet
     from distill_apps.integrations import medical
     from distill_apps.runtime import pick_device
-    from distill_apps.summary import SyntheticSet
+
+    methods = list(dict.fromkeys(split_list(a.methods, "--methods")))
+    options = method_options(a.set, methods)
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,22 +84,28 @@ def main(argv: list[str] | None = None) -> int:
                 ev = medical.evaluate_medical(sub, real, model=a.model, runs=a.runs, epochs=a.epochs, seed=a.seed,
                                               device=dev)
                 entry["rows"].append({"method": f"random-{base}", "ipc": ipc, **ev})
-            for method in a.methods:
-                cfg = ({"epsilon": a.epsilon, "delta": a.delta} if method.startswith("dp-") else None)
-                s = medical.distill_medical(method, real, ipc, budget=a.budget, steps=a.steps, config=cfg,
-                                            model=a.model, seed=a.seed, device=dev, progress=not a.json)
+            for method in methods:
+                s = medical.distill_medical(method, real, ipc, budget=a.budget, steps=a.steps,
+                                            config=options[method] or None, model=a.model, seed=a.seed, device=dev,
+                                            progress=not a.json)
                 tag = f"{flag}_{method}_ipc{ipc}"
                 s.image_grid(out / f"grid_{tag}.png")
                 augment = "dsa" if s.meta.get("eval_augment") == "dsa" else None
                 ev = medical.evaluate_medical(s, real, model=a.model, runs=a.runs, epochs=a.epochs, seed=a.seed,
                                               device=dev, augment=augment)
                 anon = medical.anonymisation_check(s, real, png=out / f"anon_{tag}.png", seed=a.seed)
-                row = {"method": method, "ipc": ipc, **ev, "steps": s.meta.get("steps"),
-                       "anonymisation": {k: v for k, v in anon.items()
-                                         if k not in ("nearest_real_l2", "nearest_real_ssim")},
-                       "grid": str(out / f"grid_{tag}.png")}
-                if "privacy" in s.meta:
-                    row["privacy"] = {k: s.meta["privacy"][k] for k in ("epsilon", "delta", "accountant")}
+                checks = {k: v for k, v in anon.items() if k not in ("nearest_real_l2", "nearest_real_ssim")}
+                path = s.save(out / f"summary_{tag}.safetensors")
+                card = data_card(s, dataset=real.name, file=path.name, checks={"anonymisation": "passed" if
+                                 anon["passed"] else "FLAGGED", **checks},
+                                 evaluation={k: ev[k] for k in ("auc_mean", "auc_std", "acc_mean", "acc_std",
+                                                                "balanced_acc_mean", "runs", "epochs", "model")})
+                card_json, card_md = write_data_card(out / f"card_{tag}", card)
+                row = {"method": method, "ipc": ipc, **ev, "steps": s.meta.get("steps"), "anonymisation": checks,
+                       "grid": str(out / f"grid_{tag}.png"), "summary": str(path), "data_card": str(card_json),
+                       "data_card_md": str(card_md)}
+                if s.privacy is not None:
+                    row["privacy"] = {k: getattr(s.privacy, k) for k in ("epsilon", "delta", "accountant")}
                 entry["rows"].append(row)
         results.append(entry)
     result = {"recipe": "medical", "model": a.model, "epochs": a.epochs, "budget": a.budget, "datasets": results}
@@ -115,5 +132,7 @@ def _report(r: dict[str, Any]) -> str:
         if d.get("published_resnet18_28"):
             p = d["published_resnet18_28"]
             lines.append(f"| MedMNIST v2 ResNet-18 (28), published | all | {p['auc']:.3f} | {p['acc']:.3f} | | | - |")
-        lines += ["", "Grids: " + ", ".join(f"`{Path(x['grid']).name}`" for x in d["rows"] if "grid" in x), ""]
+        lines += ["", "Grids: " + ", ".join(f"`{Path(x['grid']).name}`" for x in d["rows"] if "grid" in x), "",
+                  "Shared summaries (each with its data card `card_<...>.json` / `.md`): "
+                  + ", ".join(f"`{Path(x['summary']).name}`" for x in d["rows"] if "summary" in x), ""]
     return "\n".join(lines) + "\n"

@@ -4,7 +4,8 @@ Samples K ConvNet architectures from :class:`~distill_apps.integrations.nni.Conv
 full real data and on every proxy (distilled sets and a random subset of the same size), and reports the
 Spearman / Kendall rank correlation and top-k overlap between the proxy ranking and the full-data ranking, and
 the wall-clock speed-up per candidate. Then it runs an NNI search (sequential engine, no web server) on the
-proxy with the best correlation and trains the architecture it finds on the full data.
+proxy with the best correlation (a tie goes to the distilled proxy, not to the ``random`` baseline; the report
+says so) and trains the architecture it finds on the full data.
 
 Writes ``report.md``, ``scatter.png`` (proxy vs full accuracy) and ``study.json`` under ``--out``;
 ``--json`` prints one JSON object on stdout.
@@ -13,16 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+from distill_apps.options import add_set_argument, make_parser, method_options, split_list
+
+#: the one line `distill-apps recipe --help` shows
+SUMMARY = "are distilled sets good NAS proxies? rank correlation with full-data training, then an NNI search"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="distill-apps recipe nas-proxy", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="digits")
+    """The recipe's options (``--help`` shows each default)."""
+    ap = make_parser("distill-apps recipe nas-proxy", __doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="digits", help="a registered image dataset")
     ap.add_argument("--k", type=int, default=20, help="architectures sampled from the space")
     ap.add_argument("--ipc", type=int, nargs="+", default=[10], help="images per class of the proxies (several ok)")
     ap.add_argument("--methods", nargs="+", default=["dm", "dsa", "random"],
@@ -31,17 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--distill-model", default="convnet",
                     help="network the methods distil with (e.g. convnet-d2-w32 for a cheaper DSA on CPU)")
     ap.add_argument("--proxy-epochs", type=int, default=100, help="epochs of training on a proxy")
-    ap.add_argument("--distill-steps", type=int, default=None, help="distillation steps (default: quick preset)")
+    ap.add_argument("--steps", type=int, default=None, help="distillation steps (default: each method's quick preset)")
+    add_set_argument(ap)
     ap.add_argument("--val-per-class", type=int, default=30, help="held-out real images per class for scoring")
     ap.add_argument("--augment", default="none", choices=("auto", "dsa", "none"),
                     help="augmentation while training on a proxy (auto: DSA for DSA/DM summaries)")
-    ap.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
-    ap.add_argument("--strategy", default="evolution", help="NNI strategy for the final search")
+    ap.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3], help="ConvNet depths of the space")
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="ConvNet widths of the space")
+    ap.add_argument("--strategy", default="evolution", choices=("random", "evolution", "tpe", "grid"),
+                    help="NNI strategy for the final search")
     ap.add_argument("--search-trials", type=int, default=10, help="trials of the NNI search (0 skips it)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--seed", type=int, default=0, help="seed of sampling, distillation and training")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ap.add_argument("--data-root", default=None, help="folder holding the datasets (or $DISTILL_APPS_DATA)")
     ap.add_argument("--out", default="out/nas_proxy", help="folder for report.md, scatter.png, study.json")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--resume", action="store_true",
@@ -50,9 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _rho(value: float) -> float:
-    """Spearman for ranking proxies; a NaN (constant proxy accuracies) ranks last."""
-    return -2.0 if math.isnan(value) else value
+def choose_search_proxy(studies: list[Any]) -> tuple[Any, str, list[str]]:
+    """The (study, proxy) with the best Spearman rho over all IPCs; a tie goes to a distilled proxy over the
+    ``random`` baseline (then to the first in the study's order). Also returns the proxies it tied with."""
+    from distill_apps.integrations.nni import proxy_preference
+
+    pairs = [(st, n) for st in studies for n in st.proxies]
+    key = lambda p: proxy_preference(p[1], p[0].proxies[p[1]]["spearman"])  # noqa: E731
+    st, name = max(pairs, key=key)
+    rho = key((st, name))[0]
+    tied = [f"{n} (IPC {s.ipc})" for s, n in pairs if (s, n) != (st, name) and key((s, n))[0] == rho]
+    return st, name, tied
 
 
 def _scatter(studies: list[Any], path: Path) -> None:
@@ -95,9 +111,13 @@ def _report(studies: list[Any], search: dict[str, Any] | None, argv: list[str], 
         lines += ["", f"Full-data training: {full_s:.2f} s per candidate; best full-data accuracy "
                       f"{100 * max(st.full_accuracy):.2f} %.", ""]
     if search:
+        why = (f"the best Spearman rho ({search['spearman']:.3f}); it tied with {', '.join(search['tied_with'])} "
+               "and ties go to the distilled proxy, not to the random baseline" if search["tied_with"]
+               else f"the best Spearman rho ({search['spearman']:.3f})")
         lines += ["## NNI search on the best proxy", "",
-                  f"Proxy `{search['proxy']}` (IPC {search['ipc']}), strategy `{search['strategy']}`, "
-                  f"{search['trials']} trials in {search['seconds']:.1f} s (sequential engine, no web server).", "",
+                  f"Proxy `{search['proxy']}` (IPC {search['ipc']}), chosen for {why}. Strategy "
+                  f"`{search['strategy']}`, {search['trials']} trials in {search['seconds']:.1f} s (sequential "
+                  "engine, no web server).", "",
                   f"Best architecture: `{search['best']}`: proxy accuracy {100 * search['best_proxy_accuracy']:.2f} %, "
                   f"full-data test accuracy {100 * search['best_full_accuracy']:.2f} % "
                   f"(best of the K sampled: {100 * search['study_best_full_accuracy']:.2f} %).", ""]
@@ -108,17 +128,19 @@ def _report(studies: list[Any], search: dict[str, Any] | None, argv: list[str], 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(argv)
-    from ..data import load_dataset
-    from ..errors import ConfigError
-    from ..integrations import nni as dn
-    from ..runtime import pick_device
+    import distill_apps as da
+    from distill_apps.errors import ConfigError
+    from distill_apps.integrations import nni as dn
+    from distill_apps.runtime import pick_device
 
     if a.search_trials < 0:
         raise ConfigError(f"--search-trials must be >= 0; got {a.search_trials}.")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = pick_device(a.device)
-    real = load_dataset(a.dataset, a.data_root)
+    real = da.load_dataset(a.dataset, a.data_root)
+    methods = list(dict.fromkeys(split_list(a.methods, "--methods")))
+    configs = method_options(a.set, [m for m in methods if m in da.METHODS])
     space = dn.ConvNetSpace.for_data(real, depths=tuple(a.depths), widths=tuple(a.widths))
     augment = None if a.augment == "none" else a.augment
     ckdir = out / "checkpoint"
@@ -127,30 +149,28 @@ def main(argv: list[str] | None = None) -> int:
     studies = []
     for ipc in a.ipc:
         studies.append(dn.rank_correlation_study(
-            real, k=a.k, ipc=ipc, methods=tuple(a.methods), full_epochs=a.full_epochs, proxy_epochs=a.proxy_epochs,
-            val_per_class=a.val_per_class, distill_steps=a.distill_steps, augment=augment, seed=a.seed,
+            real, k=a.k, ipc=ipc, methods=tuple(methods), full_epochs=a.full_epochs, proxy_epochs=a.proxy_epochs,
+            val_per_class=a.val_per_class, steps=a.steps, method_configs=configs, augment=augment, seed=a.seed,
             device=str(dev), space=space, progress=True, distill_model=a.distill_model,
             ground_truth=studies[0] if studies else None,  # full-data training once for all IPCs
             checkpoint=ckdir))
     search = None
     if a.search_trials:
-        # the proxy with the best rank correlation over all IPCs
-        st, name = max(((st, n) for st in studies for n in st.proxies),
-                       key=lambda p: _rho(p[0].proxies[p[1]]["spearman"]))
-        from ..engine import distill
-        from ..summary import SyntheticSet
-
+        # the proxy with the best rank correlation over all IPCs; ties go to the distilled proxy
+        st, name, tied = choose_search_proxy(studies)
         rest, x_val, y_val = dn.holdout_split(real, a.val_per_class, a.seed)
         saved = dn.StudyCheckpoint.proxy_file(ckdir, name, st.ipc)  # the study's own proxy, same seed
-        summary = SyntheticSet.load(saved) if saved.exists() else distill(
-            name, rest, st.ipc, steps=a.distill_steps, budget="quick", model=a.distill_model, seed=a.seed,
-            device=str(dev), progress=False)
+        summary = da.SyntheticSet.load(saved) if saved.exists() else da.distill(
+            name, rest, st.ipc, steps=a.steps, budget="quick", model=a.distill_model, seed=a.seed,
+            device=str(dev), config=configs.get(name), progress=False)
         task = dn.ProxyTask(summary, x_val, y_val, epochs=a.proxy_epochs, augment=augment,
                             flip_invariant=real.flip_invariant, seed=a.seed, device=str(dev))
         res = dn.search_architecture(task, space, strategy=a.strategy, trials=a.search_trials, seed=a.seed,
                                      workdir=out / "nni")
         full_acc, _ = dn.train_full(space, res.best, rest, a.full_epochs, a.seed, dev)
-        search = {"proxy": name, "ipc": st.ipc, "strategy": a.strategy, "trials": len(res.trials),
+        search = {"proxy": name, "ipc": st.ipc, "spearman": st.proxies[name]["spearman"], "tied_with": tied,
+                  "tie_break": "distilled proxy over the random baseline", "strategy": a.strategy,
+                  "trials": len(res.trials),
                   "seconds": res.seconds, "best": res.best, "best_proxy_accuracy": res.best_accuracy,
                   "best_full_accuracy": full_acc, "study_best_full_accuracy": max(st.full_accuracy),
                   "workdir": res.workdir}

@@ -15,48 +15,61 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+
+from distill_apps.options import add_set_argument, make_parser, method_options, split_list
 from distill_apps.recipes.reporting import finish
+
+#: the one line `distill-apps recipe --help` shows
+SUMMARY = "share a differentially private summary (dp-dm, dp-dc) beside DP-SGD, with privacy audits"
+
+#: the recipe's own defaults per method (``--set METHOD.KEY=VALUE`` overrides them; ``--steps`` sets ``steps``
+#: of every method); dp-dc's ``releases`` defaults to steps x outer_loop (its whole run)
+PRESETS: dict[str, dict[str, Any]] = {"dp-dm": {"steps": 300, "releases": 100},
+                                      "dp-dc": {"steps": 20, "outer_loop": 5, "inner_loop": 10}}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="distill-apps recipe private-sharing", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="digits")
-    ap.add_argument("--ipc", type=int, default=10)
-    ap.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 10.0])
-    ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--accountant", default="rdp", choices=("rdp", "prv"))
-    ap.add_argument("--methods", nargs="+", default=["dp-dm", "dp-dc"])
+    """The recipe's options (``--help`` shows each default)."""
+    ap = make_parser("distill-apps recipe private-sharing", __doc__.split("\n\n")[0] + "\n\nPer-method "
+                     f"presets (override with --set METHOD.KEY=VALUE): {PRESETS}.")
+    ap.add_argument("--dataset", default="digits", help="a registered image dataset")
+    ap.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
+    ap.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 10.0], help="target epsilons")
+    ap.add_argument("--delta", type=float, default=1e-5, help="target delta")
+    ap.add_argument("--accountant", default="rdp", choices=("rdp", "prv"), help="Opacus accountant")
+    ap.add_argument("--methods", nargs="+", default=["dp-dm", "dp-dc"], choices=("dp-dm", "dp-dc"),
+                    help="private distillation methods")
     ap.add_argument("--no-non-private", action="store_true", help="skip the non-private reference summaries")
-    ap.add_argument("--dm-steps", type=int, default=300)
-    ap.add_argument("--dm-releases", type=int, default=100)
-    ap.add_argument("--dc-steps", type=int, default=20)
-    ap.add_argument("--dc-outer", type=int, default=5, help="private releases per dp-dc step")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="distillation steps of every method (default: each method's preset, see above)")
+    add_set_argument(ap)
     ap.add_argument("--model", default="convnet-d2-w32", help="network for distillation, evaluation and audits")
-    ap.add_argument("--eval-epochs", type=int, default=200)
+    ap.add_argument("--eval-epochs", type=int, default=200, help="epochs of training on a summary")
     ap.add_argument("--runs", type=int, default=1,
                     help="independent runs (seed, seed+1, ...): each distils, evaluates and audits anew, so the "
                          "spread includes the privacy noise; the report gives mean +- std")
     ap.add_argument("--eval-runs", type=int, default=1, help="training runs on each summary within a run")
-    ap.add_argument("--dpsgd-epochs", type=int, default=5)
-    ap.add_argument("--no-dpsgd", action="store_true")
+    ap.add_argument("--dpsgd-epochs", type=int, default=5, help="epochs of the DP-SGD baseline")
+    ap.add_argument("--no-dpsgd", action="store_true", help="skip the DP-SGD baseline")
     ap.add_argument("--audit-n", type=int, default=500, help="members and non-members in the attack")
     ap.add_argument("--share-method", default="dp-dm", help="the summary written out with its data card")
     ap.add_argument("--share-epsilon", type=float, default=None, help="default: the smallest epsilon")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--out", default="private-sharing-report")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="first seed (runs use seed, seed+1, ...)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ap.add_argument("--data-root", default=None, help="folder holding the datasets (or $DISTILL_APPS_DATA)")
+    ap.add_argument("--out", default="private-sharing-report", help="folder for the report and the shared summary")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return ap
 
 
-def _config(a, method: str, eps: float | None) -> tuple[dict[str, Any], int]:
+def _config(options: dict[str, Any], steps: int | None, eps: float | None, a) -> tuple[dict[str, Any], int]:
+    """One method's options for one target epsilon (None: the non-private reference) and its step count."""
+    cfg = dict(options)
+    cfg["steps"] = steps if steps is not None else cfg.get("steps")
+    if "outer_loop" in cfg and "releases" not in cfg:  # dp-dc: one release per outer loop of every step
+        cfg["releases"] = cfg["steps"] * cfg["outer_loop"]
     priv = {"non_private": True} if eps is None else {"epsilon": eps, "delta": a.delta, "accountant": a.accountant}
-    if method == "dp-dm":
-        return {**priv, "releases": a.dm_releases}, a.dm_steps
-    if method == "dp-dc":
-        return {**priv, "releases": a.dc_steps * a.dc_outer, "outer_loop": a.dc_outer, "inner_loop": 10}, a.dc_steps
-    return priv, 0
+    return {**cfg, **priv}, cfg["steps"]
 
 
 def data_card(summary, row: dict[str, Any], dataset: str) -> str:
@@ -94,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     from distill_apps.privacy import audit_summary, nearest_neighbour_audit
     from distill_apps.runtime import pick_device
 
-    unknown = [m for m in a.methods if m not in ("dp-dm", "dp-dc")]
-    if unknown:
-        raise ConfigError(f"--methods takes dp-dm and/or dp-dc; got {unknown}.")
+    methods = list(dict.fromkeys(split_list(a.methods, "--methods")))
+    options = method_options(a.set, methods, presets=PRESETS)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = str(pick_device(a.device))
@@ -107,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--runs and --eval-runs must be >= 1; got {a.runs} and {a.eval_runs}.")
     runs, dpsgd_runs, shared = [], [], None
     for seed in range(a.seed, a.seed + a.runs):
-        for method in a.methods:
+        for method in methods:
             for eps in epsilons:
-                cfg, steps = _config(a, method, eps)
+                cfg, steps = _config(options[method], a.steps, eps, a)
                 s = da.distill(method, real, a.ipc, steps=steps, config=cfg, model=a.model, seed=seed, device=dev,
                                progress=not a.json)
                 ev = da.evaluate(s, real, model=a.model, runs=a.eval_runs, epochs=a.eval_epochs, augment=None,

@@ -232,7 +232,7 @@ def test_single_class_experiences():
 def test_recipe_json_smoke(tmp_path, capsys):
     from distill_apps.cli import main
 
-    rc = main(["recipe", "continual", "--experiences", "2", "--methods", "reservoir,dm", "--seeds", "0", "1",
+    rc = main(["recipe", "continual", "--experiences", "2", "--methods", "reservoir", "dm", "--seeds", "0", "1",
                "--steps", "1", "--epochs", "1", "--model", NET, "--mem-per-class", "2", "--out", str(tmp_path),
                "--json"])
     assert rc == 0
@@ -263,3 +263,40 @@ def test_split_benchmarks_from_the_real_files(name, data_root):
     again, _ = make(5, seed=0, data_root=str(data_root), train_per_class=20)
     order = lambda b: [sorted(int(c) for c in e.classes_in_this_experience) for e in b.train_stream]  # noqa: E731
     assert order(again) == classes and order(other) != classes
+
+
+def test_user_benchmark_of_plain_pairs_runs_past_experience_two():
+    """A benchmark a user builds from plain ``(x, y)`` datasets yields pairs, not triples; the replay loader
+    collates memory rows with the experience's rows, so the buffer must serve pairs too. The same script runs
+    with Avalanche's own ReservoirSamplingBuffer and with DistilledBuffer, over three experiences."""
+    from avalanche.benchmarks.utils import DataAttribute
+    from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+    from avalanche.training.storage_policy import ReservoirSamplingBuffer
+    from torch.utils.data import TensorDataset
+
+    real = da.load_dataset("digits")
+
+    def pairs(x, y):
+        return ClassificationDataset([TensorDataset(x, y)], data_attributes=[DataAttribute(y.tolist(), "targets")])
+
+    bm = class_incremental_benchmark({"train": pairs(real.x_train, real.y_train),
+                                      "test": pairs(real.x_test, real.y_test)}, num_experiences=5)
+    assert len(bm.train_stream[0].dataset[0]) == 2  # the user's items are (x, y) pairs
+    for name in ("reservoir", "dm"):
+        buf = ReservoirSamplingBuffer(12) if name == "reservoir" else DistilledBuffer(12, "dm", **FAST)
+        model = _learner(3)
+        rec = Recorder()
+        s = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                  criterion=torch.nn.CrossEntropyLoss(), train_mb_size=16, train_epochs=1,
+                  plugins=[ReplayPlugin(mem_size=12, batch_size_mem=8, storage_policy=buf), rec],
+                  evaluator=EvaluationPlugin(loggers=[]))
+        seen = set()
+        for i, exp in enumerate(bm.train_stream[:3]):
+            s.train(exp)  # experience 2 (i=1) collates memory pairs with the experience's pairs
+            if i:  # every minibatch after the first experience carries memory rows of earlier classes
+                assert all(torch.isin(yb, torch.tensor(sorted(seen))).any() for _, yb, _ in rec.batches[i])
+            seen |= set(exp.classes_in_this_experience)
+        assert len(buf.buffer[0]) == 2, name  # served in the stream's own item shape
+    assert set(buf.images_per_class()) == seen and buf.item_fields == 2
+    x, y, t = buf.tensors()
+    assert set(y.tolist()) == seen and len(x) <= 12

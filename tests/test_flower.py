@@ -5,13 +5,15 @@ slow tests run a 2-client simulation (through the recipe) and a real SuperLink +
 """
 from __future__ import annotations
 
-import json
 import dataclasses
-import sys
-import subprocess
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,7 +26,29 @@ from distill_apps.errors import ConfigError, DataError  # noqa: E402
 from distill_apps.integrations import flower as F  # noqa: E402
 
 TINY = dict(dataset="digits", num_clients=2, alpha=0.5, ipc=2, steps=3, model="convnet-d1-w16", rounds=2,
-            local_steps=5, server_epochs=20, method_options='{"batch_real": 32}')
+            local_steps=5, server_epochs=20, method_config={"batch_real": 32})
+
+
+def kill_when_logged(name: str, marker: str = "Receiving: train message", timeout: float = 120.0
+                     ) -> Callable[[dict[str, subprocess.Popen], Path], None]:
+    """A ``during_run`` fault for :func:`F.deploy`: once process ``name``'s log shows ``marker`` (by default, a
+    SuperNode has just pulled its train message, i.e. the round is under way), SIGKILL its whole process group
+    (the SuperNode and the ClientApp it started), as a crashed or disconnected client."""
+
+    def fault(procs: dict[str, subprocess.Popen], logs: Path) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            path = logs / f"{name}.log"
+            if path.exists() and marker in path.read_text(errors="replace"):
+                try:
+                    os.killpg(procs[name].pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                (logs / f"{name}.killed").write_text(f"{time.time()}\n")
+                return
+            time.sleep(0.2)
+
+    return fault
 
 
 def instruction(cfg: F.FederatedConfig, node: int, *, strategy: str, round_: int = 1, distill: bool = True,
@@ -59,7 +83,7 @@ def replies(tiny_cfg):
 
 
 def test_partitions_are_seeded_disjoint_and_skewed(tiny_cfg):
-    y = F._dataset("digits", "").y_train
+    y = F.federated_dataset("digits").y_train
     a = F.PARTITIONERS.get("dirichlet")(y, 4, 0.1, 0)
     b = F.PARTITIONERS.get("dirichlet")(y, 4, 0.1, 0)
     c = F.PARTITIONERS.get("dirichlet")(y, 4, 0.1, 1)
@@ -74,7 +98,7 @@ def test_partitions_are_seeded_disjoint_and_skewed(tiny_cfg):
 
 
 def test_client_sends_summary_that_arrives_intact(tiny_cfg, replies):
-    strat = F.OneShot(tiny_cfg, F._dataset("digits", ""))
+    strat = F.OneShot(tiny_cfg, F.federated_dataset("digits"))
     strat._round(1)["sampled"] = 2
     arrays, metrics = strat.aggregate_train(1, replies)
     assert arrays is not None and set(arrays.keys()) == set(strat.reference_keys)  # global model trained
@@ -93,7 +117,7 @@ def test_client_sends_summary_that_arrives_intact(tiny_cfg, replies):
 
 
 def test_bytes_accounting(tiny_cfg, replies):
-    strat = F.OneShot(tiny_cfg, F._dataset("digits", ""))
+    strat = F.OneShot(tiny_cfg, F.federated_dataset("digits"))
     strat._round(1)["sampled"] = 2
     strat.aggregate_train(1, replies)
     rec = strat.rounds[1]
@@ -146,7 +170,7 @@ def test_malformed_summary_is_rejected_not_aggregated(tiny_cfg, replies, defect,
     else:
         x[0, 0, 0, 0] += 1.0
         broken = _tampered(bad, x=x, keep_hash=True)
-    strat = F.OneShot(tiny_cfg, F._dataset("digits", ""))
+    strat = F.OneShot(tiny_cfg, F.federated_dataset("digits"))
     strat._round(1)["sampled"] = 2
     with caplog.at_level("WARNING", logger="distill_apps.flower"):
         arrays, _ = strat.aggregate_train(1, [good, broken])
@@ -161,12 +185,12 @@ def test_failed_client_does_not_crash_the_round(tiny_cfg, replies):
     good = replies[0]
     failed = Message(Error(code=1, reason="node disconnected"), reply_to=instruction(tiny_cfg, 999,
                                                                                      strategy="oneshot"))
-    strat = F.OneShot(tiny_cfg, F._dataset("digits", ""))
+    strat = F.OneShot(tiny_cfg, F.federated_dataset("digits"))
     strat._round(1)["sampled"] = 2
     arrays, _ = strat.aggregate_train(1, [good, failed])
     assert arrays is not None and strat.failures[0]["reason"] == "node disconnected"
     # beyond the failure tolerance the round is skipped (global model unchanged), still without raising
-    strict = F.OneShot(F.FederatedConfig(**{**TINY, "max_failure_fraction": 0.0}), F._dataset("digits", ""))
+    strict = F.OneShot(F.FederatedConfig(**{**TINY, "max_failure_fraction": 0.0}), F.federated_dataset("digits"))
     strict._round(1)["sampled"] = 2
     assert strict.aggregate_train(1, [good, failed]) == (None, None)
 
@@ -178,7 +202,7 @@ def test_empty_partition_is_reported(tiny_cfg):
     status = rep.content["status"]
     assert status["status"] == "empty-partition" and "no training examples" in status["detail"]
     assert "summary" not in rep.content.array_records
-    strat = F.OneShot(cfg, F._dataset("digits", ""))
+    strat = F.OneShot(cfg, F.federated_dataset("digits"))
     strat._round(1)["sampled"] = 1
     assert strat.aggregate_train(1, [rep]) == (None, None)
     assert strat.clients[n - 1]["status"] == "empty-partition"
@@ -203,7 +227,7 @@ def test_dp_request_is_private_or_refused_clearly():
 def test_union_training_mix_and_config_errors():
     x, y = torch.zeros(30, 1, 8, 8), torch.zeros(30, dtype=torch.long)
     union = ArrayRecord({"x": torch.ones(4, 1, 8, 8), "y": torch.full((4,), 3)})
-    xm, ym = F._union_training_set(x, y, union, 0.5, torch.Generator().manual_seed(0))
+    xm, ym = F.union_training_set(x, y, union, 0.5, torch.Generator().manual_seed(0))
     assert len(ym) == 60 and int((ym == 3).sum()) == 30  # half of the local set is summary images
     with pytest.raises(ConfigError, match="Unknown federated strategy"):
         F.FederatedConfig(strategies="oneshot,bogus")
@@ -218,7 +242,7 @@ def test_simulation_two_clients_end_to_end_via_recipe(tmp_path, capsys):
 
     out = tmp_path / "fed"
     rc = recipe.main(["--clients", "2", "--alpha", "0.5", "--rounds", "2", "--ipc", "2", "--steps", "3",
-                      "--method-options", '{"batch_real": 32}', "--model", "convnet-d1-w16", "--local-steps", "5",
+                      "--set", "batch_real=32", "--model", "convnet-d1-w16", "--local-steps", "5",
                       "--server-epochs", "20", "--out", str(out), "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)  # exactly one JSON object
@@ -275,7 +299,7 @@ def test_supernode_killed_mid_round_does_not_crash_the_server(tmp_path):
     cfg = F.FederatedConfig(**{**TINY, "num_clients": 3, "strategies": "oneshot", "rounds": 1, "steps": 30,
                                "round_timeout": 90.0})
     res = F.deploy(cfg, workdir=tmp_path, timeout=float(os.environ.get("DISTILL_APPS_FLOWER_TIMEOUT", "85")) + 90,
-                   during_run=F.kill_when_logged("supernode-2"))
+                   during_run=kill_when_logged("supernode-2"))
     assert (tmp_path / "logs" / "supernode-2.killed").exists()
     one = res["strategies"]["oneshot"]
     rnd = one["by_round"][0]

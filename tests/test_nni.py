@@ -16,6 +16,7 @@ pytest.importorskip("pytorch_lightning", reason="needs the nas extra: pip instal
 import distill_apps as da  # noqa: E402
 from distill_apps.errors import ConfigError  # noqa: E402
 from distill_apps.integrations import nni as dn  # noqa: E402
+from distill_apps.integrations.nni import study as dn_study  # noqa: E402  (where the study looks its helpers up)
 from distill_apps.train import accuracy  # noqa: E402
 
 TINY = dict(depths=(1, 2), widths=(8, 16), norms=("instance", "none"), acts=("relu", "sigmoid"), pools=("avg",))
@@ -170,13 +171,13 @@ def test_rank_correlation_study_small(digits):
     assert st.best_proxy() == "random"
     # a second IPC reuses the ground truth: no architecture is trained on the full data again
     calls = []
-    real_train_full = dn.train_full
+    real_train_full = dn_study.train_full
     try:
-        dn.train_full = lambda *a, **k: calls.append(a) or real_train_full(*a, **k)
+        dn_study.train_full = lambda *a, **k: calls.append(a) or real_train_full(*a, **k)
         st2 = dn.rank_correlation_study(digits, k=5, ipc=1, methods=("random",), full_epochs=2, proxy_epochs=5,
                                         val_per_class=10, space=space, progress=False, ground_truth=st)
     finally:
-        dn.train_full = real_train_full
+        dn_study.train_full = real_train_full
     assert calls == [] and st2.full_accuracy == st.full_accuracy and st2.proxies["random"]["images"] == 10
     with pytest.raises(ConfigError, match="ground_truth"):
         dn.rank_correlation_study(digits, k=5, ipc=1, methods=("random",), full_epochs=3, proxy_epochs=5,
@@ -185,22 +186,21 @@ def test_rank_correlation_study_small(digits):
 
 def test_study_checkpoint_resumes_without_recomputing(digits, tmp_path, monkeypatch):
     """A stopped study resumes from its folder: finished ground truth, proxies and scores are not recomputed."""
-    import distill_apps.engine as engine
-
     space = dn.ConvNetSpace.for_data(digits, **TINY)
     kw = dict(k=4, ipc=2, methods=("random", "dm"), full_epochs=1, proxy_epochs=3, val_per_class=10,
-              distill_steps=2, space=space, progress=False, checkpoint=tmp_path / "ck")
+              steps=2, space=space, progress=False, checkpoint=tmp_path / "ck")
     first = dn.rank_correlation_study(digits, **kw)
     # simulate a stop after two candidates of the dm proxy: drop the rest of its scores
     ck = dn.StudyCheckpoint(tmp_path / "ck", json.loads((tmp_path / "ck" / "settings.json").read_text()))
     part = ck.load("scores_dm_ipc2")
     ck.save("scores_dm_ipc2", {k: v[:2] for k, v in part.items()})
     calls = {"full": 0, "distill": 0, "score": 0}
-    real_full, real_distill, real_score = dn.train_full, engine.distill, dn.train_and_score
-    monkeypatch.setattr(dn, "train_full", lambda *a, **k: calls.__setitem__("full", calls["full"] + 1) or real_full(*a, **k))
-    monkeypatch.setattr(engine, "distill", lambda *a, **k: calls.__setitem__("distill", calls["distill"] + 1)
+    real_full, real_distill, real_score = dn_study.train_full, da.distill, dn_study.train_and_score
+    monkeypatch.setattr(dn_study, "train_full", lambda *a, **k: calls.__setitem__("full", calls["full"] + 1)
+                        or real_full(*a, **k))
+    monkeypatch.setattr(da, "distill", lambda *a, **k: calls.__setitem__("distill", calls["distill"] + 1)
                         or real_distill(*a, **k))
-    monkeypatch.setattr(dn, "train_and_score", lambda *a, **k: calls.__setitem__("score", calls["score"] + 1)
+    monkeypatch.setattr(dn_study, "train_and_score", lambda *a, **k: calls.__setitem__("score", calls["score"] + 1)
                         or real_score(*a, **k))
     again = dn.rank_correlation_study(digits, **kw)
     assert calls == {"full": 0, "distill": 0, "score": 2}  # only the two dropped candidates are trained again

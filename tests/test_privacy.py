@@ -179,7 +179,7 @@ def test_private_sharing_recipe_repeats_the_whole_pipeline(tmp_path, capsys):
 
     out = tmp_path / "report"
     rc = private_sharing.main(["--dataset", "digits", "--ipc", "2", "--epsilons", "2", "--methods", "dp-dm",
-                               "--dm-steps", "3", "--dm-releases", "3", "--eval-epochs", "5", "--runs", "2",
+                               "--steps", "3", "--set", "dp-dm.releases=3", "--eval-epochs", "5", "--runs", "2",
                                "--dpsgd-epochs", "1", "--audit-n", "50", "--no-non-private", "--out", str(out),
                                "--json"])
     assert rc == 0

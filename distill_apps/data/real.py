@@ -108,6 +108,45 @@ class RealData:
             x_val=self.x_val, y_val=self.y_val,
         )
 
+    def restrict(self, classes) -> "RealData":
+        """The dataset reduced to ``classes``, renumbered ``0..k-1`` in the order given.
+
+        Every split keeps its *real* images of those classes (train, test and, when present, val), so a method
+        or an evaluation on the result sees the same data it would see on a dataset that only ever had those
+        classes. For multi-label data the label columns of ``classes`` are kept, with the images positive for at
+        least one of them. The name becomes ``<name>[c1,c2,...]`` (so caches keyed by the dataset name never mix
+        the two); map a summary of the result back with :meth:`SyntheticSet.relabel(classes, num_classes)
+        <distill_apps.summary.SyntheticSet.relabel>`.
+        """
+        ids = [int(c) for c in classes]
+        if not ids:
+            raise ConfigError(f"restrict() needs at least one class of {self.name}; got none.")
+        bad = [c for c in ids if not 0 <= c < self.num_classes]
+        if bad or len(set(ids)) != len(ids):
+            raise ConfigError(f"restrict() takes distinct class ids in [0, {self.num_classes}) of {self.name}; "
+                              f"got {ids}.")
+        keep = torch.tensor(ids, dtype=torch.long)
+        lookup = torch.full((self.num_classes,), -1, dtype=torch.long)
+        lookup[keep] = torch.arange(len(ids))
+
+        def split(x: torch.Tensor | None, y: torch.Tensor | None):
+            if x is None or y is None:
+                return x, y
+            if y.ndim == 2:  # multi-hot rows: keep the classes' columns and the rows positive for one of them
+                cols = y[:, keep.to(y.device)]
+                rows = (cols > 0).any(1)
+                return x[rows], cols[rows]
+            rows = torch.isin(y, keep.to(y.device))
+            return x[rows], lookup.to(y.device)[y[rows]]
+
+        (xtr, ytr), (xte, yte), (xva, yva) = (split(self.x_train, self.y_train), split(self.x_test, self.y_test),
+                                              split(self.x_val, self.y_val))
+        return RealData(
+            name=f"{self.name}[{','.join(map(str, ids))}]", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte,
+            num_classes=len(ids), mean=self.mean, std=self.std, class_names=[self.class_names[c] for c in ids],
+            flip_invariant=self.flip_invariant, task=self.task, x_val=xva, y_val=yva,
+        )
+
     def to(self, device: torch.device) -> "RealData":
         if self.x_train.device == device:
             return self

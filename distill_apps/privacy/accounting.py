@@ -23,7 +23,8 @@ class BudgetExceededError(DistillError):
     """A release would spend more than the target (epsilon, delta); it was not made."""
 
 
-def _check(accountant: str) -> str:
+def check_accountant(accountant: str) -> str:
+    """``accountant`` if Opacus has it (``rdp`` or ``prv``), else a :class:`ConfigError` naming both."""
     if accountant not in ACCOUNTANTS:
         raise ConfigError(f"Unknown privacy accountant {accountant!r}: use one of {', '.join(ACCOUNTANTS)} "
                           "(Opacus' RDP is the default, PRV is tighter).")
@@ -34,7 +35,7 @@ def make_accountant(accountant: str = "rdp"):
     """A fresh Opacus accountant (``RDPAccountant`` or ``PRVAccountant``)."""
     from opacus.accountants import create_accountant
 
-    return create_accountant(mechanism=_check(accountant))
+    return create_accountant(mechanism=check_accountant(accountant))
 
 
 def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
@@ -42,7 +43,8 @@ def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     """Epsilon spent by ``steps`` releases at ``noise_multiplier`` and ``sample_rate`` (Opacus' computation)."""
     if steps <= 0:
         return 0.0
-    return _epsilon(_check(accountant), ((float(noise_multiplier), float(sample_rate), int(steps)),), float(delta))
+    history = ((float(noise_multiplier), float(sample_rate), int(steps)),)
+    return _epsilon(check_accountant(accountant), history, float(delta))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -62,8 +64,8 @@ def calibrate_noise(target_epsilon: float, target_delta: float, sample_rate: flo
         raise ConfigError(f"sample_rate must lie in (0, 1]; got {sample_rate}.")
     if steps < 1:
         raise ConfigError(f"The number of private releases must be >= 1; got {steps}.")
-    return _calibrated(float(target_epsilon), float(target_delta), float(sample_rate), int(steps), _check(accountant),
-                       float(epsilon_tolerance))
+    return _calibrated(float(target_epsilon), float(target_delta), float(sample_rate), int(steps),
+                       check_accountant(accountant), float(epsilon_tolerance))
 
 
 @functools.lru_cache(maxsize=256)
@@ -75,6 +77,7 @@ def _calibrated(eps: float, delta: float, q: float, steps: int, accountant: str,
 
 
 def check_target(epsilon: float, delta: float) -> None:
+    """Refuse a target epsilon that is not positive and finite, or a delta outside (0, 1)."""
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ConfigError(f"Target epsilon must be positive and finite; got {epsilon}. For a run without "
                           "privacy, ask for it explicitly (non_private: true).")
@@ -97,7 +100,7 @@ class PrivacyBudget:
 
     def __post_init__(self) -> None:
         check_target(self.epsilon, self.delta)
-        _check(self.accountant)
+        check_accountant(self.accountant)
 
     def _eps(self, history: list[list[float]]) -> float:
         if not history:
