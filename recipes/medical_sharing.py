@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                 anon = medical.anonymisation_check(s, real, png=out / f"anon_{tag}.png", seed=a.seed)
                 checks = {k: v for k, v in anon.items() if k not in ("nearest_real_l2", "nearest_real_ssim")}
                 path = s.save(out / f"summary_{tag}.safetensors")
-                card = data_card(s, dataset=real.name, file=path.name, checks={"anonymisation": "passed" if
-                                 anon["passed"] else "FLAGGED", **checks},
+                card_checks = {"anonymisation": "passed" if anon["passed"] else "FLAGGED",
+                               **{k: v for k, v in checks.items() if k not in ("passed", "png")},
+                               "closest_pairs_png": f"anon_{tag}.png"}
+                card = data_card(s, dataset=real.name, file=path.name, checks=card_checks,
                                  evaluation={k: ev[k] for k in ("auc_mean", "auc_std", "acc_mean", "acc_std",
                                                                 "balanced_acc_mean", "runs", "epochs", "model")})
                 card_json, card_md = write_data_card(out / f"card_{tag}", card)

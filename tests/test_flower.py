@@ -235,6 +235,30 @@ def test_union_training_mix_and_config_errors():
         F.FederatedConfig(mix=1.0)
 
 
+def test_config_travels_as_record_and_run_config():
+    """Method options (``method_config``, the API's ``config=``) survive a ConfigRecord and a TOML run config."""
+    cfg = F.FederatedConfig(**TINY)
+    assert F.FederatedConfig.from_mapping(cfg.to_record()) == cfg
+    flat = cfg.as_flat_dict()
+    assert flat["method_config"] == '{"batch_real": 32}'
+    assert F.FederatedConfig.from_mapping({k.replace("_", "-"): v for k, v in flat.items()}) == cfg  # run_config
+    assert F.FederatedConfig(strategies=["oneshot", "fedavg"]).strategy_names() == ["oneshot", "fedavg"]
+    with pytest.raises(ConfigError, match="method_config"):
+        F.FederatedConfig.from_mapping({"method_config": "{not json"})
+
+
+def test_client_summary_uses_the_real_test_split_and_global_ids(tiny_cfg):
+    """A client distils the restricted view of its partition (its present classes, their real test images) and
+    hands back a summary in the dataset's class ids."""
+    part = F.client_partition(tiny_cfg, 0, 2)
+    present = torch.unique(part.y_train)
+    local = F.client.local_view(part, present, tiny_cfg.ipc)
+    assert local.num_classes == len(present) and len(local.x_test) == int(torch.isin(part.y_test, present).sum())
+    s = F.distill_partition(part, tiny_cfg)
+    assert s.num_classes == 10 and set(s.y.tolist()) <= set(present.tolist())
+    assert s.meta["dataset"] == "digits" and s.meta["client_classes"] == present.tolist()
+
+
 @pytest.mark.slow
 def test_simulation_two_clients_end_to_end_via_recipe(tmp_path, capsys):
     """Recipe -> Flower simulation (Ray) with 2 clients: all three strategies, one JSON object on stdout."""

@@ -161,3 +161,35 @@ def test_multilabel_distillation_keeps_every_label_and_uses_a_per_label_loss(che
     assert res["task"] == "multilabel" and res["auc_mean"] > 0.8  # the patches are learnable from 70 images
     with pytest.raises(ConfigError, match="multi-label.*dm"):
         distill("kip", chest, 1, steps=1, device="cpu", progress=False)
+
+
+def test_medical_recipe_saves_each_summary_with_its_data_card(breast, data_root, tmp_path, capsys):
+    """The recipe's point is a shareable summary: each distilled summary is saved (safe format) with a data card
+    (JSON + markdown: dataset, method, IPC, privacy, anonymisation check); the private one carries its epsilon."""
+    import json
+
+    from distill_apps import load_summary
+    from distill_apps.recipes import medical_sharing
+
+    out = tmp_path / "med"
+    rc = medical_sharing.main(["--datasets", "breastmnist", "--data-root", str(data_root), "--ipc", "1", "--methods",
+                               "dm", "dp-dm", "--steps", "2", "--set", "batch_real=16", "--set", "dp-dm.epsilon=4",
+                               "--set", "dp-dm.releases=2", "--epochs", "2", "--full-epochs", "0", "--model", NET,
+                               "--device", "cpu", "--out", str(out), "--json"])
+    assert rc == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["datasets"][0]["rows"]
+    saved = {r["method"]: r for r in rows if "summary" in r}
+    assert set(saved) == {"dm", "dp-dm"}
+    for method, row in saved.items():
+        s = load_summary(row["summary"])
+        card = json.loads((out / f"card_breastmnist_{method}_ipc1.json").read_text())
+        assert card["method"] == s.meta["method"] == method and card["dataset"] == "medmnist:breastmnist"
+        assert card["ipc"] == 1 and card["images"] == len(s.y) == 2
+        assert card["checks"]["anonymisation"] in ("passed", "FLAGGED")
+        assert card["checks"]["n_flagged"] == row["anonymisation"]["n_flagged"]
+        md = (out / f"card_breastmnist_{method}_ipc1.md").read_text()
+        assert f"`{method}` summary of `medmnist:breastmnist`" in md and "Privacy:" in md
+    assert saved["dm"]["summary"].endswith("summary_breastmnist_dm_ipc1.safetensors")
+    private = json.loads((out / "card_breastmnist_dp-dm_ipc1.json").read_text())["privacy"]
+    assert 0 < private["epsilon"] <= 4.0 and private["private"] and saved["dp-dm"]["privacy"]["epsilon"] <= 4.0
+    assert json.loads((out / "card_breastmnist_dm_ipc1.json").read_text())["privacy"] is None

@@ -218,3 +218,25 @@ def test_bad_input_is_refused(digits, proxy):
         dn.search_architecture(proxy, strategy="nope", trials=1)
     with pytest.raises(Exception, match="image shape"):
         dn.ProxyTask(proxy.summary, torch.zeros(3, 1, 4, 4), torch.zeros(3, dtype=torch.long))
+
+
+def test_spearman_ties_go_to_the_distilled_proxy(tmp_path):
+    """Equal Spearman rho: the study's best proxy and the recipe's search proxy are the distilled one, whatever
+    the order; the recipe's report says why."""
+    from distill_apps.recipes import nas_proxy
+
+    archs = [{"depth": d} for d in (1, 2, 3)]
+
+    def study(ipc, proxies):
+        return dn.StudyResult("digits", ipc, 3, archs, [0.5, 0.6, 0.7], [1.0] * 3,
+                              proxies={n: {"spearman": r} for n, r in proxies.items()})
+
+    tied = study(1, {"random": 0.5, "dm": 0.5})  # random first: a plain max() would pick it
+    assert tied.best_proxy() == "dm"
+    assert study(1, {"random": 0.5, "dm": float("nan")}).best_proxy() == "random"  # NaN still ranks last
+    st, name, others = nas_proxy.choose_search_proxy([study(1, {"random": 0.8, "dm": 0.2}),
+                                                      study(10, {"random": 0.5, "dm": 0.8})])
+    assert (st.ipc, name) == (10, "dm") and others == ["random (IPC 1)"]  # a tie across IPCs, too
+    assert dn.proxy_preference("dm", 0.8) > dn.proxy_preference("random", 0.8)
+    st, name, others = nas_proxy.choose_search_proxy([study(1, {"random": 0.8, "dsa": 0.8, "dm": 0.8})])
+    assert name == "dsa" and others == ["random (IPC 1)", "dm (IPC 1)"]

@@ -199,3 +199,30 @@ def test_private_sharing_recipe_repeats_the_whole_pipeline(tmp_path, capsys):
     shared = SyntheticSet.load(out / "summary.safetensors")
     assert shared.meta["privacy"]["epsilon"] <= 2.0 and not torch.isnan(shared.x).any()
     assert "±" in (out / "report.md").read_text() and (out / "DATA_CARD.md").exists()
+
+
+def test_summary_privacy_and_the_cli_prints_epsilon(tmp_path, capsys):
+    """``summary.privacy`` exposes the accounting of a dp-* summary (None otherwise); ``distill`` and ``evaluate``
+    print epsilon, in their text and in ``--json``."""
+    import json
+
+    from distill_apps.cli import main
+
+    out = tmp_path / "dp.safetensors"
+    assert main(["distill", "--method", "dp-dm", "--ipc", "1", "--steps", "2", "--model", NET, "--set", "epsilon=3",
+                 "--set", "releases=2", "--no-eval", "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    p = res["privacy"]
+    assert 0 < p["epsilon"] <= 3.0 and p["delta"] == 1e-5 and p["accountant"] == "rdp" and p["private"]
+    s = da.load_summary(out)
+    assert s.privacy.epsilon == pytest.approx(p["epsilon"]) and s.privacy.epsilon == s.meta["privacy"]["epsilon"]
+    assert main(["evaluate", str(out), "--json", "--runs", "1", "--epochs", "1", "--model", NET]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["privacy"]["epsilon"] == pytest.approx(p["epsilon"]) and "accuracy_mean" in ev
+    assert main(["evaluate", str(out), "--runs", "1", "--epochs", "1", "--model", NET]) == 0
+    text = capsys.readouterr().out
+    assert f"privacy: ({p['epsilon']:.3g}, 1e-05)-DP, rdp accountant" in text
+    plain = tmp_path / "random.safetensors"
+    assert main(["distill", "--method", "random", "--ipc", "1", "--no-eval", "--out", str(plain), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["privacy"] is None
+    assert da.load_summary(plain).privacy is None

@@ -27,7 +27,7 @@ from .wire import summary_to_records
 
 
 # ---------------------------------------------------------------------------------------- distil a partition
-def _local_view(part: RealData, present: torch.Tensor, ipc: int) -> RealData:
+def local_view(part: RealData, present: torch.Tensor, ipc: int) -> RealData:
     """The partition restricted to its present classes (renumbered 0..k-1, real test images of those classes);
     classes with fewer than ``ipc`` images are tiled up to ``ipc`` so every registered method (which draws
     ``ipc`` images per class) can run."""
@@ -75,7 +75,7 @@ def distill_partition(part: RealData, cfg: FederatedConfig, *, progress: bool = 
     if len(present) == 0:
         raise DataError(f"The client's partition of {part.name} is empty: nothing to distil. Use fewer clients "
                         "or a larger Dirichlet alpha so every client holds data.")
-    local = _local_view(part, present, cfg.ipc)
+    local = local_view(part, present, cfg.ipc)
     method, opts = cfg.method, dict(cfg.method_config)
     if cfg.dp:
         method = _private_method(cfg)
