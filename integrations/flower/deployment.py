@@ -134,73 +134,79 @@ def deploy(cfg: FederatedConfig, *, workdir: str | os.PathLike | None = None, ti
     """
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="distill-flower-")) if own_tmp else Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    home, app_dir, logs = work / "flwr-home", work / "app", work / "logs"
+    home, app_dir, logs, out = work / "flwr-home", work / "app", work / "logs", work / "results.json"
     for d in (home, logs):
         d.mkdir(parents=True, exist_ok=True)
-    out = work / "results.json"
-    if out.exists():
-        out.unlink()
+    out.unlink(missing_ok=True)
     cfg = dataclasses.replace(cfg, out=str(out))
     write_app(app_dir, cfg)
-    link_port = free_port()
-    federation = "distill-local"
+    link_port, federation = free_port(), "distill-local"
     (home / "config.toml").write_text(f'[superlink]\ndefault = "{federation}"\n\n[superlink.{federation}]\n'
                                       f'address = "127.0.0.1:{link_port}"\ninsecure = true\n')
     env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0",
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1")
     if cfg.data_root:
         env["DISTILL_APPS_DATA"] = cfg.data_root
-    procs: list[subprocess.Popen] = []
-    named: dict[str, subprocess.Popen] = {}
-    handles = []
+    procs = _Processes(env, work, logs)
     deadline = time.monotonic() + timeout
-
-    def start(cmd: list[str], name: str) -> subprocess.Popen:
-        fh = open(logs / f"{name}.log", "wb")
-        handles.append(fh)
-        p = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             cwd=work, start_new_session=True)
-        procs.append(p)
-        named[name] = p
-        return p
-
     try:
-        link = start([_executable("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-                      str(link_port), "--disable-runtime-dependency-installation"], "superlink")
+        link = procs.start("superlink", "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port",
+                           str(link_port), "--disable-runtime-dependency-installation")
         _wait_http(link_port, link, startup_timeout, logs / "superlink.log")
         for i in range(cfg.num_clients):
-            start([_executable("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                   "--host", "127.0.0.1", "--port", str(free_port()),
-                   "--node-config", f"partition-id={i} num-partitions={cfg.num_clients}"], f"supernode-{i}")
+            procs.start(f"supernode-{i}", "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                        "--host", "127.0.0.1", "--port", str(free_port()),
+                        "--node-config", f"partition-id={i} num-partitions={cfg.num_clients}")
         remaining = max(1.0, deadline - time.monotonic())
-        fh = open(logs / "flwr-run.log", "wb")
-        handles.append(fh)
-        run = subprocess.Popen([_executable("flwr"), "run", str(app_dir), federation, "--stream"], env=env,
-                               stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=work,
-                               start_new_session=True)
-        procs.append(run)
-        named["flwr-run"] = run
+        run = procs.start("flwr-run", "flwr", "run", str(app_dir), federation, "--stream")
         if during_run is not None:
-            threading.Thread(target=during_run, args=(dict(named), logs), daemon=True).start()
-        while time.monotonic() < deadline and not out.exists():
-            if run.poll() is not None and not out.exists():
-                time.sleep(1.0)  # the stream may end a moment before the ServerApp's file lands
-                if not out.exists():
-                    break
-            time.sleep(0.5)
-        if not out.exists():
+            threading.Thread(target=during_run, args=(dict(procs.named), logs), daemon=True).start()
+        if not _wait_file(out, run, deadline):
             tail = (logs / "flwr-run.log").read_text(errors="replace")[-3000:]
             raise DistillError(f"The deployment produced no results within {remaining:.0f} s (flwr run exit "
                                f"code {run.poll()}). Logs under {logs}. Last output of flwr run:\n{tail}")
         results = json.loads(out.read_text())
         results["deployment"] = {"superlink": f"127.0.0.1:{link_port}", "supernodes": cfg.num_clients,
-                                 "pids": [p.pid for p in procs], "logs": str(logs) if keep_logs or not own_tmp else ""}
+                                 "pids": [p.pid for p in procs.named.values()],
+                                 "logs": str(logs) if keep_logs or not own_tmp else ""}
         return results
     finally:
-        for p in reversed(procs):
-            _stop(p)
-        for fh in handles:
-            fh.close()
+        procs.stop_all()
         if own_tmp and not keep_logs:
             shutil.rmtree(work, ignore_errors=True)
+
+
+class _Processes:
+    """The processes of one deployment: each in its own session (so its children can be stopped with it), its
+    output in ``logs/<name>.log``; :meth:`stop_all` stops them by pid, newest first."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, logs: Path) -> None:
+        self.env, self.cwd, self.logs = env, cwd, logs
+        self.named: dict[str, subprocess.Popen] = {}
+        self._handles: list[Any] = []
+
+    def start(self, name: str, program: str, *args: str) -> subprocess.Popen:
+        """Start ``program args`` as process ``name``."""
+        fh = open(self.logs / f"{name}.log", "wb")
+        self._handles.append(fh)
+        p = subprocess.Popen([_executable(program), *args], env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, cwd=self.cwd, start_new_session=True)
+        self.named[name] = p
+        return p
+
+    def stop_all(self) -> None:
+        """Stop every process started here (and its process group), then close the logs."""
+        for p in reversed(list(self.named.values())):
+            _stop(p)
+        for fh in self._handles:
+            fh.close()
+
+
+def _wait_file(path: Path, run: subprocess.Popen, deadline: float) -> bool:
+    """Wait until ``path`` exists (the ServerApp's results), ``run`` has ended without it, or ``deadline``."""
+    while time.monotonic() < deadline and not path.exists():
+        if run.poll() is not None and not path.exists():
+            time.sleep(1.0)  # the stream may end a moment before the ServerApp's file lands
+            return path.exists()
+        time.sleep(0.5)
+    return path.exists()

@@ -1,7 +1,9 @@
 """The only places where this adapter reaches past NNI's public API, each with the reason no public API serves.
 
-Checked against NNI 3.0 (``nni==3.0``, the version the ``nas`` extra pins). :func:`check_host` refuses to run
-them on another version (they touch NNI internals, which move between releases) and says what to do.
+Checked against NNI 3.0 (``nni==3.0``, the version the ``nas`` extra pins). On another version :func:`check_host`
+warns (they touch NNI internals, which move between releases), and each hook checks that what it relies on is
+still there: hook 1 refuses to run without its two NNI methods (NNI would write under ``~``), hook 2 is skipped
+with a warning.
 
 1. :class:`SandboxedNasExperiment` -- NNI writes every experiment into a manifest,
    ``~/nni-experiments/.experiment``, whose folder is fixed when ``nni.tools.nnictl.constants`` is imported
@@ -25,6 +27,7 @@ from __future__ import annotations
 import functools
 import inspect
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +41,13 @@ CHECKED_NNI = "3.0"
 
 
 def check_host() -> None:
-    """Refuse to run the private hooks below on an NNI other than :data:`CHECKED_NNI`."""
+    """Warn when NNI is not :data:`CHECKED_NNI`, the version the private hooks below were checked against."""
     version = str(getattr(nni, "__version__", "unknown"))
     if version.split("+")[0] != CHECKED_NNI:
-        raise ConfigError(f"distill_apps.integrations.nni was checked against NNI {CHECKED_NNI} and reaches into "
-                          f"its internals (see distill_apps/integrations/nni/host_compat.py); this is NNI "
-                          f"{version}. Install the pinned version: pip install 'distill-apps[nas]'.")
+        warnings.warn(f"distill_apps.integrations.nni was checked against NNI {CHECKED_NNI} and reaches into its "
+                      f"internals (distill_apps/integrations/nni/host_compat.py); this is NNI {version}. If a "
+                      "search misbehaves, install the pinned version: pip install 'distill-apps[nas]'.",
+                      RuntimeWarning, stacklevel=3)
 
 
 class SandboxedNasExperiment(NasExperiment):
@@ -51,6 +55,12 @@ class SandboxedNasExperiment(NasExperiment):
 
     def __init__(self, *args: Any, manifest_dir: Path, **kw: Any) -> None:
         check_host()
+        missing = [h for h in ("_start_without_nni_manager", "_stop_without_nni_manager")
+                   if not callable(getattr(NasExperiment, h, None))]
+        if missing:
+            raise ConfigError(f"NNI {nni.__version__}'s NasExperiment has no {', '.join(missing)}, where this adapter "
+                              "keeps the experiment manifest out of ~; install the pinned NNI: pip install "
+                              "'distill-apps[nas]'.")
         super().__init__(*args, **kw)
         self.manifest_dir = Path(manifest_dir)
 
@@ -77,10 +87,11 @@ def patient_manager_start(retries: int = 60) -> None:
     check_host()
     from nni.experiment import launcher
 
-    check = launcher._check_rest_server
-    if "retry" not in inspect.signature(check).parameters:
-        raise ConfigError(f"NNI {nni.__version__}'s launcher no longer takes a retry count; see "
-                          "distill_apps/integrations/nni/host_compat.py.")
+    check = getattr(launcher, "_check_rest_server", None)
+    if check is None or "retry" not in inspect.signature(check).parameters:
+        warnings.warn(f"NNI {nni.__version__}'s launcher has no retry count to raise; the NNI manager gets NNI's own "
+                      "start-up wait.", RuntimeWarning, stacklevel=2)
+        return
     launcher._check_rest_server = functools.partial(check, retry=retries)
 
 

@@ -140,8 +140,8 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
     images) for ``full_epochs`` and tested on the test split. Proxies: each method in ``methods`` distils
     ``ipc`` images per class from the same split (``random`` is the random-subset baseline of the same size;
     ``steps=None`` runs the method's quick preset; ``method_configs[method]`` holds its options), then every
-    architecture trains on it for
-    ``proxy_epochs`` and is scored on the validation images — what a search would see. ``summaries`` may
+    architecture trains on it for ``proxy_epochs`` and is scored on the validation images — what a search
+    would see. ``summaries`` may
     give ready proxies by name. Timing is wall-clock per candidate (training + scoring); ``speedup`` is the
     mean full-data time over the mean proxy time, ``amortised_speedup`` also charges the distillation.
     ``distill_model`` is the network the methods distil with; ``ground_truth`` (an earlier study of the same
@@ -170,29 +170,7 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
                                           "proxy_epochs": proxy_epochs, "val_per_class": val_per_class,
                                           "steps": steps, "method_configs": method_configs, "augment": augment,
                                           "seed": seed, "distill_model": distill_model})
-    full_acc, full_sec = [], []
-    done = ck.load("ground_truth") if ck is not None and ground_truth is None else None
-    if done is not None:  # a stopped run's finished architectures
-        full_acc, full_sec = done["accuracy"], done["seconds"]
-        if bar:
-            bar.update(len(full_acc))
-    if ground_truth is not None:
-        same = (ground_truth.archs == archs and ground_truth.settings.get("full_epochs") == full_epochs
-                and ground_truth.settings.get("seed") == seed and ground_truth.dataset == real.name)
-        if not same:
-            raise ConfigError("ground_truth comes from a study of other architectures, epochs, seed or data; "
-                              "pass a study run with the same dataset, k, space, full_epochs and seed.")
-        full_acc, full_sec = list(ground_truth.full_accuracy), list(ground_truth.full_seconds)
-        if bar:
-            bar.update(k)
-    for s in archs[len(full_acc):] if ground_truth is None else ():
-        a, t = train_full(space, s, rest, full_epochs, seed, dev)
-        full_acc.append(a)
-        full_sec.append(t)
-        if ck:
-            ck.save("ground_truth", {"accuracy": full_acc, "seconds": full_sec})
-        if bar:
-            bar.update(1)
+    full_acc, full_sec = _ground_truth(space, archs, rest, full_epochs, seed, dev, real.name, ck, ground_truth, bar)
     result = StudyResult(real.name, ipc, k, archs, full_acc, full_sec,
                          settings={"full_epochs": full_epochs, "proxy_epochs": proxy_epochs,
                                    "val_per_class": val_per_class, "steps": steps, "method_configs": method_configs,
@@ -200,35 +178,12 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
                                    "train_images": int(rest.x_train.shape[0]), "methods": list(methods),
                                    "distill_model": distill_model})
     for method in methods:
-        t0 = time.perf_counter()
-        summary = (summaries or {}).get(method)
-        tag = f"{method}_ipc{ipc}"
-        saved = ck.load(f"distill_{tag}") if ck else None
-        if summary is None and saved is not None and ck.summary_path(method, ipc).exists():
-            summary, dsec = SyntheticSet.load(ck.summary_path(method, ipc)), saved["seconds"]
-        else:
-            if summary is None:
-                summary = da.distill(method, rest, ipc, steps=steps, budget="quick", model=distill_model,
-                                     seed=seed, device=str(dev), config=method_configs.get(method), progress=False)
-            dsec = time.perf_counter() - t0
-            if ck:
-                summary.save(ck.summary_path(method, ipc))
-                ck.save(f"distill_{tag}", {"seconds": dsec})
+        summary, dsec = _proxy_summary(method, rest, ipc, (summaries or {}).get(method), ck, steps=steps,
+                                       model=distill_model, seed=seed, device=str(dev),
+                                       config=method_configs.get(method))
         task = ProxyTask(summary, x_val, y_val, epochs=proxy_epochs, augment=augment,
                          flip_invariant=real.flip_invariant, seed=seed, device=str(dev))
-        scores = (ck.load(f"scores_{tag}") if ck else None) or {"accuracy": [], "seconds": []}
-        accs, secs = scores["accuracy"], scores["seconds"]
-        if bar:
-            bar.update(len(accs))
-        for s in archs[len(accs):]:
-            net = build_candidate(space, s, generator("nas-candidate-init", seed, arch_key(s)), dev)
-            r = train_and_score(net, task)
-            accs.append(r["accuracy"])
-            secs.append(r["seconds"])
-            if ck:
-                ck.save(f"scores_{tag}", scores)
-            if bar:
-                bar.update(1)
+        accs, secs = _proxy_scores(space, archs, task, f"{method}_ipc{ipc}", seed, dev, ck, bar)
         mean_full, mean_proxy = float(np.mean(full_sec)), float(np.mean(secs))
         result.proxies[method] = {
             "spearman": spearman(accs, full_acc), "kendall": kendall_tau(accs, full_acc),
@@ -241,3 +196,66 @@ def rank_correlation_study(real: RealData | str, *, k: int = 20, ipc: int = 10,
     if bar:
         bar.close()
     return result
+
+
+def _ground_truth(space: ModelSpace, archs: list[dict[str, Any]], rest: RealData, full_epochs: int, seed: int,
+                  dev: torch.device, dataset: str, ck: StudyCheckpoint | None, ground_truth: StudyResult | None,
+                  bar: Any) -> tuple[list[float], list[float]]:
+    """Full-data accuracies and seconds of every architecture: from ``ground_truth`` (an earlier study of the
+    same architectures), else what a stopped run checkpointed plus the architectures still to train."""
+    if ground_truth is not None:
+        same = (ground_truth.archs == archs and ground_truth.settings.get("full_epochs") == full_epochs
+                and ground_truth.settings.get("seed") == seed and ground_truth.dataset == dataset)
+        if not same:
+            raise ConfigError("ground_truth comes from a study of other architectures, epochs, seed or data; "
+                              "pass a study run with the same dataset, k, space, full_epochs and seed.")
+        if bar:
+            bar.update(len(archs))
+        return list(ground_truth.full_accuracy), list(ground_truth.full_seconds)
+    done = (ck.load("ground_truth") if ck is not None else None) or {"accuracy": [], "seconds": []}
+    full_acc, full_sec = done["accuracy"], done["seconds"]
+    if bar:
+        bar.update(len(full_acc))
+    for s in archs[len(full_acc):]:
+        a, t = train_full(space, s, rest, full_epochs, seed, dev)
+        full_acc.append(a)
+        full_sec.append(t)
+        if ck:
+            ck.save("ground_truth", {"accuracy": full_acc, "seconds": full_sec})
+        if bar:
+            bar.update(1)
+    return full_acc, full_sec
+
+
+def _proxy_summary(method: str, rest: RealData, ipc: int, given: SyntheticSet | None, ck: StudyCheckpoint | None,
+                   **run: Any) -> tuple[SyntheticSet, float]:
+    """The proxy of ``method`` (given, checkpointed, or distilled now with ``run``) and its distillation seconds."""
+    t0 = time.perf_counter()
+    saved = ck.load(f"distill_{method}_ipc{ipc}") if ck else None
+    if given is None and saved is not None and ck.summary_path(method, ipc).exists():
+        return SyntheticSet.load(ck.summary_path(method, ipc)), saved["seconds"]
+    summary = given if given is not None else da.distill(method, rest, ipc, budget="quick", progress=False, **run)
+    dsec = time.perf_counter() - t0
+    if ck:
+        summary.save(ck.summary_path(method, ipc))
+        ck.save(f"distill_{method}_ipc{ipc}", {"seconds": dsec})
+    return summary, dsec
+
+
+def _proxy_scores(space: ModelSpace, archs: list[dict[str, Any]], task: ProxyTask, tag: str, seed: int,
+                  dev: torch.device, ck: StudyCheckpoint | None, bar: Any) -> tuple[list[float], list[float]]:
+    """Each architecture trained on the proxy and scored on the held-out images (resuming a checkpoint)."""
+    scores = (ck.load(f"scores_{tag}") if ck else None) or {"accuracy": [], "seconds": []}
+    accs, secs = scores["accuracy"], scores["seconds"]
+    if bar:
+        bar.update(len(accs))
+    for s in archs[len(accs):]:
+        net = build_candidate(space, s, generator("nas-candidate-init", seed, arch_key(s)), dev)
+        r = train_and_score(net, task)
+        accs.append(r["accuracy"])
+        secs.append(r["seconds"])
+        if ck:
+            ck.save(f"scores_{tag}", scores)
+        if bar:
+            bar.update(1)
+    return accs, secs
