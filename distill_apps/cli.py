@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,10 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="convnet")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default=None, help="summary path (default out/<method>_<dataset>_ipc<k>.safetensors)")
-    d.add_argument("--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps (<out>.ckpt)")
-    d.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
+    d.add_argument("--checkpoint-every", type=int, default=0,
+                   help="save a checkpoint every N steps (<out>.ckpt; the last two are kept)")
+    d.add_argument("--resume", nargs="?", const="auto", default=None, choices=("auto", "require"),
+                   help="continue from <out>.ckpt (starts fresh, with a warning, when there is none; "
+                        "--resume=require refuses instead)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint, summary or grid of another run instead of refusing")
     d.add_argument("--max-memory", type=float, default=None, metavar="GB",
-                   help="stop (after checkpointing) with advice once peak memory passes GB")
+                   help="stop (after checkpointing) with advice once the process holds more than GB")
     d.add_argument("--config", default=None, help="YAML file of method options")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one method option")
     d.add_argument("--eval-runs", type=int, default=3)
@@ -61,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--protocol", default="train", help="train (from scratch), krr (kernel methods) or schedule (DD)")
     e.add_argument("--augment", default="auto", help="auto, dsa or none")
+    e.add_argument("--force-dataset", action="store_true",
+                   help="evaluate on --dataset even when the summary was distilled from another one (warns)")
     _common(e)
 
     m = sub.add_parser("methods", help="list every registered method")
@@ -84,35 +92,72 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
     out = {}
     for it in items:
-        if "=" not in it:
+        if "=" not in it or not it.split("=", 1)[0].strip():
             raise DistillError(f"--set expects KEY=VALUE; got {it!r}.")
         k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            out[k.strip()] = v  # not YAML: the text itself (the option's type check decides)
     return out
 
 
+def _check_distill_options(a: argparse.Namespace):
+    """Range- and type-check the options and build the method config before any data is loaded; returns it."""
+    from .config import load_config_file, make_config
+    from .engine import METHODS
+    from .validation import check_float, check_int
+
+    if a.steps is not None:
+        check_int("--steps", a.steps, 0)
+    check_int("--checkpoint-every", a.checkpoint_every, 0, hint="0 (the default) writes no checkpoints.")
+    check_int("--seed", a.seed, 0)
+    check_int("--eval-runs", a.eval_runs, 1)
+    if a.eval_epochs is not None:
+        check_int("--eval-epochs", a.eval_epochs, 1)
+    if a.max_memory is not None:
+        check_float("--max-memory", a.max_memory, 0.0, lo_open=True)
+    config = load_config_file(a.config) if a.config else {}
+    config.update(_parse_sets(a.set))
+    cls = METHODS.get(a.method)
+    cfg = make_config(cls.Config, config, a.method)
+    total = a.steps if a.steps is not None else (cfg.steps if a.budget == "paper" else cfg.quick_steps)
+    if total == 0 and cls.Config().steps > 0:  # a method that optimises, asked to run no step
+        raise DistillError(
+            f"{a.method} would run 0 steps ({'--steps 0' if a.steps is not None else 'its configured steps are 0'}) "
+            "and save its initialisation as if it were distilled. Give --steps N (N >= 1), or use --method random "
+            "for a summary of random real images.")
+    return cfg
+
+
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .config import load_config_file
     from .data import load_dataset
     from .engine import distill
     from .evaluate import evaluate
+    from .outputs import plan_outputs, save_or_rescue, summary_bytes
 
-    config = load_config_file(a.config) if a.config else {}
-    config.update(_parse_sets(a.set))
+    cfg = _check_distill_options(a)
     real = load_dataset(a.dataset, a.data_root)
     out = Path(a.out or f"out/{a.method}_{a.dataset.replace(':', '-')}_ipc{a.ipc}.safetensors")
-    ckpt = out.with_suffix(".ckpt")
+    files = plan_outputs(out, need_bytes=summary_bytes(max(a.ipc, 1) * real.num_classes, real.image_shape,
+                                                       real.num_classes),
+                         checkpointing=a.checkpoint_every > 0, resume=bool(a.resume), overwrite=a.overwrite)
+    ckpt = files.checkpoint
     summary = distill(a.method, real, a.ipc, steps=a.steps, budget=a.budget, model=a.model, seed=a.seed,
-                      device=a.device, config=config, checkpoint=ckpt, checkpoint_every=a.checkpoint_every,
-                      resume=a.resume, progress=not (a.no_progress or a.json), max_memory_gb=a.max_memory)
+                      device=a.device, config=cfg, checkpoint=ckpt, checkpoint_every=a.checkpoint_every,
+                      resume=a.resume or False, overwrite=a.overwrite, progress=not (a.no_progress or a.json),
+                      max_memory_gb=a.max_memory)
     from .engine import is_main_process, shutdown_distributed
 
     main_process = is_main_process()
     shutdown_distributed()  # all ranks are done with collectives; leave the group cleanly before exiting
     if not main_process:  # under torchrun only rank 0 writes and evaluates
         return 0
-    summary.save(out)
-    summary.image_grid(out.with_suffix(".png"))
+    save_or_rescue(summary, out, ckpt)
+    try:
+        summary.image_grid(files.grid)
+    except DistillError as exc:
+        raise DistillError(f"The summary was saved to {out}, but its PNG grid was not: {exc}") from exc
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,
                               "steps": summary.meta.get("steps"), "budget": a.budget if a.steps is None else None}
     if not a.no_eval:
@@ -148,10 +193,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .summary import SyntheticSet
 
+    from .validation import check_int
+
+    check_int("--runs", a.runs, 1)
+    if a.epochs is not None:
+        check_int("--epochs", a.epochs, 1)
     summary = SyntheticSet.load(a.path)
     aug = None if a.augment == "none" else a.augment
     res = evaluate(summary, a.dataset, model=a.model, runs=a.runs, epochs=a.epochs, augment=aug,
-                   protocol=a.protocol, device=a.device, data_root=a.data_root, progress=not a.json)
+                   protocol=a.protocol, device=a.device, data_root=a.data_root, progress=not a.json,
+                   force_dataset=a.force_dataset)
     _emit(res.as_dict(), a.json, lambda: f"{a.path}: {res}")
     return 0
 
@@ -202,10 +253,22 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     return int(mod.main(a.rest) or 0)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """The package's own warnings as one ``distill-apps: warning:`` line; others as Python prints them."""
+    from .errors import DistillWarning
+
+    if issubclass(category, DistillWarning):
+        print(f"distill-apps: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     handlers = {"distill": cmd_distill, "evaluate": cmd_evaluate, "methods": cmd_methods,
                 "datasets": cmd_datasets, "recipe": cmd_recipe}
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return handlers[a.command](a)
     except DistillError as exc:
@@ -220,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         print("distill-apps: interrupted; resume with --resume if you used --checkpoint-every.", file=sys.stderr)
         return 130
     finally:
+        warnings.showwarning = shown
         from .engine import shutdown_distributed
 
         shutdown_distributed(barrier=False)  # error paths: never wait on a rank that may be gone

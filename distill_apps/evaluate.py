@@ -64,18 +64,25 @@ def check_compatible(summary: SyntheticSet, real: RealData) -> None:
 def evaluate(summary: SyntheticSet, dataset: RealData | str | None = None, *, model: str = "convnet",
              runs: int = 3, epochs: int | None = None, lr: float | None = None, batch_size: int = 256,
              augment: str | None = "auto", protocol: str = "train", seed: int = 0, device: str = "auto",
-             data_root: str | None = None, progress: bool = False, **kw) -> EvalResult:
+             data_root: str | None = None, progress: bool = False, force_dataset: bool = False, **kw) -> EvalResult:
     """Evaluate ``summary`` on the real test split of ``dataset`` (default: the one it was distilled from).
 
     ``augment="auto"`` uses DSA when the summary's method was distilled with it (and then 1000 epochs, as in
-    the DSA/DM papers), none otherwise; pass ``"dsa"`` or ``None`` to choose.
+    the DSA/DM papers), none otherwise; pass ``"dsa"`` or ``None`` to choose. A dataset other than the one in
+    the summary's metadata is refused unless ``force_dataset=True`` (then a warning says so).
     """
+    from .validation import check_int, check_same_dataset
+
+    check_int("runs", runs, 1)
+    if epochs is not None:
+        check_int("epochs", epochs, 1)
     dev = pick_device(device)
     if dataset is None:
         dataset = summary.meta.get("dataset")
         if dataset is None:
             raise DataError("The summary does not name its dataset: pass dataset=...")
     real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    check_same_dataset(summary.meta, real, force_dataset)
     check_compatible(summary, real)
     return PROTOCOLS.get(protocol)(summary, real, model=model, runs=runs, epochs=epochs, lr=lr,
                                    batch_size=batch_size, augment=augment, seed=seed, device=dev,

@@ -28,6 +28,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -606,8 +607,9 @@ def _driver(spec_path: str) -> int:
     exp = Experiment("local")
     c = exp.config
     c.experiment_name = "distill-apps-hpo"
-    c.trial_command = f"{spec['python']} -m distill_apps.integrations.nni trial {work / 'task'} " \
-                      f"'{json.dumps(spec['arch'])}' {int(spec['seed'])}"
+    # NNI runs trial_command through a shell: build it from an argument list, every argument quoted
+    c.trial_command = shlex.join([str(spec["python"]), "-m", "distill_apps.integrations.nni", "trial",
+                                  str(work / "task"), json.dumps(spec["arch"]), str(int(spec["seed"]))])
     c.trial_code_directory = str(work)
     c.search_space = spec["space"]
     c.tuner.name = "TPE"
