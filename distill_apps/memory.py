@@ -5,6 +5,9 @@ size from ``/proc/self/statm`` on CPU, the CUDA allocator's allocated bytes on G
 ``max_memory_allocated``) never goes down, so it would keep stopping a run after one brief spike that is long
 gone (and count what was allocated before distillation started); it is reported in messages, not compared.
 
+Freed memory that the allocator keeps for reuse (``runtime.tune_cpu_allocator``) is resident too; before the
+guard stops a run it hands that back to the OS (``malloc_trim``) and reads again, so only memory in use counts.
+
 The guard is read after every step and, through :meth:`~distill_apps.engine.Distiller.check_memory`, inside
 long steps (between classes, between unroll chunks), so a step that grows past the limit stops before the
 operating system kills the process. Out-of-memory errors are recognised on both devices: CUDA's
@@ -56,6 +59,19 @@ def peak_gb(device: torch.device) -> float:
     return peak_rss_gb()
 
 
+def release_free_memory() -> bool:
+    """Hand memory that was freed but kept in glibc's heap back to the OS (``malloc_trim``). The package keeps
+    freed memory by default (``runtime.tune_cpu_allocator``), which would otherwise count as resident forever."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for CUDA/CPU allocation failures (the CPU allocator raises a plain ``RuntimeError``)."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
@@ -95,9 +111,12 @@ class MemoryGuard:
             self._token = None
 
     def over(self) -> float | None:
-        """The current memory in GB when it is above the limit, else None."""
+        """The current memory in GB when it is above the limit, else None. On CPU, freed memory the allocator
+        kept is handed back first (only when over the limit), so only memory in use counts."""
         self.checks += 1
         now = current_gb(self.device)
+        if now > self.limit_gb and self.device.type != "cuda" and release_free_memory():
+            now = current_gb(self.device)
         return now if now > self.limit_gb else None
 
     def check(self, where: str = "") -> None:

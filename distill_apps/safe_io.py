@@ -150,6 +150,23 @@ def _write_error(path: Path, exc: BaseException) -> DistillError:
     return DistillError(f"Could not write {path}: {text}. Nothing was overwritten; {hint}.")
 
 
+def _keep_previous(path: Path, previous: Path) -> None:
+    """Make ``previous`` a copy of ``path`` without a moment where ``path`` is missing: a hard link renamed into
+    place (a rename of ``path`` itself where the file system has no hard links)."""
+    clean_stale_temps(previous)
+    link = temp_path(previous)
+    try:
+        os.link(path, link)
+    except OSError:
+        os.replace(path, previous)
+        return
+    try:
+        os.replace(link, previous)
+    finally:
+        if os.path.lexists(link):
+            os.unlink(link)
+
+
 def _atomic(path: Path, fill, previous: Path | None = None) -> Path:
     """Create a temp file, let ``fill(tmp)`` write it, fsync, chmod, then rename over ``path`` (keeping the old
     file as ``previous`` when given). Any failure leaves ``path`` as it was and removes the temp file."""
@@ -167,7 +184,7 @@ def _atomic(path: Path, fill, previous: Path | None = None) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, file_mode())
         if previous is not None and path.exists():
-            os.replace(path, previous)
+            _keep_previous(path, previous)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except (OSError, SafetensorError) as exc:  # a full disk is a SafetensorError from save_file, not an OSError

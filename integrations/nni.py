@@ -595,6 +595,12 @@ def _hpo_experiment(task: ProxyTask, arch: dict[str, Any], space: dict[str, dict
                         time.perf_counter() - t0, str(work), res.get("experiment_id", ""))
 
 
+def _trial_command(spec: dict[str, Any], work: Path) -> str:
+    """The trial's shell command (NNI runs it through a shell), built from an argument list, every argument quoted."""
+    return shlex.join([str(spec["python"]), "-m", "distill_apps.integrations.nni", "trial", str(work / "task"),
+                       json.dumps(spec["arch"]), str(int(spec["seed"]))])
+
+
 def _driver(spec_path: str) -> int:
     """Child process of :func:`_hpo_experiment`: run NNI's HPO ``Experiment`` with TPE, write the result."""
     from nni.experiment import Experiment, launcher
@@ -607,9 +613,7 @@ def _driver(spec_path: str) -> int:
     exp = Experiment("local")
     c = exp.config
     c.experiment_name = "distill-apps-hpo"
-    # NNI runs trial_command through a shell: build it from an argument list, every argument quoted
-    c.trial_command = shlex.join([str(spec["python"]), "-m", "distill_apps.integrations.nni", "trial",
-                                  str(work / "task"), json.dumps(spec["arch"]), str(int(spec["seed"]))])
+    c.trial_command = _trial_command(spec, work)
     c.trial_code_directory = str(work)
     c.search_space = spec["space"]
     c.tuner.name = "TPE"
