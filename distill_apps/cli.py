@@ -138,6 +138,10 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
     cfg = _check_distill_options(a)
     real = load_dataset(a.dataset, a.data_root)
+    from .engine import METHODS
+
+    if METHODS.get(a.method).modality == "image":
+        real.check_ipc(a.ipc)  # before any file is touched
     out = Path(a.out or f"out/{a.method}_{a.dataset.replace(':', '-')}_ipc{a.ipc}.safetensors")
     files = plan_outputs(out, need_bytes=summary_bytes(max(a.ipc, 1) * real.num_classes, real.image_shape,
                                                        real.num_classes),

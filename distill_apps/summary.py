@@ -193,13 +193,16 @@ class SyntheticSet:
 
 
 HEADER_FIELDS = ("num_classes", "image_shape", "mean", "std", "label_kind", "lr", "decoder", "decoder_spec", "meta")
-_META_TYPES: dict[str, tuple[str, dict[str, Any]]] = {  # meta fields the package reads back, by type
-    "dataset": ("str", {}), "method": ("str", {}), "model": ("str", {}), "family": ("str", {}),
-    "ipc": ("int", {"lo": 1}), "steps": ("int", {"lo": 0}), "seed": ("int", {}),
-    "skipped_steps": ("int", {"lo": 0}), "eval_augment": ("opt_str", {}), "kernel": ("str", {}),
-    "kernel_model": ("str", {}), "kernel_reg": ("float", {"lo": 0.0}), "inner_epochs": ("int", {"lo": 1}),
-    "inner_lrs": ("floats", {}), "privacy": ("dict", {}), "data_source": ("dict", {}), "config": ("dict", {}),
-    "versions": ("dict", {}),
+_META_TYPES: dict[str, tuple[str, dict[str, Any]]] = {  # meta fields the package reads back, by type (None allowed
+    # where the readers accept it; ``ipc`` is read with int())
+    "dataset": ("str", {"optional": True}), "method": ("str", {"optional": True}),
+    "model": ("str", {"optional": True}), "family": ("str", {"optional": True}), "ipc": ("int", {"lo": 1}),
+    "steps": ("int", {"lo": 0, "optional": True}), "seed": ("int", {"optional": True}),
+    "skipped_steps": ("int", {"lo": 0, "optional": True}), "eval_augment": ("str", {"optional": True}),
+    "kernel": ("str", {"optional": True}), "kernel_model": ("str", {"optional": True}),
+    "kernel_reg": ("float", {"lo": 0.0, "optional": True}), "inner_epochs": ("int", {"lo": 1, "optional": True}),
+    "inner_lrs": ("floats", {}), "privacy": ("dict", {"optional": True}), "data_source": ("dict", {"optional": True}),
+    "config": ("dict", {"optional": True}), "versions": ("dict", {"optional": True}),
 }
 
 
@@ -235,10 +238,9 @@ def validate_header(path: str | os.PathLike, h: dict[str, Any], tensors: dict[st
     m = HeaderFields(path, "summary meta", meta)
     for key, (kind, rng) in _META_TYPES.items():
         if key in meta:
-            if kind == "opt_str":
-                m.str(key, optional=True)
-            elif kind == "floats":
-                m.floats(key, lo=0.0)
+            if kind == "floats":
+                if meta[key] is not None:
+                    m.floats(key, lo=0.0)
             else:
                 getattr(m, kind)(key, **rng)
     return {"num_classes": num_classes, "image_shape": tuple(shape), "mean": tuple(mean), "std": tuple(std),
