@@ -40,6 +40,7 @@ DIGEST_KEY = "distill_apps_sha256"  # SHA-256 over the exact header text (which 
 CONTAINER_VERSION = 2
 STALE_AFTER_S = 24 * 3600  # a temp file of another host (or a live pid) is stale after a day
 _TMP_RE = re.compile(r"^\.(?P<target>.+)\.da-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+_OLD_TMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")  # mkstemp names of distill-apps < container 2
 
 
 def checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -83,7 +84,8 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     """Remove our temporary files for ``path`` left by writers that died (``kill -9``, power loss).
 
     Only names of our pattern for this very target are touched; one is stale when it was made on this host by a
-    process that no longer runs, or when it is older than a day (another host's, or a reused pid). Returns them.
+    process that no longer runs, or when it is older than a day (another host's, a reused pid, or the pid-less
+    names of older versions). Returns them.
     """
     path = Path(path)
     removed = []
@@ -94,14 +96,14 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     host, me = _host_tag(), os.getpid()
     for e in entries:
         m = _TMP_RE.match(e.name)
-        if not m or m["target"] != path.name or not e.is_file(follow_symlinks=False):
+        old = None if m else _OLD_TMP_RE.match(e.name)  # no pid recorded: stale by age only
+        if not (m or old) or (m or old)["target"] != path.name or not e.is_file(follow_symlinks=False):
             continue
-        pid = int(m["pid"])
         try:
             age = time.time() - e.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
-        dead = m["host"] == host and pid != me and not _pid_alive(pid)
+        dead = m is not None and m["host"] == host and int(m["pid"]) != me and not _pid_alive(int(m["pid"]))
         if dead or age > STALE_AFTER_S:
             try:
                 os.unlink(e.path)

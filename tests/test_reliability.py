@@ -303,14 +303,16 @@ def test_stale_temp_files_of_ours_are_removed_and_others_kept(tmp_path):
     live = tmp_path / f".s.safetensors.da-{host}-1-0123abcd.tmp"  # pid 1 runs: a write in progress, kept
     other_target = tmp_path / f".t.safetensors.da-{host}-{pid}-0123abcd.tmp"
     user = tmp_path / ".s.safetensors.notes.tmp"  # not our pattern
-    for p in (stale, live, other_target, user):
+    legacy = tmp_path / ".s.safetensors.ab12cd_4.tmp"  # an older version's temp name: no pid, stale by age only
+    for p in (stale, live, other_target, user, legacy):
         p.write_bytes(b"x")
     safe_io.write(target, {"a": torch.zeros(2)}, {}, "summary", 1)
-    assert not stale.exists() and live.exists() and other_target.exists() and user.exists()
+    assert not stale.exists() and live.exists() and other_target.exists() and user.exists() and legacy.exists()
     old = time.time() - 2 * safe_io.STALE_AFTER_S
-    os.utime(live, (old, old))  # a day-old one is stale whatever its pid
+    for p in (live, legacy, user):
+        os.utime(p, (old, old))  # a day-old one of ours is stale whatever its pid
     safe_io.write(target, {"a": torch.zeros(2)}, {}, "summary", 1)
-    assert not live.exists() and user.exists()
+    assert not live.exists() and not legacy.exists() and user.exists()
 
 
 def test_files_are_written_readable_by_group_and_others(digits, tmp_path):
