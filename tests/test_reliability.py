@@ -380,17 +380,17 @@ def test_long_steps_check_memory_inside(digits, tmp_path, monkeypatch, method, c
 
 
 def test_memory_limit_inside_a_step_saves_the_last_completed_step_and_resume_is_exact(digits, tmp_path, monkeypatch):
-    cfg = {"outer_loop": 2, "inner_loop": 1, "batch_real": 8}  # two image updates per step
-    full = da.distill("dc", digits, 1, steps=3, seed=4, model=MODEL, progress=False, config=cfg)
+    cfg = {"outer_loop": 2, "inner_loop": 1, "batch_real": 4}  # two image updates per step
+    full = da.distill("dc", digits, 1, steps=2, seed=4, model=MODEL, progress=False, config=cfg)
     ck = tmp_path / "run.ckpt"
     per_step = 2 * 10 + 1  # a check after each class of each outer loop, one after the step
-    _counting_memory(monkeypatch, trip_at=2 * per_step + 15)  # step 2, after its first image update
-    with pytest.raises(MemoryBudgetError, match=r"inside step 2 \(class 4\).*saved in"):
-        da.distill("dc", digits, 1, steps=3, seed=4, model=MODEL, progress=False, config=cfg, checkpoint=ck,
+    _counting_memory(monkeypatch, trip_at=per_step + 15)  # step 1, after its first image update
+    with pytest.raises(MemoryBudgetError, match=r"inside step 1 \(class 4\).*saved in"):
+        da.distill("dc", digits, 1, steps=2, seed=4, model=MODEL, progress=False, config=cfg, checkpoint=ck,
                    max_memory_gb=1.0)
-    assert safe_io.read(ck, "checkpoint", 1)[1]["step"] == 2  # the state before the half-done step
+    assert safe_io.read(ck, "checkpoint", 1)[1]["step"] == 1  # the state before the half-done step
     monkeypatch.undo()
-    out = da.distill("dc", digits, 1, steps=3, seed=4, model=MODEL, progress=False, config=cfg, checkpoint=ck,
+    out = da.distill("dc", digits, 1, steps=2, seed=4, model=MODEL, progress=False, config=cfg, checkpoint=ck,
                      resume=True)
     assert torch.equal(out.x, full.x)
 
