@@ -2,7 +2,6 @@
 import dataclasses
 
 import pytest
-import torch
 
 import distill_apps as da
 from distill_apps.cli import main
