@@ -8,6 +8,7 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,10 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help="network (default: the modality's: convnet, gcn, inf-ae, textcnn)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default=None, help="summary path (default out/<method>_<dataset>_ipc<k>.safetensors)")
-    d.add_argument("--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps (<out>.ckpt)")
-    d.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
+    d.add_argument("--checkpoint-every", type=int, default=0,
+                   help="save a checkpoint every N steps (<out>.ckpt; the last two are kept)")
+    d.add_argument("--resume", nargs="?", const="auto", default=None, choices=("auto", "require"),
+                   help="continue from <out>.ckpt (starts fresh, with a warning, when there is none; "
+                        "--resume=require refuses instead)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint, summary or grid of another run instead of refusing")
     d.add_argument("--max-memory", type=float, default=None, metavar="GB",
-                   help="stop (after checkpointing) with advice once peak memory passes GB")
+                   help="stop (after checkpointing) with advice once the process holds more than GB")
     d.add_argument("--config", default=None, help="YAML file of method options")
     d.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="override one method option (repeatable; VALUE read as YAML)")
@@ -68,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", default=None, help="images: train (from scratch, default), krr (kernel methods) or "
                    "schedule (DD); graphs and text: train; interactions: krr (the closed-form ∞-AE)")
     e.add_argument("--augment", default=None, help="images: auto (default), dsa or none")
+    e.add_argument("--force-dataset", action="store_true",
+                   help="evaluate on --dataset even when the summary was distilled from another one (warns)")
     _common(e)
 
     m = sub.add_parser("methods", help="list every registered method: family, modality, default dataset, paper, "
@@ -139,35 +147,71 @@ def _parse_sets(items: list[str], method: str) -> dict[str, Any]:
     return method_options(items, [method])[method]
 
 
+def _check_distill_options(a: argparse.Namespace):
+    """Range- and type-check the options and build the method config before any data is loaded; returns it."""
+    from .config import load_config_file, make_config
+    from .engine import METHODS
+    from .validation import check_float, check_int
+
+    if a.steps is not None:
+        check_int("--steps", a.steps, 0)
+    check_int("--checkpoint-every", a.checkpoint_every, 0, hint="0 (the default) writes no checkpoints.")
+    check_int("--seed", a.seed, 0)
+    check_int("--eval-runs", a.eval_runs, 1)
+    if a.eval_epochs is not None:
+        check_int("--eval-epochs", a.eval_epochs, 1)
+    if a.max_memory is not None:
+        check_float("--max-memory", a.max_memory, 0.0, lo_open=True)
+    config = load_config_file(a.config) if a.config else {}
+    config.update(_parse_sets(a.set, a.method))
+    cls = METHODS.get(a.method)
+    cfg = make_config(cls.Config, config, a.method)
+    total = a.steps if a.steps is not None else (cfg.steps if a.budget == "paper" else cfg.quick_steps)
+    if total == 0 and cls.Config().steps > 0:  # a method that optimises, asked to run no step
+        raise DistillError(
+            f"{a.method} would run 0 steps ({'--steps 0' if a.steps is not None else 'its configured steps are 0'}) "
+            "and save its initialisation as if it were distilled. Give --steps N (N >= 1), or use --method random "
+            "for a summary of random real images.")
+    return cfg
+
+
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .config import load_config_file
     from .data import load_dataset
     from .engine import METHODS, distill
     from .evaluate import evaluate
     from .modality import MODALITIES, check_modality, default_dataset
+    from .outputs import plan_outputs, save_or_rescue, summary_bytes
     from .summary import SyntheticSet
 
-    config = load_config_file(a.config) if a.config else {}
-    config.update(_parse_sets(a.set, a.method))
+    cfg = _check_distill_options(a)
     cls = METHODS.get(a.method)
     dataset = a.dataset or default_dataset(cls)
     check_modality(cls.modality, dataset, f"Method {a.method!r}")  # before loading anything
     real = load_dataset(dataset, a.data_root)
+    real.check_ipc(a.ipc)  # before any file is touched
     out = Path(a.out or f"out/{a.method}_{re.sub(r'[^A-Za-z0-9._-]+', '-', dataset).strip('-')}_ipc{a.ipc}.safetensors")
-    ckpt = out.with_suffix(".ckpt")
+    image_shape = getattr(real, "image_shape", None)
+    need = summary_bytes(max(a.ipc, 1) * real.num_classes, image_shape, real.num_classes) if image_shape else 0
+    files = plan_outputs(out, need_bytes=need, checkpointing=a.checkpoint_every > 0, resume=bool(a.resume),
+                         overwrite=a.overwrite)
+    ckpt = files.checkpoint
     summary = distill(a.method, real, a.ipc, steps=a.steps, budget=a.budget, model=a.model, seed=a.seed,
-                      device=a.device, config=config, checkpoint=ckpt, checkpoint_every=a.checkpoint_every,
-                      resume=a.resume, progress=not (a.no_progress or a.json), max_memory_gb=a.max_memory)
+                      device=a.device, config=cfg, checkpoint=ckpt, checkpoint_every=a.checkpoint_every,
+                      resume=a.resume or False, overwrite=a.overwrite, progress=not (a.no_progress or a.json),
+                      max_memory_gb=a.max_memory)
     from .engine import is_main_process, shutdown_distributed
 
     main_process = is_main_process()
     shutdown_distributed()  # all ranks are done with collectives; leave the group cleanly before exiting
     if not main_process:  # under torchrun only rank 0 writes and evaluates
         return 0
-    summary.save(out)
+    save_or_rescue(summary, out, ckpt)
     grid = isinstance(summary, SyntheticSet)
     if grid:
-        summary.image_grid(out.with_suffix(".png"))
+        try:
+            summary.image_grid(files.grid)
+        except DistillError as exc:
+            raise DistillError(f"The summary was saved to {out}, but its PNG grid was not: {exc}") from exc
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,
                               "steps": summary.meta.get("steps"), "budget": a.budget if a.steps is None else None,
                               "privacy": _privacy(summary)}
@@ -200,11 +244,17 @@ def cmd_distill(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .summaries import load_summary
+    from .validation import check_int
 
+    check_int("--runs", a.runs, 1)
+    if a.epochs is not None:
+        check_int("--epochs", a.epochs, 1)
     summary = load_summary(a.path)  # any kind: SyntheticSet, CondensedGraph, GraphSet, ...
     opts = {k: v for k, v in {"model": a.model, "protocol": a.protocol, "epochs": a.epochs}.items() if v is not None}
     if a.augment is not None:
         opts["augment"] = None if a.augment == "none" else a.augment
+    if a.force_dataset:
+        opts["force_dataset"] = True
     res = evaluate(summary, a.dataset, runs=a.runs, device=a.device, data_root=a.data_root, progress=not a.json,
                    **opts)
     privacy = summary.privacy
@@ -263,10 +313,22 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     return int(_recipe_module(a.name).main(a.rest) or 0)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """The package's own warnings as one ``distill-apps: warning:`` line; others as Python prints them."""
+    from .errors import DistillWarning
+
+    if issubclass(category, DistillWarning):
+        print(f"distill-apps: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     handlers = {"distill": cmd_distill, "evaluate": cmd_evaluate, "methods": cmd_methods,
                 "datasets": cmd_datasets, "recipe": cmd_recipe}
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return handlers[a.command](a)
     except DistillError as exc:
@@ -281,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print("distill-apps: interrupted; resume with --resume if you used --checkpoint-every.", file=sys.stderr)
         return 130
     finally:
+        warnings.showwarning = shown
         from .engine import shutdown_distributed
 
         shutdown_distributed(barrier=False)  # error paths: never wait on a rank that may be gone

@@ -11,21 +11,22 @@ classes, each rank computes its classes' part, and :meth:`Distiller.update` all-
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import memory
 from .config import MethodConfig, make_config
 from .data import RealData, load_dataset
-from .errors import ConfigError, MemoryBudgetError, NonFiniteError
+from .errors import ConfigError, DistillError, MemoryBudgetError, NonFiniteError
 from .modality import MODALITIES, check_modality, default_dataset
 from .registry import Registry
 from .runtime import autocast, generator, pick_device
@@ -136,6 +137,13 @@ class Distiller(ABC):
 
     def autocast(self):
         return autocast(self.device, self.cfg.amp)
+
+    def check_memory(self, where: str = "") -> None:
+        """Cheap (one ``/proc`` read; nothing without a limit): stop the run with :class:`MemoryBudgetError` when
+        the memory limit (``max_memory_gb``) is passed. Long steps call it between classes or unroll chunks (plain
+        functions call :func:`distill_apps.memory.check_memory`); the engine then writes the checkpoint of the
+        last completed step and adds advice."""
+        memory.check_memory(where)
 
     def embed_fn(self, net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """``x -> net.embed(x)``; with ``cfg.compile`` a ``torch.compile``d functional version whose compiled
@@ -260,10 +268,10 @@ def make_distiller(method: str, real: RealData, ipc: int, config: dict[str, Any]
 def distill(method: str = "dm", dataset: str | RealData | None = None, ipc: int = 10, *, steps: int | None = None,
             budget: str = "paper", model: str | None = None, seed: int = 0, device: str = "auto",
             data_root: str | None = None, config: dict[str, Any] | MethodConfig | None = None,
-            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool = False,
-            eval_every: int = 0, callbacks: tuple[Callable[[int, dict, DistillState], None], ...] = (),
-            progress: bool = True, time_limit: float | None = None,
-            max_memory_gb: float | None = None) -> Summary:
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool | str = False,
+            overwrite: bool = False, eval_every: int = 0,
+            callbacks: tuple[Callable[[int, dict, DistillState], None], ...] = (), progress: bool = True,
+            time_limit: float | None = None, max_memory_gb: float | None = None) -> Summary:
     """Distil ``dataset`` with ``method`` into its summary (a SyntheticSet for images; a CondensedGraph, GraphSet,
     SyntheticInteractions or TextSummary for the other modalities).
 
@@ -274,9 +282,11 @@ def distill(method: str = "dm", dataset: str | RealData | None = None, ipc: int 
 
     ``steps`` overrides the method's iteration count; otherwise ``budget="paper"`` runs the paper's count and
     ``budget="quick"`` a CPU-minutes preset. With ``checkpoint`` and ``checkpoint_every=N`` the state is saved
-    atomically every N steps; ``resume=True`` continues from it (refusing a checkpoint of another run).
-    ``max_memory_gb`` stops the run (after checkpointing) once its peak memory passes the limit, with a message
-    naming what to lower, instead of letting the OS kill it.
+    atomically every N steps (the last two are kept); ``resume=True`` continues from it (refusing a checkpoint of
+    another run; starting fresh with a warning when there is none, or refusing with ``resume="require"``). An
+    existing checkpoint is never overwritten by a run that does not resume it, unless ``overwrite=True``.
+    ``max_memory_gb`` stops the run (after checkpointing the last completed step) once its current memory passes
+    the limit, after a step or inside one, with a message naming what to lower, instead of letting the OS kill it.
     """
     dataset = default_dataset(METHODS.get(method)) if dataset is None else dataset
     if isinstance(dataset, str):
@@ -286,11 +296,9 @@ def distill(method: str = "dm", dataset: str | RealData | None = None, ipc: int 
     if budget not in ("paper", "quick"):
         raise ConfigError(f"budget must be 'paper' or 'quick'; got {budget!r}.")
     total = steps if steps is not None else (d.cfg.steps if budget == "paper" else d.cfg.quick_steps)
-    if total < 0:
-        raise ConfigError(f"steps must be >= 0; got {total}.")
     return run(d, total, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-               eval_every=eval_every, callbacks=callbacks, progress=progress, time_limit=time_limit,
-               max_memory_gb=max_memory_gb)
+               overwrite=overwrite, eval_every=eval_every, callbacks=callbacks, progress=progress,
+               time_limit=time_limit, max_memory_gb=max_memory_gb)
 
 
 def shutdown_distributed(barrier: bool = True) -> None:
@@ -317,38 +325,120 @@ def is_main_process() -> bool:
 
 
 def peak_memory_gb(device: torch.device) -> float:
-    """Peak memory of this process so far: CUDA allocator peak on GPUs, max RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """Peak memory of this process so far: CUDA allocator peak on GPUs, max RSS on CPU (reported, not compared:
+    see :mod:`distill_apps.memory`)."""
+    return memory.peak_gb(device)
 
 
 def _memory_advice(d: "Distiller") -> str:
-    knobs = [k for k in ("batch_real", "batch_syn", "syn_steps", "batch_train") if hasattr(d.cfg, k)]
+    knobs = [k for k in ("batch_real", "batch_syn", "syn_steps", "batch_train", "real_chunk") if hasattr(d.cfg, k)]
     return (f"lower --ipc (now {d.ipc}), " + (f"the batch options {', '.join(knobs)} (--set name=value), " if knobs else "")
-            + "use a smaller --model, or add devices with torchrun; resume with --resume from the last checkpoint.")
+            + "use a smaller --model, or add devices with torchrun.")
 
 
-def _guarded_step(d: "Distiller", state: DistillState) -> dict[str, float]:
+def _signature(state: DistillState) -> list[Any]:
+    """What a step may change, cheaply: every state tensor (by identity) with its in-place version counter, the
+    optimiser state sizes and the counters. Equal before and after a failed step means the step changed nothing."""
+    sig: list[Any] = [state.step, repr(sorted(state.info.items(), key=str))]
+    for group in (state.params, state.buffers):
+        sig += [(k, t, t._version) for k, t in sorted(group.items())]
+    for m, mod in sorted(state.modules.items()):
+        sig += [(m, k, t, t._version) for k, t in mod.state_dict(keep_vars=True).items()]
+    for name, opt in sorted(state.optimizers.items()):
+        sig.append((name, len(opt.state), repr([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])))
+        for st in opt.state.values():
+            sig += [(k, v, v._version) if torch.is_tensor(v) else (k, repr(v)) for k, v in st.items()]
+    return sig
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, tuple) and isinstance(y, tuple):
+            if len(x) != len(y) or any((u is not v) if torch.is_tensor(u) else (u != v) for u, v in zip(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def _guarded_step(d: "Distiller", state: DistillState, rescue: Callable[[list[Any]], str] | None = None,
+                  track: bool = False) -> dict[str, float]:
+    """One step; an out-of-memory error (CUDA, or the CPU allocator's ``RuntimeError``) or a memory-limit stop
+    inside the step becomes a :class:`MemoryBudgetError` with advice, after ``rescue`` saved what it can
+    (given the state's :func:`_signature` from before the step when ``track``)."""
+    before = _signature(state) if track else []
     try:
         return d.step(state, generator("step", d.seed, state.step))
-    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-        raise MemoryBudgetError(f"{d.name} ran out of memory at step {state.step} ({exc.__class__.__name__}): "
-                                + _memory_advice(d)) from exc
+    except MemoryBudgetError as exc:
+        failure = str(exc)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if not memory.is_out_of_memory(exc):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        failure = f"{d.name} ran out of memory at step {state.step} ({exc.__class__.__name__}: {first})"
+    # outside the except blocks the failed step's tensors are unreachable: free them before writing anything
+    gc.collect()
+    if d.device.type == "cuda":
+        torch.cuda.empty_cache()
+    note = rescue(before) if rescue is not None else ""
+    raise MemoryBudgetError(f"{failure}: {_memory_advice(d)}{note}")
 
 
-def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0, resume: bool = False,
-        eval_every: int = 0, callbacks=(), progress: bool = True, time_limit: float | None = None,
-        max_memory_gb: float | None = None) -> Summary:
+def _check_run_args(total, checkpoint_every, eval_every, time_limit, max_memory_gb, resume) -> None:
+    from .validation import check_float, check_int
+
+    check_int("steps", total, 0)
+    check_int("checkpoint_every (--checkpoint-every)", checkpoint_every, 0, hint="0 turns checkpoints off.")
+    check_int("eval_every", eval_every, 0)
+    if time_limit is not None:
+        check_float("time_limit", time_limit, 0.0)
+    if max_memory_gb is not None:
+        check_float("max_memory_gb (--max-memory)", max_memory_gb, 0.0, lo_open=True)
+    if resume not in (False, True, "auto", "require"):
+        raise ConfigError(f"resume must be False, True (or 'auto') or 'require'; got {resume!r}.")
+
+
+def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0, resume: bool | str = False,
+        overwrite: bool = False, eval_every: int = 0, callbacks=(), progress: bool = True,
+        time_limit: float | None = None, max_memory_gb: float | None = None) -> Summary:
     """Drive ``d`` for ``total`` steps (see :func:`distill`)."""
+    _check_run_args(total, checkpoint_every, eval_every, time_limit, max_memory_gb, resume)
     state = d.init(generator("init", d.seed))
-    if resume:
-        if checkpoint is None:
-            raise ConfigError("--resume needs a checkpoint path (--checkpoint, or --out whose .ckpt is used).")
-        if Path(checkpoint).exists():
-            ckpt.load_into(checkpoint, d, state)
+    writer = None
+    if checkpoint is not None:
+        writer = ckpt.open_for_run(checkpoint, d, state, resume=resume, overwrite=overwrite)
+    elif resume:
+        raise ConfigError("--resume needs a checkpoint path (--checkpoint, or --out whose .ckpt is used).")
+    guard = memory.MemoryGuard(max_memory_gb, d.device, d.name) if max_memory_gb is not None else None
+    if guard is not None:
+        guard.__enter__()
+    saves = writer is not None and d.rank == 0
+    snapshot: list[ckpt.Payload | None] = [None]
+
+    def rescue(before: list[Any]) -> str:
+        """Checkpoint the last completed step after a memory stop; say where it is (or why there is none)."""
+        if writer is None:
+            return (" Nothing was saved: run with a checkpoint (--checkpoint-every N) to keep the progress made "
+                    "before such a stop.")
+        if d.rank != 0:
+            return " Rank 0 writes the checkpoint."
+        try:
+            if _same(before, _signature(state)):
+                writer.save(state)
+            elif snapshot[0] is not None:
+                writer.save(snapshot=snapshot[0])
+            elif ckpt.exists(checkpoint):
+                return (f" The failed step had already changed the state, so it was not saved; {checkpoint} holds "
+                        f"the last checkpoint ({ckpt.describe(checkpoint)}): resume from it with --resume.")
+            else:
+                return " The failed step had already changed the state and no checkpoint was written before it."
+        except DistillError as exc:
+            return f" Writing the checkpoint failed too ({exc})."
+        return (f" The state after step {state.step} is saved in {checkpoint}: resume from it with --resume once "
+                "you have lowered the memory use.")
+
     start = state.step
     bar = None
     if progress and d.rank == 0:
@@ -356,34 +446,48 @@ def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0,
 
         bar = tqdm(total=total, initial=start, desc=f"{d.name} {d.real.name} ipc{d.ipc}", dynamic_ncols=True)
     t0 = time.perf_counter()
-    while state.step < total:
-        metrics = _guarded_step(d, state)
-        state.step += 1
-        if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
-            state.info["nonfinite_metric_steps"] = state.info.get("nonfinite_metric_steps", 0) + 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))}, refresh=False)
-        for cb in callbacks:
-            cb(state.step, metrics, state)
-        if eval_every and state.step % eval_every == 0 and d.rank == 0:
-            from .evaluate import evaluate
+    try:
+        while state.step < total:
+            if guard is not None:
+                guard.step = state.step
+                if saves:  # a step may stop half-way: keep what the checkpoint would hold now
+                    snapshot[0] = ckpt.payload(d, state, clone=True)
+            metrics = _guarded_step(d, state, rescue, track=saves)
+            snapshot[0] = None
+            state.step += 1
+            if any(isinstance(v, float) and not math.isfinite(v) for v in metrics.values()):
+                state.info["nonfinite_metric_steps"] = state.info.get("nonfinite_metric_steps", 0) + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))},
+                                refresh=False)
+            for cb in callbacks:
+                cb(state.step, metrics, state)
+            if eval_every and state.step % eval_every == 0 and d.rank == 0:
+                from .evaluate import evaluate
 
-            res = evaluate(d.export(state), d.real, runs=1, epochs=min(300, 100), device=str(d.device))
-            msg = f"step {state.step}: quick eval {res}"
-            (bar.write if bar else print)(msg)
-        last = state.step == total
-        if checkpoint is not None and checkpoint_every and (state.step % checkpoint_every == 0 or last):
-            if d.rank == 0:
-                ckpt.save(checkpoint, d, state)
-        if max_memory_gb is not None and peak_memory_gb(d.device) > max_memory_gb:
-            if checkpoint is not None and d.rank == 0:
-                ckpt.save(checkpoint, d, state)
-            raise MemoryBudgetError(
-                f"{d.name} passed the memory limit of {max_memory_gb:.2f} GB (peak {peak_memory_gb(d.device):.2f} GB) "
-                f"at step {state.step}: " + _memory_advice(d))
-        if time_limit is not None and time.perf_counter() - t0 > time_limit:
-            break
-    if bar is not None:
-        bar.close()
+                res = evaluate(d.export(state), d.real, runs=1, epochs=min(300, 100), device=str(d.device))
+                msg = f"step {state.step}: quick eval {res}"
+                (bar.write if bar else print)(msg)
+            last = state.step == total
+            saved = False
+            if saves and checkpoint_every and (state.step % checkpoint_every == 0 or last):
+                writer.save(state)
+                saved = True
+            now = guard.over() if guard is not None else None
+            if now is not None:
+                if saves and not saved:
+                    writer.save(state)
+                where = (f" The state after step {state.step} is saved in {checkpoint}: resume from it with --resume."
+                         if saves else "")
+                raise MemoryBudgetError(
+                    f"{d.name} passed the memory limit of {max_memory_gb:.2f} GB (now {now:.2f} GB, peak "
+                    f"{peak_memory_gb(d.device):.2f} GB) after step {state.step}: " + _memory_advice(d) + where)
+            if time_limit is not None and time.perf_counter() - t0 > time_limit:
+                break
+    finally:
+        if guard is not None:
+            guard.__exit__()
+        if bar is not None:
+            bar.close()
     return d.export(state)

@@ -32,3 +32,11 @@ class NonFiniteError(DistillError):
 
 class MemoryBudgetError(DistillError):
     """The run would exceed (or ran out of) memory; the message says what to lower."""
+
+
+class DistillWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one line)."""
+
+
+class LegacyFileWarning(DistillWarning):
+    """A file written by an older distill-apps whose checksum does not cover its header."""

@@ -72,14 +72,21 @@ def check_compatible(summary: SyntheticSet, real: RealData) -> None:
 def evaluate(summary: Summary, dataset: RealData | str | None = None, *, model: str | None = None,
              runs: int = 3, epochs: int | None = None, lr: float | None = None, batch_size: int = 256,
              augment: str | None = "auto", protocol: str | None = None, seed: int = 0, device: str = "auto",
-             data_root: str | None = None, progress: bool = False, **kw) -> EvalResult:
+             data_root: str | None = None, progress: bool = False, force_dataset: bool = False, **kw) -> EvalResult:
     """Evaluate ``summary`` on the real test split of ``dataset`` (default: the one it was distilled from).
 
     ``augment="auto"`` uses DSA when the summary's method was distilled with it (and then 1000 epochs, as in
     the DSA/DM papers), none otherwise; pass ``"dsa"`` or ``None`` to choose. ``model`` defaults to
-    ``convnet`` and ``protocol`` to ``train``. A summary of another modality (graph, recommender, text) is
-    scored by its own protocol (``summary.evaluate``) with the same ``runs``/``epochs``/``lr``/``seed`` options.
+    ``convnet`` and ``protocol`` to ``train``. A dataset other than the one in the summary's metadata is refused
+    unless ``force_dataset=True`` (then a warning says so). A summary of another modality (graph, recommender,
+    text) is scored by its own protocol (``summary.evaluate``) with the same ``runs``/``epochs``/``lr``/``seed``
+    options.
     """
+    from .validation import check_int, check_same_dataset
+
+    check_int("runs", runs, 1)
+    if epochs is not None:
+        check_int("epochs", epochs, 1)
     if not isinstance(summary, SyntheticSet):
         return summary.evaluate(dataset, model=model, runs=runs, epochs=epochs, lr=lr, augment=augment,
                                 protocol=protocol, seed=seed, device=device, data_root=data_root, progress=progress,
@@ -92,6 +99,7 @@ def evaluate(summary: Summary, dataset: RealData | str | None = None, *, model: 
             raise DataError("The summary does not name its dataset: pass dataset=...")
     check_modality("image", dataset, f"An image summary ({summary.meta.get('method', 'unknown method')})")
     real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    check_same_dataset(summary.meta, real, force_dataset)
     check_compatible(summary, real)
     return PROTOCOLS.get(protocol)(summary, real, model=model, runs=runs, epochs=epochs, lr=lr,
                                    batch_size=batch_size, augment=augment, seed=seed, device=dev,

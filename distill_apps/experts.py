@@ -167,21 +167,36 @@ class ExpertBuffer:
             tensors, header = safe_io.read(p, KIND, FORMAT_VERSION)
         except SummaryFormatError as exc:
             raise SummaryFormatError(f"{exc} Delete {p} and it will be retrained on the next run.") from exc
-        if header.get("key") != self.key or header.get("expert") != expert:
-            raise SummaryFormatError(f"{p} holds expert {header.get('expert')} of another configuration "
-                                     f"({header.get('key')}); delete it or use another cache_dir.")
-        names = header.get("param_names", [])
-        if list(tensors) != names and sorted(tensors) != sorted(names):
-            raise SummaryFormatError(f"{p}: its tensors do not match its header; delete it to retrain.")
-        short = [k for k, v in tensors.items() if v.shape[0] != self.epochs + 1]
-        if short:
-            raise SummaryFormatError(f"{p}: parameters {short[:3]} do not hold {self.epochs + 1} snapshots; the "
-                                     "file is damaged: delete it to retrain.")
-        traj = {k: tensors[k] for k in names}
+        self.validate(p, tensors, header, expert)
+        traj = {k: tensors[k] for k in header["param_names"]}
         self._cache[expert] = traj
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return traj
+
+    def validate(self, p: Path, tensors: Params, header: dict[str, Any], expert: int) -> None:
+        """Every header field by type and value (key, expert, epochs, parameter names), and finite float
+        snapshots of ``epochs + 1`` rows; anything else is refused naming the file and the fix."""
+        from .validation import HeaderFields
+
+        f = HeaderFields(p, "expert trajectory", header)
+        f.only(("kind", "format_version", "sha256", "key", "expert", "epochs", "param_names"))
+        if f.dict("key") != self.key or f.int("expert", 0) != expert:
+            raise SummaryFormatError(f"{p} holds expert {header.get('expert')} of another configuration "
+                                     f"({header.get('key')}); delete it or use another cache_dir.")
+        if f.int("epochs", 1) != self.epochs:
+            raise f.fail("epochs", f"{self.epochs} (the epochs of this buffer)", header["epochs"])
+        names = f.raw("param_names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or sorted(names) != sorted(tensors):
+            raise SummaryFormatError(f"{p}: its tensors do not match its header; delete it to retrain.")
+        short = [k for k, v in tensors.items() if v.ndim < 1 or v.shape[0] != self.epochs + 1]
+        if short:
+            raise SummaryFormatError(f"{p}: parameters {short[:3]} do not hold {self.epochs + 1} snapshots; the "
+                                     "file is damaged: delete it to retrain.")
+        bad = [k for k, v in tensors.items() if not v.is_floating_point() or not bool(torch.isfinite(v).all())]
+        if bad:
+            raise SummaryFormatError(f"{p}: parameters {bad[:3]} are not finite floats; the file is damaged: delete "
+                                     "it to retrain.")
 
     def params(self, expert: int, epoch: int) -> Params:
         """Parameters of ``expert`` after ``epoch`` epochs (0 = initialisation), float32 on ``device``."""

@@ -1,28 +1,50 @@
 """Safe, atomic, checksummed files: safetensors tensors + a JSON header in the safetensors metadata.
 
-Every file distill-apps writes (summaries, checkpoints, expert trajectories, generators) goes through
-:func:`write` and :func:`read`. Nothing is ever unpickled. ``write`` goes to a temporary file in the same
-folder, fsyncs it and renames it over the target, so a crash, ``kill -9`` or a full disk never leaves a half
-file under the real name. ``read`` checks the file kind, the format version and a SHA-256 over all tensor
-bytes, so truncation and bit flips are refused with a clear error instead of being loaded.
+Every file distill-apps writes (summaries, checkpoints, expert trajectories, generators, teachers, caches) goes
+through :func:`write` and :func:`read`. Nothing is ever unpickled. ``write`` goes to a temporary file in the same
+folder (named ``.<target>.da-<host>-<pid>-<random>.tmp``), fsyncs it, gives it the usual permissions (``0666``
+minus the umask, so ``0644`` by default) and renames it over the target, so a crash, ``kill -9`` or a full disk
+never leaves a half file under the real name. Temporary files that a killed writer left next to a target are
+removed on the next write there (only ours, and only when their process is gone or they are a day old).
+
+Integrity (container format 2). The header holds ``sha256``, a SHA-256 over every tensor's name, dtype, shape and
+bytes; a second metadata entry holds a SHA-256 over the exact header text, which includes that tensor digest, so
+one digest covers the header *and* the tensors: a flipped bit or a hand edit anywhere is refused. A checksum is
+not a signature (whoever edits a file can recompute it), so :func:`read` is only the first line: every reader
+also validates each header field by type and range (see ``summary.py``, ``checkpoint.py``, ``experts.py``).
+
+Files written before the header digest existed (container format 1: the tensor digest only) still load, with a
+:class:`~distill_apps.errors.LegacyFileWarning` saying the header is not covered; saving them again upgrades them.
+Readers of format 1 still read format-2 files (the tensor digest is where it was; they ignore the new entry).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import DistillError, SummaryFormatError
+from .errors import DistillError, LegacyFileWarning, SummaryFormatError
 
 HEADER_KEY = "distill_apps"
+DIGEST_KEY = "distill_apps_sha256"  # SHA-256 over the exact header text (which holds the tensor digest)
+CONTAINER_VERSION = 2
+STALE_AFTER_S = 24 * 3600  # a temp file of another host (or a live pid) is stale after a day
+_TMP_RE = re.compile(r"^\.(?P<target>.+)\.da-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+_OLD_TMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")  # mkstemp names of distill-apps < container 2
 
 
 def checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (sorted by name)."""
     h = hashlib.sha256()
     for k in sorted(tensors):
         t = tensors[k].detach().cpu().contiguous()
@@ -33,45 +55,213 @@ def checksum(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def header_digest(header_text: str) -> str:
+    """SHA-256 of the exact JSON header text (which itself holds the tensor digest)."""
+    return hashlib.sha256(b"distill-apps container 2\n" + header_text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------- temp files and permissions
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh temporary name next to ``path`` that :func:`clean_stale_temps` recognises as ours."""
+    return path.with_name(f".{path.name}.da-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove our temporary files for ``path`` left by writers that died (``kill -9``, power loss).
+
+    Only names of our pattern for this very target are touched; one is stale when it was made on this host by a
+    process that no longer runs, or when it is older than a day (another host's, a reused pid, or the pid-less
+    names of older versions). Returns them.
+    """
+    path = Path(path)
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    host, me = _host_tag(), os.getpid()
+    for e in entries:
+        m = _TMP_RE.match(e.name)
+        old = None if m else _OLD_TMP_RE.match(e.name)  # no pid recorded: stale by age only
+        if not (m or old) or (m or old)["target"] != path.name or not e.is_file(follow_symlinks=False):
+            continue
+        try:
+            age = time.time() - e.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        dead = m is not None and m["host"] == host and int(m["pid"]) != me and not _pid_alive(int(m["pid"]))
+        if dead or age > STALE_AFTER_S:
+            try:
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+            except OSError:
+                pass
+    return removed
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give: ``0666`` minus the umask (``0644`` by default)."""
+    return 0o666 & ~_umask()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_error(path: Path, exc: BaseException) -> DistillError:
+    text = getattr(exc, "strerror", None) or str(exc)
+    full = getattr(exc, "errno", None) == 28 or "os error 28" in str(exc) or "No space left" in str(exc)
+    hint = ("the disk is full: free space or write to another folder (--out)" if full else
+            "check that the folder is writable, or write to another folder (--out)")
+    return DistillError(f"Could not write {path}: {text}. Nothing was overwritten; {hint}.")
+
+
+def _keep_previous(path: Path, previous: Path) -> None:
+    """Make ``previous`` a copy of ``path`` without a moment where ``path`` is missing: a hard link renamed into
+    place (a rename of ``path`` itself where the file system has no hard links)."""
+    clean_stale_temps(previous)
+    link = temp_path(previous)
+    try:
+        os.link(path, link)
+    except OSError:
+        os.replace(path, previous)
+        return
+    try:
+        os.replace(link, previous)
+    finally:
+        if os.path.lexists(link):
+            os.unlink(link)
+
+
+def _atomic(path: Path, fill, previous: Path | None = None) -> Path:
+    """Create a temp file, let ``fill(tmp)`` write it, fsync, chmod, then rename over ``path`` (keeping the old
+    file as ``previous`` when given). Any failure leaves ``path`` as it was and removes the temp file."""
+    from safetensors import SafetensorError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    clean_stale_temps(path)
+    tmp = temp_path(path)
+    try:
+        fill(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
+        if previous is not None and path.exists():
+            _keep_previous(path, previous)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except (OSError, SafetensorError) as exc:  # a full disk is a SafetensorError from save_file, not an OSError
+        raise _write_error(path, exc) from exc
+    finally:
+        if os.path.lexists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path
+
+
+# ---------------------------------------------------------------------- write
+def encode_header(tensors: dict[str, torch.Tensor], header: dict[str, Any], kind: str, version: int,
+                  path: str | os.PathLike = "") -> dict[str, str]:
+    """The safetensors metadata of a file: the JSON header (with kind, version, tensor digest) and its digest."""
+    full = {"kind": kind, "format_version": version, "container": CONTAINER_VERSION, "sha256": checksum(tensors),
+            **header}
+    try:
+        text = json.dumps(full, sort_keys=True, allow_nan=False)
+    except ValueError as exc:
+        raise DistillError(f"Refusing to write {path}: the header holds NaN/Inf ({exc}).") from exc
+    except TypeError as exc:
+        raise DistillError(f"Refusing to write {path}: the header holds a value JSON cannot store ({exc}).") from exc
+    return {HEADER_KEY: text, DIGEST_KEY: header_digest(text)}
+
+
 def write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, Any], kind: str,
-          version: int) -> Path:
-    """Atomically write ``tensors`` and the JSON ``header`` as a safetensors file of ``kind``/``version``."""
+          version: int, *, previous: str | os.PathLike | None = None) -> Path:
+    """Atomically write ``tensors`` and the JSON ``header`` as a safetensors file of ``kind``/``version``.
+
+    With ``previous``, an existing file at ``path`` is renamed to ``previous`` just before the new one takes its
+    place (how checkpoints keep the last two).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    full = {"kind": kind, "format_version": version, "sha256": checksum(tensors), **header}
-    try:
-        meta = {HEADER_KEY: json.dumps(full, sort_keys=True, allow_nan=False)}
-    except ValueError as exc:
-        raise DistillError(f"Refusing to write {path}: the header holds NaN/Inf ({exc}).") from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DistillError(
-            f"Could not write {path}: {exc.strerror or exc}. Nothing was overwritten; free disk space or write "
-            "to another folder (--out)."
-        ) from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    meta = encode_header(tensors, header, kind, version, path)
+    return _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta),
+                   Path(previous) if previous is not None else None)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write ``data`` (same temp-file, fsync, permission and clean-up rules as :func:`write`)."""
+    return _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:
     """Atomically write ``obj`` as JSON (a temporary file, then ``os.replace``): a stopped run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, json.dumps(obj, indent=indent, default=str).encode())
+
+
+def write_png(path: str | os.PathLike, images: torch.Tensor, **kw) -> Path:
+    """Atomically write a torchvision ``save_image`` grid of ``images`` as a PNG."""
+    from torchvision.utils import save_image
+
+    buf = io.BytesIO()
+    save_image(images, buf, format="png", **kw)
+    return write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------- read
+def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON header of a distill-apps file without loading or checking its tensors (None if unreadable);
+    for messages only, never for trusting values."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            h = json.loads((fh.metadata() or {})[HEADER_KEY])
+        return h if isinstance(h, dict) else None
+    except Exception:  # noqa: BLE001 - any unreadable file is simply "no header"
+        return None
 
 
 def read(path: str | os.PathLike, kind: str, version: int, tensors: set[str] | None = None
@@ -89,6 +279,9 @@ def _read(path: str | os.PathLike, kind: str, version: int) -> tuple[dict[str, t
 
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise SummaryFormatError(f"{path} is a folder, not a {kind} file. Check the path (a {kind} file ends in "
+                                     ".safetensors).")
         raise SummaryFormatError(f"No such file: {path}. Check the path (a {kind} file ends in .safetensors).")
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -101,18 +294,35 @@ def _read(path: str | os.PathLike, kind: str, version: int) -> tuple[dict[str, t
         ) from exc
     if HEADER_KEY not in meta:
         raise SummaryFormatError(f"{path} is a safetensors file but not a distill-apps {kind} (no distill-apps header).")
+    text = meta[HEADER_KEY]
+    digest = meta.get(DIGEST_KEY)
+    damaged = digest is not None and digest != header_digest(text)
     try:
-        header = json.loads(meta[HEADER_KEY])
+        header = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SummaryFormatError(f"{path}: its distill-apps header is not valid JSON ({exc}); the file is corrupt.") from exc
+    if not isinstance(header, dict):
+        raise SummaryFormatError(f"{path}: its distill-apps header is not a JSON object; the file is corrupt.")
+    # a newer file first: its integrity scheme may be one this version does not know
+    v, cv = header.get("format_version"), header.get("container", 1)
+    newer = [f"{what} format version {n}" for what, n, mine in ((kind, v, version), ("container", cv, CONTAINER_VERSION))
+             if isinstance(n, int) and not isinstance(n, bool) and n > mine]
+    if newer and header.get("kind") == kind:
+        raise SummaryFormatError(f"{path} has {' and '.join(newer)}, newer than this distill-apps reads ({kind} up to "
+                                 f"{version}): upgrade distill-apps to load it.")
+    if damaged:
+        raise SummaryFormatError(f"{path} failed its checksum: its header was changed or damaged after writing. "
+                                 "Re-create the file, or restore it from a copy.")
     if header.get("kind") != kind:
         raise SummaryFormatError(f"{path} holds a distill-apps {header.get('kind')!r}, not a {kind}.")
-    v = header.get("format_version")
-    if not isinstance(v, int) or v > version:
-        raise SummaryFormatError(
-            f"{path} has {kind} format version {v!r}, newer than this distill-apps reads (up to {version}): "
-            "upgrade distill-apps to load it."
-        )
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1 or not isinstance(cv, int) or isinstance(cv, bool):
+        raise SummaryFormatError(f"{path} has an invalid {kind} format version {v!r}; the file is corrupt.")
     if header.get("sha256") != checksum(tensors):
         raise SummaryFormatError(f"{path} failed its checksum: its tensor data was changed or damaged after writing.")
+    if digest is None:
+        warnings.warn(LegacyFileWarning(
+            f"{path} was written by an older distill-apps (container format 1): its checksum covers the tensors "
+            "but not the header, so an edit to the header would go unnoticed (every field is still validated). "
+            "Save it again with this version to upgrade it."), stacklevel=3)
+    header.pop("container", None)
     return tensors, header

@@ -7,6 +7,7 @@ and ``privacy`` when DP was used). It saves to one safetensors file with a JSON 
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from . import safe_io
-from .errors import DataError, SummaryFormatError
+from .errors import DataError, DistillError, SummaryFormatError
 from .registry import Registry
 from .summaries import Summary, register_summary
 
@@ -93,6 +94,9 @@ class SyntheticSet(Summary):
                 raise DataError("The soft labels hold NaN/Inf.")
             if self.label_kind == "hard":
                 raise DataError("soft labels are given, so label_kind must be 'logits', 'regression' or 'multilabel'.")
+        elif self.label_kind != "hard" and self.decoder is None:
+            raise DataError(f"label_kind {self.label_kind!r} needs soft labels (soft), and there are none: use "
+                            "label_kind='hard' for class ids alone.")
         for k, v in self.params.items():
             if not torch.isfinite(v).all():
                 raise DataError(f"Factorised parameter {k!r} holds NaN/Inf.")
@@ -111,7 +115,17 @@ class SyntheticSet(Summary):
         """The plain-image form (decodes a factorised summary; returns ``self`` when already plain)."""
         if self.decoder is None:
             return self
-        x, y, soft = DECODERS.get(self.decoder)(self.params, self.decoder_spec)
+        decode = DECODERS.get(self.decoder)
+        try:
+            x, y, soft = decode(self.params, self.decoder_spec)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            from .memory import is_out_of_memory
+
+            if isinstance(exc, DistillError) or is_out_of_memory(exc):
+                raise
+            kind = type(exc).__name__
+            raise SummaryFormatError(f"The {self.decoder!r} decoder could not decode this summary ({kind}: {exc}): "
+                                     "its decoder_spec or parameters are malformed. Re-create the summary.") from exc
         return replace(self, x=x, y=y, soft=soft, params={}, decoder=None, decoder_spec={},
                        label_kind=self.label_kind if soft is not None else "hard")
 
@@ -224,28 +238,24 @@ class SyntheticSet(Summary):
             "std": list(self.std), "label_kind": self.label_kind, "lr": self.lr, "decoder": self.decoder,
             "decoder_spec": self.decoder_spec, "meta": self.meta,
         }
+        assert set(header) == set(HEADER_FIELDS), "keep HEADER_FIELDS in step with what save writes"
         return safe_io.write(path, tensors, header, KIND, FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SyntheticSet":
-        """Read a summary; refuse corrupt, truncated, foreign or newer-format files with a clear error."""
+        """Read a summary; refuse corrupt, truncated, foreign or newer-format files, and any header field of the
+        wrong type or out of range (:func:`validate_header`), with a clear error."""
         tensors, h = safe_io.read(path, KIND, FORMAT_VERSION)
+        fields = validate_header(path, h, tensors)
+        params = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("param/")}
         try:
-            params = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("param/")}
-            out = cls(x=tensors.get("x"), y=tensors["y"], num_classes=int(h["num_classes"]),
-                      image_shape=tuple(h["image_shape"]), mean=tuple(h["mean"]), std=tuple(h["std"]),
-                      soft=tensors.get("soft"), label_kind=h["label_kind"], lr=h["lr"], params=params,
-                      decoder=h["decoder"], decoder_spec=h["decoder_spec"], meta=h["meta"])
-        except (KeyError, TypeError) as exc:
-            raise SummaryFormatError(f"{path}: summary header lacks or mangles field {exc}; the file is corrupt.") from exc
+            out = cls(x=tensors.get("x"), y=tensors["y"], soft=tensors.get("soft"), params=params, **fields)
         except DataError as exc:
-            raise SummaryFormatError(f"{path}: {exc}") from exc
+            raise SummaryFormatError(f"{path}: {exc} The file is damaged or was edited: re-create it.") from exc
         return out
 
     def image_grid(self, path: str | os.PathLike, per_class: int | None = None) -> Path:
-        """Write a PNG grid of the (materialised, de-normalised) images, one row per class."""
-        from torchvision.utils import save_image
-
+        """Write a PNG grid of the (materialised, de-normalised) images, one row per class (atomically)."""
         m = self.materialize()
         x = m.x.detach().float().cpu()
         if self.mean and self.std:
@@ -255,7 +265,59 @@ class SyntheticSet(Summary):
             xc = x[m.y == c][:ncol]
             pad = torch.zeros(ncol - len(xc), *x.shape[1:])
             rows.append(torch.cat([xc, pad]))
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(torch.cat(rows).clamp(0, 1), str(path), nrow=ncol, padding=1)
-        return path
+        return safe_io.write_png(path, torch.cat(rows).clamp(0, 1), nrow=ncol, padding=1)
+
+
+HEADER_FIELDS = ("num_classes", "image_shape", "mean", "std", "label_kind", "lr", "decoder", "decoder_spec", "meta")
+_META_TYPES: dict[str, tuple[str, dict[str, Any]]] = {  # meta fields the package reads back, by type (None allowed
+    # where the readers accept it; ``ipc`` is read with int())
+    "dataset": ("str", {"optional": True}), "method": ("str", {"optional": True}),
+    "model": ("str", {"optional": True}), "family": ("str", {"optional": True}), "ipc": ("int", {"lo": 1}),
+    "steps": ("int", {"lo": 0, "optional": True}), "seed": ("int", {"optional": True}),
+    "skipped_steps": ("int", {"lo": 0, "optional": True}), "eval_augment": ("str", {"optional": True}),
+    "kernel": ("str", {"optional": True}), "kernel_model": ("str", {"optional": True}),
+    "kernel_reg": ("float", {"lo": 0.0, "optional": True}), "inner_epochs": ("int", {"lo": 1, "optional": True}),
+    "inner_lrs": ("floats", {}), "privacy": ("dict", {"optional": True}), "data_source": ("dict", {"optional": True}),
+    "config": ("dict", {"optional": True}), "versions": ("dict", {"optional": True}),
+}
+
+
+def validate_header(path: str | os.PathLike, h: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Check every field of a summary header by type and range (and the tensor names); returns the constructor
+    arguments. Anything else is a :class:`SummaryFormatError` naming the file, the field and the fix."""
+    from .validation import HeaderFields
+
+    f = HeaderFields(path, "summary", h)
+    f.only((*HEADER_FIELDS, "kind", "format_version", "sha256"))
+    extra = sorted(k for k in tensors if k not in ("x", "y", "soft") and not k.startswith("param/"))
+    if extra or "y" not in tensors:
+        raise SummaryFormatError(f"{path}: a summary holds tensors y, x, soft and param/*; found {sorted(tensors)}. "
+                                 "The file is damaged or was not written by distill-apps: re-create it.")
+    num_classes = f.int("num_classes", 1, 1_000_000)
+    shape = f.ints("image_shape", 1, 1 << 16, min_len=1, max_len=4)
+    if math.prod(shape) > 1 << 31:
+        raise f.fail("image_shape", "at most 2^31 values per image", shape)
+    mean = f.floats("mean")
+    std = f.floats("std", lo=0.0, lo_open=True)
+    if len(mean) != len(std) or len(mean) not in (0, shape[0]):
+        raise f.fail("mean/std", f"two lists of {shape[0]} numbers (one per channel), or both empty",
+                     {"mean": mean, "std": std})
+    label_kind = f.str("label_kind", LABEL_KINDS)
+    if label_kind != "hard" and "soft" not in tensors and f.raw("decoder") is None:
+        raise f.fail("label_kind", "'hard' when the file holds no soft labels", label_kind)
+    lr = f.float("lr", 0.0, lo_open=True, optional=True)
+    decoder = f.str("decoder", DECODERS.names(), optional=True, max_len=200)
+    spec = f.dict("decoder_spec")
+    if decoder is None and spec:
+        raise f.fail("decoder_spec", "empty when there is no decoder", spec)
+    meta = f.dict("meta")
+    m = HeaderFields(path, "summary meta", meta)
+    for key, (kind, rng) in _META_TYPES.items():
+        if key in meta:
+            if kind == "floats":
+                if meta[key] is not None:
+                    m.floats(key, lo=0.0)
+            else:
+                getattr(m, kind)(key, **rng)
+    return {"num_classes": num_classes, "image_shape": tuple(shape), "mean": tuple(mean), "std": tuple(std),
+            "label_kind": label_kind, "lr": lr, "decoder": decoder, "decoder_spec": spec, "meta": meta}

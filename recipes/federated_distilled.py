@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         res = flower.simulate(cfg) if a.mode == "simulation" else flower.deploy(cfg, timeout=a.timeout)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "distill-apps recipe federated " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["distill-apps", "recipe", "federated", *(argv if argv is not None else sys.argv[1:])])
     (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
     (out / "report.md").write_text(report_markdown(res, a.mode, command))
     png = plot(res, out / "federated.png")

@@ -56,12 +56,16 @@ def test_bit_flip_truncation_and_foreign_files(tmp_path):
 
 
 def _rewrite_header(path, fn):
+    """Edit the JSON header in place as a newer writer would (with a matching header digest)."""
+    from distill_apps import safe_io
+
     raw = path.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8:8 + n])
     inner = json.loads(header["__metadata__"]["distill_apps"])
     fn(inner)
     header["__metadata__"]["distill_apps"] = json.dumps(inner)
+    header["__metadata__"][safe_io.DIGEST_KEY] = safe_io.header_digest(header["__metadata__"]["distill_apps"])
     hb = json.dumps(header).encode()
     hb += b" " * (-len(hb) % 8)
     path.write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])

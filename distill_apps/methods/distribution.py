@@ -46,8 +46,10 @@ class DM(Distiller):
         embed = self.embed_fn(net)
         with torch.no_grad(), self.autocast():  # chunks of 256 keep activations cache- and allocator-friendly
             er = torch.cat([embed(c).float() for c in xr.split(256)]).view(k, b, -1)
+        self.check_memory("real embeddings")
         with self.autocast():
             es = net.embed(xs).float().view(k, self.ipc, -1)
+        self.check_memory("synthetic embeddings")
         return er, es
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:

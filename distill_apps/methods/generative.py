@@ -97,13 +97,29 @@ class Discriminator(nn.Module):
         return self.head(self.net(x)).squeeze(1)
 
 
+def check_arch(arch: Any) -> dict[str, Any]:
+    """Every field of a generator architecture by type and range (it comes from a file)."""
+    from ..validation import HeaderFields
+
+    if not isinstance(arch, dict):
+        raise SummaryFormatError(f"Generator architecture {arch!r} is not a JSON object; the summary or generator "
+                                 "file is corrupt.")
+    f = HeaderFields("the generator architecture", "generator", arch)
+    f.only(("name", "nz", "ngf", "channels", "image_size", "mean", "std"))
+    f.str("name", optional=True)
+    f.int("nz", 1, 4096)
+    if f.int("ngf", 8, 1024) % 8:
+        raise f.fail("ngf", "a multiple of 8", arch["ngf"])
+    c = f.int("channels", 1, 4)
+    f.ints("image_size", 1, 1024, min_len=2, max_len=2)
+    f.floats("mean", length=c)
+    f.floats("std", length=c, lo=0.0, lo_open=True)
+    return arch
+
+
 def build_generator(arch: dict[str, Any]) -> Generator:
-    try:
-        return Generator(int(arch["nz"]), int(arch["ngf"]), int(arch["channels"]), arch["image_size"],
-                         arch["mean"], arch["std"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SummaryFormatError(f"Generator architecture {arch!r} is incomplete or malformed ({exc}); the "
-                                 "summary or generator file is corrupt.") from exc
+    arch = check_arch(arch)
+    return Generator(arch["nz"], arch["ngf"], arch["channels"], arch["image_size"], arch["mean"], arch["std"])
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -168,7 +184,12 @@ def load_generator(path: str | os.PathLike, expect_sha256: str | None = None,
                 f"{expect_sha256[:12]}... recorded): its latents would decode to other images. Restore the "
                 "original generator file, or re-distil with the new generator.")
     tensors, header = safe_io.read(path, GEN_KIND, GEN_VERSION)
-    gen = build_generator(header.get("arch", {}))
+    from ..validation import HeaderFields
+
+    f = HeaderFields(path, "generator", header)
+    f.only(("kind", "format_version", "sha256", "arch", "info"))
+    f.dict("info")
+    gen = build_generator(f.dict("arch"))
     try:
         gen.load_state_dict(tensors)
     except RuntimeError as exc:
@@ -193,11 +214,29 @@ def invert(gen: Generator, x: torch.Tensor, steps: int, lr: float, g: torch.Gene
 
 @register_decoder("itgan")
 def decode_itgan(params: dict[str, torch.Tensor], spec: dict[str, Any]):
-    """Images ``G(z)`` from the generator file named in ``spec`` (checked against its recorded SHA-256)."""
-    gen, _ = load_generator(spec["path"], spec["sha256"])
+    """Images ``G(z)`` from the generator file named in ``spec`` (checked against its recorded SHA-256). The file
+    is opened only inside a trusted root (:mod:`distill_apps.trusted_paths`): a summary names it, the user did not."""
+    import re
+
+    from ..trusted_paths import resolve_trusted
+    from ..validation import HeaderFields
+
+    f = HeaderFields("the summary's decoder_spec", "itgan decoder", spec)
+    f.only(("path", "sha256", "arch", "num_classes", "per_class"))
+    k, per = f.int("num_classes", 1, 1_000_000), f.int("per_class", 1, 1_000_000)
+    sha = f.str("sha256")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise f.fail("sha256", "64 hexadecimal digits", sha)
+    z = params.get("z")
+    if z is None or z.ndim != 2 or z.shape[0] != k * per:
+        raise f.fail("per_class", f"the latents' row count / num_classes (z holds {None if z is None else tuple(z.shape)})",
+                     per)
+    gen, _ = load_generator(resolve_trusted(spec.get("path"), "IT-GAN generator"), sha)
+    if z.shape[1] != gen.nz:
+        raise f.fail("arch", f"a generator of {z.shape[1]}-dimensional latents", gen.nz)
     with torch.no_grad():
-        x = gen(params["z"].float().cpu())
-    y = torch.arange(int(spec["num_classes"])).repeat_interleave(int(spec["per_class"]))
+        x = gen(z.float().cpu())
+    y = torch.arange(k).repeat_interleave(per)
     return x, y, None
 
 
@@ -243,6 +282,9 @@ class ITGAN(Distiller):
         """Load the configured generator, or train (once; then cached on disk) the package's own."""
         if self.cfg.generator_path:
             path = Path(self.cfg.generator_path).expanduser().resolve()
+            from ..trusted_paths import allow
+
+            allow(path)  # the user passed it: summaries made from it may be decoded in this process
             if not path.is_file():
                 raise ConfigError(f"itgan: generator_path {path} does not exist. Point it at a generator file "
                                   "written by distill-apps, or leave it empty to train one on the dataset.")

@@ -90,6 +90,7 @@ class DC(Distiller):
             gr = self.real_gradients(net, xr_c, yr_c, kind)
             gs = loss_gradients(net, xs_c, ys_c, True, self.autocast(), kind)
             loss = loss + gradient_distance(gs, gr, self.cfg.dis_metric)
+            self.check_memory(f"class {c}")
         return loss
 
     def real_gradients(self, net, x: torch.Tensor, y: torch.Tensor, kind: str) -> list[torch.Tensor]:

@@ -32,6 +32,7 @@ from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..experts import ExpertBuffer, ExpertConfig, get_or_train_experts
 from ..inner import Params, functional, sgd_step
+from ..memory import check_memory
 from ..runtime import generator
 from ..train import target_loss
 
@@ -96,6 +97,7 @@ def mtt_loss(f, start: Params, target: Params, x: torch.Tensor, y: torch.Tensor,
     for i in range(len(plan)):
         xb, yb = plan.batch(i, x, y, dsa)
         params = sgd_step(f, params, xb, yb, lr, label_kind, create_graph=True, shard=shard)
+        check_memory(f"unroll step {i}")
     return param_distance(params, start, target)
 
 
@@ -123,6 +125,7 @@ def tesla_gradients(f, start: Params, target: Params, x: torch.Tensor, y: torch.
         gi = _loss_grad(f, p, *plan.batch(i, xd, yd, dsa), label_kind, False)
         gsum = [a + b for a, b in zip(gsum, gi)]
         theta = {k: theta[k] - beta * gr for k, gr in zip(names, gi)}
+        check_memory(f"unroll step {i}")
     with torch.no_grad():
         den = sum(((start[k] - target[k]) ** 2).sum() for k in names).clamp_min(1e-12)
         loss = sum(((theta[k] - target[k]) ** 2).sum() for k in names) / den
@@ -147,6 +150,7 @@ def tesla_gradients(f, start: Params, target: Params, x: torch.Tensor, y: torch.
             lam = [a if o is None else a + o for a, o in zip(lam, outs[len(wrt):])]
         else:
             theta = {k: theta[k] - beta * gr.detach() for k, gr in zip(names, gi)}
+        check_memory(f"backward unroll step {i}")
     if mode == "tesla":  # the explicit dependence of theta_N on beta (the g_i held fixed)
         with torch.no_grad():
             glr = -sum((a * b).sum() for a, b in zip(lam, gsum))

@@ -141,11 +141,14 @@ def pyg_dataset(cls_name: str, raw: Path, family: str, name: str, cache_dir: str
 
 def load_planetoid(name: str, root: str | os.PathLike | None = None,
                    cache_dir: str | os.PathLike | None = None) -> GraphData:
-    """Load Cora or CiteSeer with ``torch_geometric.datasets.Planetoid`` (public split, features row-normalised).
+    """Load Cora or CiteSeer (public split, features row-normalised) from ``<data root>/planetoid/<Name>/raw``.
 
-    The raw files are read from ``<data root>/planetoid/<Name>/raw`` and copied to ``cache_dir`` (default
-    ``$DISTILL_APPS_CACHE`` or ``~/.cache/distill_apps``) first, because Planetoid writes ``processed/``.
+    The raw ``ind.<name>.*`` files are pickles; they are read by :mod:`.planetoid_raw` through a restricted
+    unpickler (numpy arrays, CSR fields, lists only), never ``pickle.load``, and give the graph
+    ``torch_geometric.datasets.Planetoid`` builds. ``cache_dir`` is unused (kept for callers).
     """
+    from .planetoid_raw import read_planetoid
+
     from ..data.registry import data_root
 
     folder = GRAPH_DATASETS.get(name)  # ConfigError naming the known graphs
@@ -153,13 +156,10 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None,
     if not raw.is_dir() or not any(raw.iterdir()):
         raise DataError(f"Graph dataset {name!r}: no raw Planetoid files in {raw}. Put the ind.{folder.lower()}.* "
                         "files there, or point --data-root ($DISTILL_APPS_DATA) at the folder holding planetoid/.")
-    data = pyg_dataset("Planetoid", raw, "planetoid", folder, cache_dir)[0]
-    x = data.x.float()
+    x, edge_index, y, train_idx, val_idx, test_idx = read_planetoid(raw, folder)
     x = x / x.sum(1, keepdim=True).clamp_min(1e-12)
-    idx = torch.arange(data.num_nodes)
-    return GraphData(name=name.lower(), x=x, adj=normalize_sparse(data.edge_index, data.num_nodes), y=data.y.long(),
-                     train_idx=idx[data.train_mask], val_idx=idx[data.val_mask], test_idx=idx[data.test_mask],
-                     num_classes=int(data.y.max()) + 1)
+    return GraphData(name=name.lower(), x=x, adj=normalize_sparse(edge_index, len(y)), y=y.long(),
+                     train_idx=train_idx, val_idx=val_idx, test_idx=test_idx, num_classes=int(y.max()) + 1)
 
 
 for _key, _folder in (("cora", "Cora"), ("citeseer", "CiteSeer")):

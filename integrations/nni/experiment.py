@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -82,6 +83,12 @@ def hpo_experiment(task: ProxyTask, arch: dict[str, Any], space: dict[str, dict[
                         time.perf_counter() - t0, str(work), res.get("experiment_id", ""))
 
 
+def trial_command(spec: dict[str, Any], work: Path) -> str:
+    """The trial's shell command (NNI runs it through a shell), built from an argument list, every argument quoted."""
+    return shlex.join([str(spec["python"]), "-m", "distill_apps.integrations.nni", "trial", str(work / "task"),
+                       json.dumps(spec["arch"]), str(int(spec["seed"]))])
+
+
 def run_driver(spec_path: str) -> int:
     """Child process of :func:`hpo_experiment`: run NNI's HPO ``Experiment`` with TPE, write the result."""
     from nni.experiment import Experiment
@@ -92,8 +99,7 @@ def run_driver(spec_path: str) -> int:
     exp = Experiment("local")
     c = exp.config
     c.experiment_name = "distill-apps-hpo"
-    c.trial_command = f"{spec['python']} -m distill_apps.integrations.nni trial {work / 'task'} " \
-                      f"'{json.dumps(spec['arch'])}' {int(spec['seed'])}"
+    c.trial_command = trial_command(spec, work)
     c.trial_code_directory = str(work)
     c.search_space = spec["space"]
     c.tuner.name = "TPE"

@@ -1,0 +1,202 @@
+"""Type and range checks, with no silent coercion, for options (CLI, API, configs) and for header fields of files.
+
+Options raise :class:`~distill_apps.errors.ConfigError`; header fields raise
+:class:`~distill_apps.errors.SummaryFormatError` naming the file, the field, what it must be and what it holds.
+Booleans are never accepted as numbers, floats never as integers (``2.7`` does not become ``2``), and
+non-finite floats (NaN, Inf) are refused.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Iterable
+
+from .errors import ConfigError, DataError, DistillWarning, SummaryFormatError
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _range_text(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f"{'<' if hi_open else '<='} {hi}"
+    return "finite"
+
+
+def in_range(v: float, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> bool:
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        return False
+    if hi is not None and (v >= hi if hi_open else v > hi):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- options
+def check_int(name: str, v: Any, lo: int | None = None, hi: int | None = None, *, hint: str = "") -> int:
+    """``v`` as an int within ``[lo, hi]``; refuses bools, floats and strings."""
+    if not is_int(v) or not in_range(v, lo, hi):
+        raise ConfigError(f"{name} must be a whole number {_range_text(lo, hi)}; got {v!r}.{' ' + hint if hint else ''}")
+    return v
+
+
+def check_float(name: str, v: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                hi_open: bool = False, hint: str = "") -> float:
+    """``v`` as a finite float within the range; refuses bools, strings, NaN and Inf."""
+    if not is_real(v) or not math.isfinite(v) or not in_range(v, lo, hi, lo_open, hi_open):
+        raise ConfigError(f"{name} must be a finite number {_range_text(lo, hi, lo_open, hi_open)}; got {v!r}."
+                          f"{' ' + hint if hint else ''}")
+    return float(v)
+
+
+def check_choice(name: str, v: Any, choices: Iterable[Any]) -> Any:
+    choices = tuple(choices)
+    if not any(type(v) is type(c) and v == c for c in choices):
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {v!r}.")
+    return v
+
+
+# ---------------------------------------------------------------------- header fields of files
+class HeaderFields:
+    """Typed access to a file's JSON header: every getter checks type and range and names the file and field.
+
+    >>> f = HeaderFields(path, "summary", header)
+    >>> n = f.int("num_classes", 1, 100_000)
+    """
+
+    def __init__(self, path: Any, kind: str, header: dict[str, Any]) -> None:
+        self.path, self.kind, self.h = path, kind, header
+
+    def fail(self, key: str, must: str, got: Any = ...) -> SummaryFormatError:
+        shown = "nothing" if got is ... else repr(got)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        return SummaryFormatError(
+            f"{self.path}: the {self.kind} header field {key!r} must be {must}; it holds {shown}. The file is "
+            "damaged or was edited by hand: re-create it (or restore it from a copy).")
+
+    def has(self, key: str) -> bool:
+        return key in self.h
+
+    def raw(self, key: str, optional: bool = False) -> Any:
+        if key not in self.h:
+            if optional:
+                return None
+            raise self.fail(key, "present")
+        return self.h[key]
+
+    def int(self, key: str, lo: int | None = None, hi: int | None = None, optional: bool = False) -> int | None:
+        v = self.raw(key, optional)
+        if v is None and optional:
+            return None
+        if not is_int(v) or not in_range(v, lo, hi):
+            raise self.fail(key, f"a whole number {_range_text(lo, hi)}", v)
+        return v
+
+    def float(self, key: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+              optional: bool = False) -> float | None:
+        v = self.raw(key, optional)
+        if v is None and optional:
+            return None
+        if not is_real(v) or not math.isfinite(v) or not in_range(v, lo, hi, lo_open):
+            raise self.fail(key, f"a finite number {_range_text(lo, hi, lo_open)}", v)
+        return float(v)
+
+    def str(self, key: str, choices: Iterable[str] | None = None, optional: bool = False,
+            max_len: int = 4096) -> str | None:
+        v = self.raw(key, optional)
+        if v is None and optional:
+            return None
+        choices = tuple(choices) if choices is not None else None
+        if not isinstance(v, str) or len(v) > max_len or (choices is not None and v not in choices):
+            raise self.fail(key, f"one of {', '.join(map(repr, choices))}" if choices else "a string", v)
+        return v
+
+    def dict(self, key: str, optional: bool = False) -> dict[str, Any] | None:
+        v = self.raw(key, optional)
+        if v is None and optional:
+            return None
+        if not isinstance(v, dict):
+            raise self.fail(key, "a JSON object", v)
+        return v
+
+    def floats(self, key: str, length: int | None = None, lo: float | None = None, *, lo_open: bool = False,
+               allow_empty: bool = False) -> list[float]:
+        v = self.raw(key)
+        ok = isinstance(v, list) and all(is_real(x) and math.isfinite(x) and in_range(x, lo, None, lo_open)
+                                         for x in v)
+        if ok and not (allow_empty and not v) and length is not None and len(v) != length:
+            ok = False
+        if not ok:
+            n = f"{length} " if length is not None else ""
+            raise self.fail(key, f"a list of {n}finite numbers{' ' + _range_text(lo, None, lo_open) if lo is not None else ''}"
+                            + (" (or empty)" if allow_empty else ""), v)
+        return [float(x) for x in v]
+
+    def ints(self, key: str, lo: int | None = None, hi: int | None = None, min_len: int = 0,
+             max_len: int = 1 << 20) -> list[int]:
+        v = self.raw(key)
+        if not (isinstance(v, list) and min_len <= len(v) <= max_len and all(is_int(x) and in_range(x, lo, hi) for x in v)):
+            raise self.fail(key, f"a list of {min_len}..{max_len} whole numbers {_range_text(lo, hi)}", v)
+        return list(v)
+
+    def only(self, allowed: Iterable[str]) -> None:
+        """Refuse fields this kind of file never holds."""
+        extra = sorted(set(self.h) - set(allowed))
+        if extra:
+            raise SummaryFormatError(f"{self.path}: the {self.kind} header holds unknown field(s) {extra}; the file "
+                                     "was not written by this distill-apps (or was edited): re-create it.")
+
+
+# ---------------------------------------------------------------------- dataset identity
+def dataset_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What names a summary's dataset: ``meta["dataset"]`` and, when present, ``meta["data_source"]``'s name and
+    fingerprint (summaries without them are tolerated: the missing parts are not compared)."""
+    out: dict[str, Any] = {}
+    if isinstance(meta.get("dataset"), str):
+        out["name"] = meta["dataset"]
+    src = meta.get("data_source")
+    if isinstance(src, dict):
+        for k in ("name", "fingerprint"):
+            if isinstance(src.get(k), str):
+                out[f"source_{k}"] = src[k]
+    return out
+
+
+def real_identity(real: Any) -> dict[str, Any]:
+    """The same identity for a loaded dataset (its ``name``, and its ``data_source`` when it has one)."""
+    out: dict[str, Any] = {"name": getattr(real, "name", None)}
+    src = getattr(real, "data_source", None)
+    if isinstance(src, dict):
+        for k in ("name", "fingerprint"):
+            if isinstance(src.get(k), str):
+                out[f"source_{k}"] = src[k]
+    return out
+
+
+def check_same_dataset(meta: dict[str, Any], real: Any, force: bool = False) -> None:
+    """Refuse evaluating a summary on a dataset other than the one it was distilled from, unless ``force``
+    (then warn). Only the identity parts both sides have are compared."""
+    mine, theirs = dataset_identity(meta), real_identity(real)
+    diff = [k for k in mine if k in theirs and theirs[k] is not None and mine[k] != theirs[k]]
+    if not diff:
+        return
+    what = ", ".join(f"{k.replace('_', ' ')} {mine[k]!r} vs {theirs[k]!r}" for k in diff)
+    if force:
+        warnings.warn(DistillWarning(
+            f"evaluating a summary distilled from {mine.get('name', '?')!r} on {theirs.get('name')!r} ({what}), as "
+            "forced: the accuracy says how these images transfer, not how well the summary represents its dataset."),
+            stacklevel=3)
+        return
+    raise DataError(
+        f"The summary was distilled from {mine.get('name', '?')!r} but is being evaluated on {theirs.get('name')!r} "
+        f"({what}): its accuracy there would not measure the summary. Evaluate on the dataset it was distilled from "
+        "(leave out --dataset), or pass --force-dataset (force_dataset=True) to evaluate across datasets on purpose.")
