@@ -40,7 +40,7 @@ NAME_RULES: list[tuple[str, dict[str, Any]]] = [
     ("epsilon", {"min": 0.0, "min_open": True}), ("delta", {"min": 0.0, "max": 1.0, "min_open": True, "max_open": True}),
     ("clip", {"min": 0.0, "min_open": True}), ("noise_multiplier", {"min": 0.0}),
     ("sample_rate", {"min": 0.0, "max": 1.0}), ("sparsity", {"min": 0.0, "max": 1.0, "max_open": True}),
-    ("reduction", {"min": 0.0, "max": 1.0, "min_open": True}),
+    ("reduction", {"min": 0.0, "max": 1.0}),  # 0: the budget is --ipc nodes per class (graph methods)
     ("adj_every", {"min": 0}), ("releases", {"min": 0}),
     # iteration counts: 0 means "none" (the method says when it needs at least one)
     ("*_steps", {"min": 0}), ("*_loop", {"min": 0}), ("*_epochs", {"min": 0}), ("*_every", {"min": 0}),
