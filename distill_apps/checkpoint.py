@@ -180,13 +180,16 @@ def resume_into(path: str | os.PathLike, d: "Distiller", state: "DistillState") 
 
 # ---------------------------------------------------------------------- validated loading
 def _json_like(a: Any, b: Any) -> bool:
-    """Same JSON structure: same type (numbers by int/float), same keys and list lengths."""
+    """Same JSON structure: same type (numbers by int/float), same keys; lists may grow during a run (a privacy
+    ledger's history), so their items must look like the fresh state's items, whatever their number."""
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool)
     if is_real(a) and is_real(b):
         return is_int(a) == is_int(b) or isinstance(a, float) or isinstance(b, float)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_like(x, y) for x, y in zip(a, b))
+        if len(a) == len(b):
+            return all(_json_like(x, y) for x, y in zip(a, b))
+        return all(_json_like(x, b[0]) for x in a) if b else all(_scalarish(x) for x in a)
     if isinstance(a, dict) and isinstance(b, dict):
         return set(a) == set(b) and all(_json_like(a[k], b[k]) for k in a)
     return type(a) is type(b)
