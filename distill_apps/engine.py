@@ -24,7 +24,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .config import MethodConfig, make_config
-from .data import RealData, load_dataset
+from .data import RealData, as_real_data
 from .errors import ConfigError, MemoryBudgetError, NonFiniteError
 from .registry import Registry
 from .runtime import autocast, generator, pick_device
@@ -112,7 +112,7 @@ class Distiller(ABC):
         # every rank draws the batch of all classes from the same generator and keeps its own classes, so
         # a run on N ranks sees exactly the real images a single-process run sees
         idx = self.real.sample_balanced(n_per_class, g).view(self.real.num_classes, n_per_class)[classes].flatten()
-        return self.real.x_train[idx].to(self.device, non_blocking=True), self.real.y_train[idx].to(self.device)
+        return self.real.images(idx, device=self.device), self.real.labels(idx, device=self.device)
 
     def siamese_batches(self, x_syn: torch.Tensor, g: torch.Generator, aug, batch_real: int
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,8 +158,8 @@ class Distiller(ABC):
     def _draw_real(self, g: torch.Generator, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = self.real.sample_balanced(k, g)
         y = torch.arange(self.real.num_classes).repeat_interleave(k)  # == y_train[idx] for single-label data
-        return (self.real.x_train[idx].clone().to(self.device), y.to(self.device),
-                self.real.y_train[idx].clone().to(self.device))
+        return (self.real.images(idx, device=self.device), y.to(self.device),
+                self.real.labels(idx, device=self.device).clone())
 
     def init_images(self, g: torch.Generator, init: str = "real", lr: float | None = None,
                     momentum: float | None = None) -> DistillState:
@@ -215,7 +215,7 @@ class Distiller(ABC):
         return {"method": self.name, "family": self.family, "paper": self.paper, "dataset": self.real.name,
                 "ipc": self.ipc, "steps": state.step, "seed": self.seed, "model": self.model,
                 "config": self.cfg.as_dict(), "eval_augment": self.eval_augment, "versions": library_versions(),
-                "skipped_steps": state.info.get("skipped", 0), **extra}
+                "skipped_steps": state.info.get("skipped", 0), "data": self.real.provenance(), **extra}
 
     def synthetic(self, state: DistillState, x: torch.Tensor, y: torch.Tensor, **kw) -> SyntheticSet:
         """Shorthand for ``export``: a plain-image SyntheticSet with this run's metadata."""
@@ -252,7 +252,7 @@ def make_distiller(method: str, real: RealData, ipc: int, config: dict[str, Any]
     return cls(real.to(dev), ipc, cfg, dev, model, seed, rank, world)
 
 
-def distill(method: str = "dm", dataset: str | RealData = "digits", ipc: int = 10, *, steps: int | None = None,
+def distill(method: str = "dm", dataset: Any = "digits", ipc: int = 10, *, steps: int | None = None,
             budget: str = "paper", model: str = "convnet", seed: int = 0, device: str = "auto",
             data_root: str | None = None, config: dict[str, Any] | MethodConfig | None = None,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool = False,
@@ -261,13 +261,16 @@ def distill(method: str = "dm", dataset: str | RealData = "digits", ipc: int = 1
             max_memory_gb: float | None = None) -> SyntheticSet:
     """Distil ``dataset`` into ``ipc`` synthetic images per class with ``method``; returns a SyntheticSet.
 
+    ``dataset`` is a registered name, ``imagefolder:<path>``, a :class:`RealData`, a map-style torch ``Dataset``,
+    ``(x, y)`` tensors or a Hugging Face ``Dataset`` (converted by :func:`~distill_apps.data.as_real_data`).
+
     ``steps`` overrides the method's iteration count; otherwise ``budget="paper"`` runs the paper's count and
     ``budget="quick"`` a CPU-minutes preset. With ``checkpoint`` and ``checkpoint_every=N`` the state is saved
     atomically every N steps; ``resume=True`` continues from it (refusing a checkpoint of another run).
     ``max_memory_gb`` stops the run (after checkpointing) once its peak memory passes the limit, with a message
     naming what to lower, instead of letting the OS kill it.
     """
-    real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    real = as_real_data(dataset, data_root)  # names, image folders, tensors, torch/HF datasets
     d = make_distiller(method, real, ipc, config, device, model, seed)
     if budget not in ("paper", "quick"):
         raise ConfigError(f"budget must be 'paper' or 'quick'; got {budget!r}.")

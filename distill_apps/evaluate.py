@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .augment import DSA
-from .data import RealData, load_dataset
+from .data import RealData, data_for_summary
 from .errors import DataError
 from .nets import build_model
 from .registry import Registry
@@ -61,22 +61,23 @@ def check_compatible(summary: SyntheticSet, real: RealData) -> None:
         raise DataError(f"The summary has {summary.num_classes} classes but {real.name} has {real.num_classes}.")
 
 
-def evaluate(summary: SyntheticSet, dataset: RealData | str | None = None, *, model: str = "convnet",
+def evaluate(summary: SyntheticSet, dataset: Any = None, *, model: str = "convnet",
              runs: int = 3, epochs: int | None = None, lr: float | None = None, batch_size: int = 256,
              augment: str | None = "auto", protocol: str = "train", seed: int = 0, device: str = "auto",
              data_root: str | None = None, progress: bool = False, **kw) -> EvalResult:
-    """Evaluate ``summary`` on the real test split of ``dataset`` (default: the one it was distilled from).
+    """Evaluate ``summary`` on the real test split of ``dataset`` (default: the one it was distilled from, as its
+    metadata records it; any data object :func:`~distill_apps.data.as_real_data` takes). The summary's data
+    transform (ZCA) is applied again to the test images.
 
     ``augment="auto"`` uses DSA when the summary's method was distilled with it (and then 1000 epochs, as in
     the DSA/DM papers), none otherwise; pass ``"dsa"`` or ``None`` to choose.
     """
     dev = pick_device(device)
-    if dataset is None:
-        dataset = summary.meta.get("dataset")
-        if dataset is None:
-            raise DataError("The summary does not name its dataset: pass dataset=...")
-    real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    real = data_for_summary(summary, dataset, data_root, progress=progress)
     check_compatible(summary, real)
+    if real.size("test") == 0:
+        raise DataError(f"{real.name} has no test split to evaluate on: give one (da.from_tensors(x_train, y_train, "
+                        "x_test, y_test) or da.from_torch(train, test)).")
     return PROTOCOLS.get(protocol)(summary, real, model=model, runs=runs, epochs=epochs, lr=lr,
                                    batch_size=batch_size, augment=augment, seed=seed, device=dev,
                                    progress=progress, **kw)
@@ -101,7 +102,7 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc=f"evaluate {model}", leave=False)
-    x_test, y_test = real.x_test.to(device), real.y_test
+    x_test, y_test = real.view("test", device), real.y_test  # normalised batch by batch, on the device
     for r in it:
         g = generator("evaluate", seed, r)
         net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
