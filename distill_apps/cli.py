@@ -27,12 +27,39 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def _data_options(p: argparse.ArgumentParser, distill: bool) -> None:
+    """How a --dataset is read: image-folder options, and (when distilling) flips, ZCA and downloads."""
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="image folders: resize every image (shorter side to N, centre crop N x N)")
+    p.add_argument("--max-per-class", type=int, default=None, metavar="K",
+                   help="image folders: keep a seeded subset of at most K images per class and split")
+    if distill:
+        p.add_argument("--zca", nargs="?", type=float, const=0.1, default=None, metavar="REG",
+                       help="ZCA-whiten the images (KIP/MTT/FRePO/RFAD on CIFAR; regulariser REG, default 0.1); "
+                            "recorded in the summary and applied again at evaluation")
+        p.add_argument("--flip", choices=("auto", "yes", "no"), default="auto",
+                       help="may DSA flip the images? auto: the dataset's own setting (no for digits/MNIST and "
+                            "grey images, yes for CIFAR and colour folders)")
+        p.add_argument("--download", action="store_true",
+                       help="let torchvision download a registered dataset that can download (off: offline)")
+
+
+def _load_data(a: argparse.Namespace):
+    from .data import load_dataset
+
+    flip = {"auto": None, "yes": True, "no": False}[getattr(a, "flip", "auto")]
+    return load_dataset(a.dataset, a.data_root, getattr(a, "download", False), image_size=a.image_size,
+                        zca=getattr(a, "zca", None) or False, flip=flip, max_per_class=a.max_per_class,
+                        progress=not getattr(a, "json", False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="distill-apps", description="Dataset distillation and its applications.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("distill", help="distil a dataset into a SyntheticSet")
-    d.add_argument("--dataset", default="digits")
+    d.add_argument("--dataset", default="digits", help="a registered name (distill-apps datasets) or "
+                   "imagefolder:<path> (one sub-folder per class; train/ and test/ when split)")
     d.add_argument("--method", default="dm")
     d.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
     d.add_argument("--steps", type=int, default=None, help="outer iterations (default: the --budget preset)")
@@ -51,16 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-epochs", type=int, default=None)
     d.add_argument("--no-eval", action="store_true", help="skip the evaluation against a random subset")
     d.add_argument("--no-progress", action="store_true")
+    _data_options(d, distill=True)
     _common(d)
 
     e = sub.add_parser("evaluate", help="train fresh models on a summary and test them on real data")
     e.add_argument("path")
-    e.add_argument("--dataset", default=None, help="default: the dataset the summary was distilled from")
+    e.add_argument("--dataset", default=None, help="default: the data the summary records (a registered name or "
+                   "its image folder)")
     e.add_argument("--model", default="convnet")
     e.add_argument("--runs", type=int, default=3)
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--protocol", default="train", help="train (from scratch), krr (kernel methods) or schedule (DD)")
     e.add_argument("--augment", default="auto", help="auto, dsa or none")
+    _data_options(e, distill=False)
     _common(e)
 
     m = sub.add_parser("methods", help="list every registered method")
@@ -93,14 +123,13 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 def cmd_distill(a: argparse.Namespace) -> int:
     from .config import load_config_file
-    from .data import load_dataset
     from .engine import distill
     from .evaluate import evaluate
 
     config = load_config_file(a.config) if a.config else {}
     config.update(_parse_sets(a.set))
-    real = load_dataset(a.dataset, a.data_root)
-    out = Path(a.out or f"out/{a.method}_{a.dataset.replace(':', '-')}_ipc{a.ipc}.safetensors")
+    real = _load_data(a)
+    out = Path(a.out or f"out/{a.method}_{real.name.replace(':', '-')}_ipc{a.ipc}.safetensors")
     ckpt = out.with_suffix(".ckpt")
     summary = distill(a.method, real, a.ipc, steps=a.steps, budget=a.budget, model=a.model, seed=a.seed,
                       device=a.device, config=config, checkpoint=ckpt, checkpoint_every=a.checkpoint_every,
@@ -112,7 +141,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     if not main_process:  # under torchrun only rank 0 writes and evaluates
         return 0
     summary.save(out)
-    summary.image_grid(out.with_suffix(".png"))
+    summary.image_grid(out.with_suffix(".png"), transform=real.transform)
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,
                               "steps": summary.meta.get("steps"), "budget": a.budget if a.steps is None else None}
     if not a.no_eval:
@@ -150,7 +179,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     summary = SyntheticSet.load(a.path)
     aug = None if a.augment == "none" else a.augment
-    res = evaluate(summary, a.dataset, model=a.model, runs=a.runs, epochs=a.epochs, augment=aug,
+    data = _load_data(a) if a.dataset else None  # default: the data the summary records
+    res = evaluate(summary, data, model=a.model, runs=a.runs, epochs=a.epochs, augment=aug,
                    protocol=a.protocol, device=a.device, data_root=a.data_root, progress=not a.json)
     _emit(res.as_dict(), a.json, lambda: f"{a.path}: {res}")
     return 0

@@ -76,7 +76,7 @@ def _classes_of(split_dir: Path, root: Path, ignored: list[str]) -> tuple[list[s
         where = f" ({len(stray)} images lie directly in it)" if stray else ""
         raise DataError(f"The image folder {split_dir} has no class sub-folders{where}: put the images in one "
                         f"sub-folder per class ({split_dir}/<class name>/<image>), at least two classes.")
-    ignored.extend(str(p.relative_to(root)) for p in stray)
+    ignored.extend(str(p.relative_to(root)) for p in split_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     files = {c: _list_images(split_dir / c, ignored, root) for c in classes}
     empty = [c for c in classes if not files[c]]
     if empty:
@@ -288,8 +288,8 @@ def from_folder(path: str | os.PathLike, image_size: int | tuple[int, int] | Non
     ``image_size`` (int or (H, W)) resizes every image (shorter side, then a centre crop); without it all images
     must share one size. A folder without train/ and test/ (or val/) is split here: ``test_fraction`` of every
     class, chosen with ``split_seed`` (both recorded in ``source``). ``max_per_class`` keeps a seeded subset of at
-    most that many images per class and split (for quick runs). ``flip`` overrides DSA's flip (on by default:
-    folders usually hold natural images); ``zca`` whitens (see :func:`~distill_apps.data.transforms.fit_zca`).
+    most that many images per class and split (for quick runs). ``flip`` overrides DSA's flip (default: on for colour
+    images, natural photos; off for grey ones, digits and scans); ``zca`` whitens (see :func:`~distill_apps.data.transforms.fit_zca`).
     ``cache=False`` decodes into memory without writing a cache.
     """
     size = _image_size(image_size)
@@ -325,7 +325,8 @@ def from_folder(path: str | os.PathLike, image_size: int | tuple[int, int] | Non
     real = RealData(
         name=scan.root.name, x_train=t["train/x"], y_train=t["train/y"].clone(), x_test=t["test/x"],
         y_test=t["test/y"].clone(), num_classes=len(header["classes"]), mean=tuple(header["mean"]),
-        std=tuple(header["std"]), class_names=header["classes"], flip_invariant=True if flip is None else flip,
+        std=tuple(header["std"]), class_names=header["classes"],
+        flip_invariant=header["image_shape"][0] == 3 if flip is None else bool(flip),
         x_val=t.get("val/x"), y_val=t["val/y"].clone() if "val/y" in t else None,
         source={**source, "ignored_files": header.get("ignored", 0)}, memory_mapped=cache,
     )
