@@ -27,7 +27,7 @@ from .config import MethodConfig, make_config
 from .data import RealData, as_real_data
 from .errors import ConfigError, MemoryBudgetError, NonFiniteError
 from .registry import Registry
-from .runtime import autocast, generator, pick_device
+from .runtime import autocast, generator, memory_format, pick_device
 from .summary import SyntheticSet, library_versions
 
 METHODS: Registry[type["Distiller"]] = Registry("method")
@@ -129,8 +129,8 @@ class Distiller(ABC):
         from .nets import build_model
 
         r = self.real
-        return build_model(model or self.model, r.image_shape[0], r.num_classes, r.image_shape[1:], generator=g,
-                           device=self.device, **kw)
+        return memory_format(build_model(model or self.model, r.image_shape[0], r.num_classes, r.image_shape[1:],
+                                         generator=g, device=self.device, **kw), self.device)
 
     def autocast(self):
         return autocast(self.device, self.cfg.amp)

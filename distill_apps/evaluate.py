@@ -20,7 +20,7 @@ from .data import RealData, data_for_summary
 from .errors import DataError
 from .nets import build_model
 from .registry import Registry
-from .runtime import generator, pick_device
+from .runtime import generator, memory_format, pick_device
 from .summary import SyntheticSet
 from .train import accuracy, fit
 
@@ -105,8 +105,8 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
     x_test, y_test = real.view("test", device), real.y_test  # normalised batch by batch, on the device
     for r in it:
         g = generator("evaluate", seed, r)
-        net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
-                          device=device)
+        net = memory_format(build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:],
+                                        generator=g, device=device), device)
         fit(net, m.x.to(device), target.to(device), epochs=epochs, lr=lr_used, batch_size=batch_size,
             label_kind=m.label_kind, augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g, amp=amp)
         accs.append(accuracy(net, x_test, y_test))

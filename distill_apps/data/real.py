@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..runtime import memory_format
 
 SPLITS = ("train", "test", "val")
 
@@ -142,7 +143,7 @@ class RealData:
             x = x[index]
         if device is not None:
             x = x.to(device, non_blocking=True)
-        return self.normalize(x)
+        return memory_format(self.normalize(x), x.device)
 
     def labels(self, index: Any = None, split: str = "train", device: torch.device | str | None = None
                ) -> torch.Tensor:

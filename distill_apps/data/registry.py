@@ -110,7 +110,7 @@ def load_dataset(name: Any, root: str | os.PathLike | None = None, download: boo
             real = DATASETS.get("medmnist").loader(data_root(root), flag=name.split(":", 1)[1], download=download)
         else:
             if name not in DATASETS.names():
-                raise ConfigError(f"Unknown dataset {name!r}. Registered: {', '.join(DATASETS.names())}; or give an "
+                raise ConfigError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS.names())}; or give an "
                                   "image folder as imagefolder:<path> (one sub-folder per class).")
             real = DATASETS.get(name).loader(data_root(root), download=download)
         real.source = {"kind": "registered", "name": name}
