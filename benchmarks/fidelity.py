@@ -137,6 +137,33 @@ def expert_seconds(d, planned: int, probe_batches: int = 6) -> float:
     return used * c.expert_train_epochs * epoch
 
 
+def eval_timing(s: da.SyntheticSet, real: da.RealData, augment: str | None, a: argparse.Namespace,
+                epochs: int = 5) -> tuple[float, float]:
+    """Seconds per training epoch on the summary (the evaluation's fit: batch 256, DSA when the protocol uses it)
+    and seconds of one test pass over the real test split."""
+    from distill_apps.augment import DSA
+    from distill_apps.nets import build_model
+    from distill_apps.runtime import generator, pick_device
+    from distill_apps.train import accuracy, fit
+
+    dev = pick_device(a.device)
+    data = da.data.data_for_summary(s, real)
+    m = s.materialize()
+    g = generator("estimate-eval")
+    net = build_model(a.model, data.image_shape[0], data.num_classes, data.image_shape[1:], generator=g, device=dev)
+    dsa = DSA.for_dataset(data.flip_invariant) if augment == "dsa" else None
+    target = m.soft if m.soft is not None else m.y
+    kw = dict(lr=0.01, batch_size=256, label_kind=m.label_kind, generator=g,
+              augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None)
+    fit(net, m.x.to(dev), target.to(dev), epochs=1, **kw)  # warm-up
+    t0 = time.perf_counter()
+    fit(net, m.x.to(dev), target.to(dev), epochs=epochs, **kw)
+    per_epoch = (time.perf_counter() - t0) / epochs
+    t0 = time.perf_counter()
+    accuracy(net, data.view("test", dev), data.y_test)
+    return per_epoch, time.perf_counter() - t0
+
+
 def estimate_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Namespace, probe_steps: int = 2) -> dict:
     """Time a few steps and two short evaluations of one cell; extrapolate the full cell's wall time."""
     from distill_apps.engine import make_distiller
@@ -169,19 +196,16 @@ def estimate_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Names
     distill_s += experts_s
     s = d.export(state)
     protocol_epochs = a.epochs if a.epochs is not None else (300 if a.budget == "quick" and not a.paper_eval else None)
-    e1, e2 = 1, 3
-    r1 = da.evaluate(s, dataset, runs=1, epochs=e1, device=a.device, model=a.model)
-    r2 = da.evaluate(s, dataset, runs=1, epochs=e2, device=a.device, model=a.model)
-    per_epoch = max(0.0, (r2.seconds - r1.seconds) / (e2 - e1))
-    fixed = max(0.0, r1.seconds - e1 * per_epoch)
-    epochs = protocol_epochs if protocol_epochs is not None else (1000 if r1.augment == "dsa" else 300)
-    eval_s = a.runs * (fixed + epochs * per_epoch)
+    augment = "dsa" if s.meta.get("eval_augment") == "dsa" else None
+    epochs = protocol_epochs if protocol_epochs is not None else (1000 if augment == "dsa" else 300)
+    per_epoch, test_pass = eval_timing(s, dataset, augment, a)
+    eval_s = a.runs * (epochs * per_epoch + test_pass)
     steps_in_time = planned if a.time_limit is None or step_s == 0 else min(planned, max(1, math.floor(a.time_limit / step_s)))
     return {"method": method, "dataset": label, "ipc": ipc, "planned_steps": planned,
             "steps_within_time_limit": steps_in_time, "init_seconds": round(t_init, 1),
             "step_seconds": round(step_s, 2), "probe_steps": len(times), "expert_seconds_est": round(experts_s, 1), "distill_seconds_est": round(distill_s, 1),
-            "eval_epochs": epochs, "eval_augment": r1.augment, "eval_epoch_seconds": round(per_epoch, 3),
-            "eval_fixed_seconds": round(fixed, 1), "runs": a.runs, "eval_seconds_est": round(eval_s, 1),
+            "eval_epochs": epochs, "eval_augment": augment, "eval_epoch_seconds": round(per_epoch, 4),
+            "eval_test_pass_seconds": round(test_pass, 1), "runs": a.runs, "eval_seconds_est": round(eval_s, 1),
             "cell_seconds_est": round(distill_s + eval_s, 1), "zca": dataset.transform is not None,
             "paper": PAPER.get((method, key, ipc))}
 

@@ -215,7 +215,12 @@ class Distiller(ABC):
         return {"method": self.name, "family": self.family, "paper": self.paper, "dataset": self.real.name,
                 "ipc": self.ipc, "steps": state.step, "seed": self.seed, "model": self.model,
                 "config": self.cfg.as_dict(), "eval_augment": self.eval_augment, "versions": library_versions(),
-                "skipped_steps": state.info.get("skipped", 0), "data": self.real.provenance(), **extra}
+                "skipped_steps": state.info.get("skipped", 0), **self._provenance(), **extra}
+
+    def _provenance(self) -> dict[str, Any]:
+        """The data's source, normalisation and transform (``meta["data"]``), where the data type records them."""
+        prov = getattr(self.real, "provenance", None)
+        return {"data": prov()} if callable(prov) else {}
 
     def synthetic(self, state: DistillState, x: torch.Tensor, y: torch.Tensor, **kw) -> SyntheticSet:
         """Shorthand for ``export``: a plain-image SyntheticSet with this run's metadata."""

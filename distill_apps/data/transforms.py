@@ -51,11 +51,13 @@ class ZCA:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         mean, w, _ = self._at(x.device)
-        return ((x.flatten(1).float() - mean) @ w).view(x.shape)
+        with torch.autocast(x.device.type, enabled=False):  # whitening in float32, even inside an autocast region
+            return ((x.flatten(1).float() - mean) @ w).view(x.shape)
 
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         mean, _, inv = self._at(x.device)
-        return (x.flatten(1).float() @ inv + mean).view(x.shape)
+        with torch.autocast(x.device.type, enabled=False):
+            return (x.flatten(1).float() @ inv + mean).view(x.shape)
 
     def sha256(self) -> str:
         h = hashlib.sha256()
