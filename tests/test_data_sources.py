@@ -440,6 +440,6 @@ def test_cifar10_jpg_folder_end_to_end(data_root, cache):
     real = da.load_dataset("imagefolder:cifar10-jpg", data_root, max_per_class=20, progress=False)
     assert real.image_shape == (3, 32, 32) and real.class_counts() == [20] * 10 and real.size("test") == 200
     assert real.class_names[:3] == ["airplane", "automobile", "bird"] and real.flip_invariant
-    s = da.distill("dm", real, 1, steps=2, model=TINY, device="cpu", progress=False)
+    s = da.distill("dm", real, 1, steps=2, model=TINY, device="cpu", progress=False, config={"batch_real": 32})
     res = da.evaluate(s, runs=1, epochs=2, model=TINY)  # found again from the summary's metadata
     assert res.dataset == "cifar10-jpg" and 0 <= res.accuracy_mean <= 1

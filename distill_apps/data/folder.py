@@ -237,26 +237,21 @@ def _fill(scan: FolderScan, arrays: dict[str, np.ndarray], channels: int, size: 
         return b - a
 
     jobs = [(s, a, min(a + 256, len(v))) for s, v in scan.files.items() for a in range(0, len(v), 256)]
+    ex = ThreadPoolExecutor(max(1, workers))  # Pillow decodes without the GIL
     try:
-        with ThreadPoolExecutor(max(1, workers)) as ex:  # Pillow decodes without the GIL
-            for n in ex.map(work, jobs):
-                if bar is not None:
-                    bar.update(n)
+        for n in ex.map(work, jobs):
+            if bar is not None:
+                bar.update(n)
     finally:
+        ex.shutdown(wait=True, cancel_futures=True)  # on an unreadable file, stop instead of decoding the rest
         if bar is not None:
             bar.close()
 
 
-def _decode_all(scan: FolderScan, writer: safe_io.ArrayFileWriter | None, progress: bool, workers: int,
-                channels: int, size: tuple[int, int], resize: bool) -> dict[str, np.ndarray]:
+def _shapes(scan: FolderScan, channels: int, size: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], str]]:
     shapes = {f"{s}/x": ((len(v), channels, *size), "uint8") for s, v in scan.files.items()}
     shapes.update({f"{s}/y": ((len(v),), "int64") for s, v in scan.files.items()})
-    if writer is None:
-        arrays = {k: np.zeros(shape, dtype=dt) for k, (shape, dt) in shapes.items()}
-    else:
-        arrays = {k: writer.array(k) for k in shapes}
-    _fill(scan, arrays, channels, size, resize, progress, workers)
-    return arrays
+    return shapes
 
 
 # ---------------------------------------------------------------------- the loader
@@ -349,15 +344,15 @@ def _build(scan: FolderScan, size: tuple[int, int] | None, target: Path | None, 
     for attempt in (channels, 3):
         header["image_shape"] = [attempt, *size]
         header["mean"], header["std"] = [0.0] * attempt, [1.0] * attempt
-        writer = None
-        if target is not None:
-            shapes = {f"{s}/x": ((len(v), attempt, *size), "uint8") for s, v in scan.files.items()}
-            shapes.update({f"{s}/y": ((len(v),), "int64") for s, v in scan.files.items()})
-            writer = safe_io.ArrayFileWriter(target, shapes, KIND, CACHE_VERSION)
+        shapes = _shapes(scan, attempt, size)
+        writer = None if target is None else safe_io.ArrayFileWriter(target, shapes, KIND, CACHE_VERSION)
         try:
-            if writer is not None:
+            if writer is None:
+                arrays = {k: np.zeros(shape, dtype=dt) for k, (shape, dt) in shapes.items()}
+            else:
                 writer.reserve(header)
-            arrays = _decode_all(scan, writer, progress, workers, attempt, size, resize)
+                arrays = {k: writer.array(k) for k in shapes}
+            _fill(scan, arrays, attempt, size, resize, progress, workers)
         except _Colour:
             if writer is not None:
                 writer.abort()

@@ -68,7 +68,7 @@ class RealData:
             if x.is_floating_point() and not torch.isfinite(x).all():
                 bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
                 raise DataError(f"{self.name} {split} has NaN/Inf in {bad} images: clean or drop them before distilling.")
-        if len(self.mean) != self._x["train"].shape[1] or len(self.std) != len(self.mean):
+        if len(self.mean) not in (1, self._x["train"].shape[1]) or len(self.std) != len(self.mean):
             raise DataError(f"{self.name}: mean/std have {len(self.mean)}/{len(self.std)} values for "
                             f"{self._x['train'].shape[1]} channels.")
         if self._x["train"].shape[1:] != self._x["test"].shape[1:]:
