@@ -179,6 +179,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     summary = SyntheticSet.load(a.path)
     aug = None if a.augment == "none" else a.augment
+    recorded = ((summary.meta.get("data") or {}).get("source") or {}).get("image_size")
+    if a.dataset and a.dataset.startswith("imagefolder:") and a.image_size is None and recorded:
+        a.image_size = tuple(recorded)  # a folder given anew is resized as it was for distillation
     data = _load_data(a) if a.dataset else None  # default: the data the summary records
     res = evaluate(summary, data, model=a.model, runs=a.runs, epochs=a.epochs, augment=aug,
                    protocol=a.protocol, device=a.device, data_root=a.data_root, progress=not a.json)

@@ -117,6 +117,7 @@ def test_folder_cache_invalidated_by_a_changed_folder(tmp_path, cache, monkeypat
     # image size and subset options are part of the key
     small = da.from_folder(root, image_size=4, progress=False)
     assert small.image_shape == (3, 4, 4) and small.source["cache_key"] != changed.source["cache_key"]
+    assert len(cache_files(cache)) == 2  # another variant of the folder, not a stale state: both are kept
 
 
 def test_truncated_damaged_or_other_version_cache_is_rebuilt(tmp_path, cache):

@@ -299,7 +299,8 @@ def from_folder(path: str | os.PathLike, image_size: int | tuple[int, int] | Non
     arrays, header = None, None
     folder = Path(cache_dir).expanduser() if cache_dir else cache_root() / "imagefolder"
     slug = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in scan.root.name)[:40] or "folder"
-    prefix = f"{slug}-{hashlib.sha256(str(scan.root).encode()).hexdigest()[:8]}-"
+    variant = json.dumps({"root": str(scan.root), "image_size": size, **options}, sort_keys=True)
+    prefix = f"{slug}-{hashlib.sha256(variant.encode()).hexdigest()[:10]}-"  # this folder, these options
     target = folder / f"{prefix}{scan.key[:20]}.safetensors"
     if cache and target.exists():
         try:
@@ -315,7 +316,7 @@ def from_folder(path: str | os.PathLike, image_size: int | tuple[int, int] | Non
         if cache:
             for old in folder.glob(f"{prefix}*.safetensors"):
                 if old != target:
-                    old.unlink(missing_ok=True)  # an earlier state of the same folder
+                    old.unlink(missing_ok=True)  # an earlier state of the same folder, same options
     t = {k: torch.from_numpy(v) for k, v in arrays.items()}
     real = RealData(
         name=scan.root.name, x_train=t["train/x"], y_train=t["train/y"].clone(), x_test=t["test/x"],
