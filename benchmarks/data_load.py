@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     label = "CIFAR-10 (JPEG q75 copy)" if "cifar10-jpg" in a.dataset else a.dataset
     summary = {"dataset": label, "source": a.dataset, "first_load_s": rows[0]["seconds"],
                "second_load_s": rows[1]["seconds"], "store_mb": rows[0]["store_mb"],
+               "train_store_mb": rows[0]["train_store_mb"],
                "float32_copy_mb": rows[0]["float32_copy_mb"], "rss_after_load_mb": rows[2]["rss_after_load_mb"],
                "rss_after_one_pass_mb": rows[2]["rss_after_one_pass_mb"],
                "rss_file_after_one_pass_mb": rows[2]["rss_file_after_one_pass_mb"], "dm_ipc": a.ipc,

@@ -14,7 +14,11 @@ with DSA augmentation for the methods distilled with DSA; ``--paper-eval``), lab
     OMP_NUM_THREADS=1 python benchmarks/fidelity.py --datasets imagefolder:cifar10-jpg --budget paper --paper-eval \
         --methods random herding dm dsa dc mtt idc --ipcs 1 10 --runs 3 --steps-for dm:10=200 --steps-for dc:1=100 \
         --time-limit 900 --zca-methods mtt --set-for mtt:num_experts=2 --set-for mtt:expert_train_epochs=22 \
+        --set-for mtt:eager_experts=true --set-for mtt@10:unroll_memory=adjoint \
         --out benchmarks/results/fidelity_cifar10_jpg.json
+
+(cells with ``--steps-for`` run all their steps; the others stop after the step that passes ``--time-limit``
+seconds; MTT's experts are trained before the clock starts and shared by both IPCs.)
 
 ``--estimate`` runs every cell for a few steps and two short evaluations instead, and prints the extrapolated wall
 time of the full cell (distillation, expert training where a method needs it, and ``--runs`` evaluations).
@@ -68,15 +72,16 @@ def dataset_label(real: da.RealData) -> tuple[str, str]:
     return real.name, real.name
 
 
-def cell_options(method: str, ipc: int, a: argparse.Namespace) -> tuple[int | None, dict]:
-    """Steps and method options of one cell: ``--steps-for m[:ipc]=N`` and ``--set-for m[:ipc]:key=value``
-    override ``--steps`` and ``--set``."""
-    steps, config = a.steps, dict(a.config)
+def cell_options(method: str, ipc: int, a: argparse.Namespace) -> tuple[int | None, dict, float | None]:
+    """Steps, method options and time limit of one cell: ``--steps-for m[:ipc]=N`` and
+    ``--set-for m[@ipc]:key=value`` override ``--steps`` and ``--set``; a cell with its own step count runs all of
+    them (``--time-limit`` is for the cells without one)."""
+    steps, config, limit = a.steps, dict(a.config), a.time_limit
     for item in a.steps_for:
         key, _, n = item.partition("=")
         m, _, i = key.partition(":")
         if m == method and (not i or int(i) == ipc):
-            steps = int(n)
+            steps, limit = int(n), None
     for item in a.set_for:
         scope, _, kv = item.partition(":")
         m, _, i = scope.partition("@")
@@ -86,16 +91,16 @@ def cell_options(method: str, ipc: int, a: argparse.Namespace) -> tuple[int | No
                 config[k] = json.loads(v)
             except json.JSONDecodeError:
                 config[k] = v
-    return steps, config
+    return steps, config, limit
 
 
 def run_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Namespace) -> list[dict]:
     """Distil once, evaluate under every requested protocol; one row per protocol."""
     key, label = dataset_label(dataset)
-    steps, config = cell_options(method, ipc, a)
+    steps, config, limit = cell_options(method, ipc, a)
     t0 = time.perf_counter()
     s = da.distill(method, dataset, ipc, steps=steps, budget=a.budget, seed=a.seed, device=a.device,
-                   progress=not a.quiet, time_limit=a.time_limit, config=config or None)
+                   progress=not a.quiet, time_limit=limit, config=config or None)
     t_distill = time.perf_counter() - t0
     epochs = a.epochs if a.epochs is not None else (300 if a.budget == "quick" and not a.paper_eval else None)
     rows = []
@@ -104,7 +109,7 @@ def run_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Namespace)
             continue  # DD's own protocol applies to summaries with a learned schedule only
         res = da.evaluate(s, dataset, runs=a.runs, epochs=epochs, device=a.device, model=a.model, protocol=protocol)
         rows.append({"method": method, "dataset": label, "ipc": ipc, "budget": a.budget,
-                     "steps": s.meta["steps"], "time_limit": a.time_limit, "distill_seconds": round(t_distill, 1),
+                     "steps": s.meta["steps"], "time_limit": limit, "distill_seconds": round(t_distill, 1),
                      "eval_seconds": round(res.seconds, 1), "cell_seconds": round(time.perf_counter() - t0, 1),
                      "source": dataset.source.get("kind"), "zca": dataset.transform is not None,
                      "config": config, "accuracy_mean": 100 * res.accuracy_mean,
@@ -180,7 +185,7 @@ def estimate_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Names
     from distill_apps.runtime import generator
 
     key, label = dataset_label(dataset)
-    steps, config = cell_options(method, ipc, a)
+    steps, config, limit = cell_options(method, ipc, a)
     d = make_distiller(method, dataset, ipc, config or None, a.device, "convnet", a.seed)
     planned = steps if steps is not None else (d.cfg.steps if a.budget == "paper" else d.cfg.quick_steps)
     experts_s = 0.0
@@ -200,7 +205,7 @@ def estimate_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Names
         state.step += 1
         times.append(time.perf_counter() - t1)
     step_s = (sum(times[1:]) / len(times[1:])) if len(times) > 1 else (times[0] if times else 0.0)
-    steps_run = steps_within(planned, step_s, a.time_limit)
+    steps_run = steps_within(planned, step_s, limit)
     distill_s = t_init + steps_run * step_s + experts_s
     s = d.export(state)
     protocol_epochs = a.epochs if a.epochs is not None else (300 if a.budget == "quick" and not a.paper_eval else None)
