@@ -20,7 +20,7 @@ from . import methods as _methods  # noqa: F401,E402  (registers every method)
 from . import modalities as _modalities  # noqa: F401,E402  (graph, recommender and text methods)
 from .augment import DSA  # noqa: E402
 from .config import MethodConfig  # noqa: E402
-from .data import RealData, list_datasets, load_dataset  # noqa: E402
+from .data import RealData, from_folder, from_hf, from_tensors, from_torch, list_datasets, load_dataset  # noqa: E402
 from .engine import METHODS, Distiller, DistillState, distill, list_methods, register_method  # noqa: E402
 from .errors import DistillError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
@@ -29,7 +29,8 @@ from .summaries import Privacy, Summary, load_summary  # noqa: E402
 from .summary import SyntheticSet  # noqa: E402
 
 __all__ = [
-    "__version__", "DSA", "MethodConfig", "RealData", "list_datasets", "load_dataset", "METHODS", "Distiller",
+    "__version__", "DSA", "MethodConfig", "RealData", "list_datasets", "load_dataset", "from_folder", "from_tensors",
+    "from_torch", "from_hf", "METHODS", "Distiller",
     "DistillState", "distill", "list_methods", "register_method", "DistillError", "EvalResult", "evaluate",
     "build_model", "list_models", "SyntheticSet", "Summary", "load_summary", "Privacy",
 ]

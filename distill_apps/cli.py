@@ -29,6 +29,32 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def _data_options(p: argparse.ArgumentParser, distill: bool) -> None:
+    """How a --dataset is read: image-folder options, and (when distilling) flips, ZCA and downloads."""
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="image folders: resize every image (shorter side to N, centre crop N x N)")
+    p.add_argument("--max-per-class", type=int, default=None, metavar="K",
+                   help="image folders: keep a seeded subset of at most K images per class and split")
+    if distill:
+        p.add_argument("--zca", nargs="?", type=float, const=0.1, default=None, metavar="REG",
+                       help="ZCA-whiten the images (KIP/MTT/FRePO/RFAD on CIFAR; regulariser REG, default 0.1); "
+                            "recorded in the summary and applied again at evaluation")
+        p.add_argument("--flip", choices=("auto", "yes", "no"), default="auto",
+                       help="may DSA flip the images? auto: the dataset's own setting (no for digits/MNIST and "
+                            "grey images, yes for CIFAR and colour folders)")
+        p.add_argument("--download", action="store_true",
+                       help="let torchvision download a registered dataset that can download (off: offline)")
+
+
+def _load_data(a: argparse.Namespace):
+    from .data import load_dataset
+
+    flip = {"auto": None, "yes": True, "no": False}[getattr(a, "flip", "auto")]
+    return load_dataset(a.dataset, a.data_root, getattr(a, "download", False), image_size=a.image_size,
+                        zca=getattr(a, "zca", None) or False, flip=flip, max_per_class=a.max_per_class,
+                        progress=not getattr(a, "json", False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="distill-apps", description="Dataset distillation and its applications.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -36,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .modality import ipc_help
 
     d = sub.add_parser("distill", help="distil a dataset into a summary (images, graphs, interactions or text)")
-    d.add_argument("--dataset", default=None, help="a registered dataset (`distill-apps datasets`); default: the "
+    d.add_argument("--dataset", default=None, help="a registered dataset (`distill-apps datasets`) or "
+                   "imagefolder:<path> (one sub-folder per class; train/ and test/ when split); default: the "
                    "method's modality's (digits, cora, ml-100k, sst2, mutag)")
     d.add_argument("--method", default="dm")
     d.add_argument("--ipc", type=int, default=10, help="the budget, counted per modality: " + ipc_help())
@@ -62,11 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-epochs", type=int, default=None)
     d.add_argument("--no-eval", action="store_true", help="skip the evaluation against a random subset")
     d.add_argument("--no-progress", action="store_true")
+    _data_options(d, distill=True)
     _common(d)
 
     e = sub.add_parser("evaluate", help="score a summary file of any kind with its modality's protocol")
     e.add_argument("path")
-    e.add_argument("--dataset", default=None, help="default: the dataset the summary was distilled from")
+    e.add_argument("--dataset", default=None, help="default: the data the summary records (a registered name or "
+                   "its image folder)")
     e.add_argument("--model", default=None, help="default: convnet for images; graphs, interactions and text use "
                    "their own (gcn, inf-ae, textcnn)")
     e.add_argument("--runs", type=int, default=3)
@@ -76,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--augment", default=None, help="images: auto (default), dsa or none")
     e.add_argument("--force-dataset", action="store_true",
                    help="evaluate on --dataset even when the summary was distilled from another one (warns)")
+    _data_options(e, distill=False)
     _common(e)
 
     m = sub.add_parser("methods", help="list every registered method: family, modality, default dataset, paper, "
@@ -176,7 +206,6 @@ def _check_distill_options(a: argparse.Namespace):
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .data import load_dataset
     from .engine import METHODS, distill
     from .evaluate import evaluate
     from .modality import MODALITIES, check_modality, default_dataset
@@ -187,9 +216,10 @@ def cmd_distill(a: argparse.Namespace) -> int:
     cls = METHODS.get(a.method)
     dataset = a.dataset or default_dataset(cls)
     check_modality(cls.modality, dataset, f"Method {a.method!r}")  # before loading anything
-    real = load_dataset(dataset, a.data_root)
+    a.dataset = dataset
+    real = _load_data(a)
     real.check_ipc(a.ipc)  # before any file is touched
-    out = Path(a.out or f"out/{a.method}_{re.sub(r'[^A-Za-z0-9._-]+', '-', dataset).strip('-')}_ipc{a.ipc}.safetensors")
+    out = Path(a.out or f"out/{a.method}_{re.sub(r'[^A-Za-z0-9._-]+', '-', real.name).strip('-')}_ipc{a.ipc}.safetensors")
     image_shape = getattr(real, "image_shape", None)
     need = summary_bytes(max(a.ipc, 1) * real.num_classes, image_shape, real.num_classes) if image_shape else 0
     files = plan_outputs(out, need_bytes=need, checkpointing=a.checkpoint_every > 0, resume=bool(a.resume),
@@ -209,7 +239,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     grid = isinstance(summary, SyntheticSet)
     if grid:
         try:
-            summary.image_grid(files.grid)
+            summary.image_grid(files.grid, transform=getattr(real, "transform", None))
         except DistillError as exc:
             raise DistillError(f"The summary was saved to {out}, but its PNG grid was not: {exc}") from exc
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,
@@ -244,6 +274,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate
     from .summaries import load_summary
+    from .summary import SyntheticSet
     from .validation import check_int
 
     check_int("--runs", a.runs, 1)
@@ -255,7 +286,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         opts["augment"] = None if a.augment == "none" else a.augment
     if a.force_dataset:
         opts["force_dataset"] = True
-    res = evaluate(summary, a.dataset, runs=a.runs, device=a.device, data_root=a.data_root, progress=not a.json,
+    data = a.dataset
+    if isinstance(summary, SyntheticSet) and a.dataset:
+        recorded = ((summary.meta.get("data") or {}).get("source") or {}).get("image_size")
+        if a.dataset.startswith("imagefolder:") and a.image_size is None and recorded:
+            a.image_size = tuple(recorded)  # a folder given anew is resized as it was for distillation
+        data = _load_data(a)
+    res = evaluate(summary, data, runs=a.runs, device=a.device, data_root=a.data_root, progress=not a.json,
                    **opts)
     privacy = summary.privacy
     text = f"{a.path}: {res}" + ("" if privacy is None else f"\nprivacy: {privacy}")

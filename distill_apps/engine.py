@@ -25,11 +25,11 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import memory
 from .config import MethodConfig, make_config
-from .data import RealData, load_dataset
+from .data import RealData, as_real_data, load_dataset
 from .errors import ConfigError, DistillError, MemoryBudgetError, NonFiniteError
 from .modality import MODALITIES, check_modality, default_dataset
 from .registry import Registry
-from .runtime import autocast, generator, pick_device
+from .runtime import autocast, generator, memory_format, pick_device
 from .summaries import Summary
 from .summary import SyntheticSet, library_versions
 
@@ -115,7 +115,7 @@ class Distiller(ABC):
         # every rank draws the batch of all classes from the same generator and keeps its own classes, so
         # a run on N ranks sees exactly the real images a single-process run sees
         idx = self.real.sample_balanced(n_per_class, g).view(self.real.num_classes, n_per_class)[classes].flatten()
-        return self.real.x_train[idx].to(self.device, non_blocking=True), self.real.y_train[idx].to(self.device)
+        return self.real.images(idx, device=self.device), self.real.labels(idx, device=self.device)
 
     def siamese_batches(self, x_syn: torch.Tensor, g: torch.Generator, aug, batch_real: int
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +132,8 @@ class Distiller(ABC):
         from .nets import build_model
 
         r = self.real
-        return build_model(model or self.model, r.image_shape[0], r.num_classes, r.image_shape[1:], generator=g,
-                           device=self.device, **kw)
+        return memory_format(build_model(model or self.model, r.image_shape[0], r.num_classes, r.image_shape[1:],
+                                         generator=g, device=self.device, **kw), self.device)
 
     def autocast(self):
         return autocast(self.device, self.cfg.amp)
@@ -168,8 +168,8 @@ class Distiller(ABC):
     def _draw_real(self, g: torch.Generator, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = self.real.sample_balanced(k, g)
         y = torch.arange(self.real.num_classes).repeat_interleave(k)  # == y_train[idx] for single-label data
-        return (self.real.x_train[idx].clone().to(self.device), y.to(self.device),
-                self.real.y_train[idx].clone().to(self.device))
+        return (self.real.images(idx, device=self.device), y.to(self.device),
+                self.real.labels(idx, device=self.device).clone())
 
     def init_images(self, g: torch.Generator, init: str = "real", lr: float | None = None,
                     momentum: float | None = None) -> DistillState:
@@ -225,7 +225,12 @@ class Distiller(ABC):
         return {"method": self.name, "family": self.family, "paper": self.paper, "dataset": self.real.name,
                 "ipc": self.ipc, "steps": state.step, "seed": self.seed, "model": self.model,
                 "config": self.cfg.as_dict(), "eval_augment": self.eval_augment, "versions": library_versions(),
-                "skipped_steps": state.info.get("skipped", 0), **extra}
+                "skipped_steps": state.info.get("skipped", 0), **self._provenance(), **extra}
+
+    def _provenance(self) -> dict[str, Any]:
+        """The data's source, normalisation and transform (``meta["data"]``), where the data type records them."""
+        prov = getattr(self.real, "provenance", None)
+        return {"data": prov()} if callable(prov) else {}
 
     def synthetic(self, state: DistillState, x: torch.Tensor, y: torch.Tensor, **kw) -> SyntheticSet:
         """Shorthand for ``export``: a plain-image SyntheticSet with this run's metadata."""
@@ -280,6 +285,9 @@ def distill(method: str = "dm", dataset: str | RealData | None = None, ipc: int 
     (images, condensed nodes, graphs or sentences per class; synthetic users for ``distill_cf``) and ``model`` the
     network (default: the modality's).
 
+    ``dataset`` is a registered name, ``imagefolder:<path>``, a :class:`RealData`, a map-style torch ``Dataset``,
+    ``(x, y)`` tensors or a Hugging Face ``Dataset`` (converted by :func:`~distill_apps.data.as_real_data`).
+
     ``steps`` overrides the method's iteration count; otherwise ``budget="paper"`` runs the paper's count and
     ``budget="quick"`` a CPU-minutes preset. With ``checkpoint`` and ``checkpoint_every=N`` the state is saved
     atomically every N steps (the last two are kept); ``resume=True`` continues from it (refusing a checkpoint of
@@ -288,10 +296,14 @@ def distill(method: str = "dm", dataset: str | RealData | None = None, ipc: int 
     ``max_memory_gb`` stops the run (after checkpointing the last completed step) once its current memory passes
     the limit, after a step or inside one, with a message naming what to lower, instead of letting the OS kill it.
     """
-    dataset = default_dataset(METHODS.get(method)) if dataset is None else dataset
+    cls = METHODS.get(method)
+    dataset = default_dataset(cls) if dataset is None else dataset
     if isinstance(dataset, str):
-        check_modality(METHODS.get(method).modality, dataset, f"Method {method!r}")  # before loading anything
-    real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+        check_modality(cls.modality, dataset, f"Method {method!r}")  # before loading anything
+    if getattr(cls, "modality", "image") == "image":
+        real = as_real_data(dataset, data_root)  # names, image folders, tensors, torch/HF datasets
+    else:
+        real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
     d = make_distiller(method, real, ipc, config, device, model, seed)
     if budget not in ("paper", "quick"):
         raise ConfigError(f"budget must be 'paper' or 'quick'; got {budget!r}.")

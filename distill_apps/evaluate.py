@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from .augment import DSA
-from .data import RealData, load_dataset
+from .data import RealData, data_for_summary
 from .errors import DataError
 from .modality import check_modality
 from .nets import build_model
 from .registry import Registry
-from .runtime import generator, pick_device
+from .runtime import generator, memory_format, pick_device
 from .summaries import Summary
 from .summary import SyntheticSet
 from .train import accuracy, fit
@@ -69,11 +69,13 @@ def check_compatible(summary: SyntheticSet, real: RealData) -> None:
         raise DataError(f"The summary has {summary.num_classes} classes but {real.name} has {real.num_classes}.")
 
 
-def evaluate(summary: Summary, dataset: RealData | str | None = None, *, model: str | None = None,
+def evaluate(summary: Summary, dataset: Any = None, *, model: str | None = None,
              runs: int = 3, epochs: int | None = None, lr: float | None = None, batch_size: int = 256,
              augment: str | None = "auto", protocol: str | None = None, seed: int = 0, device: str = "auto",
              data_root: str | None = None, progress: bool = False, force_dataset: bool = False, **kw) -> EvalResult:
-    """Evaluate ``summary`` on the real test split of ``dataset`` (default: the one it was distilled from).
+    """Evaluate ``summary`` on the real test split of ``dataset`` (default: the one it was distilled from, as its
+    metadata records it; any data object :func:`~distill_apps.data.as_real_data` takes). The summary's data
+    transform (ZCA) is applied again to the test images.
 
     ``augment="auto"`` uses DSA when the summary's method was distilled with it (and then 1000 epochs, as in
     the DSA/DM papers), none otherwise; pass ``"dsa"`` or ``None`` to choose. ``model`` defaults to
@@ -93,14 +95,14 @@ def evaluate(summary: Summary, dataset: RealData | str | None = None, *, model: 
                                 **kw)
     model, protocol = model or "convnet", protocol or "train"
     dev = pick_device(device)
-    if dataset is None:
-        dataset = summary.meta.get("dataset")
-        if dataset is None:
-            raise DataError("The summary does not name its dataset: pass dataset=...")
-    check_modality("image", dataset, f"An image summary ({summary.meta.get('method', 'unknown method')})")
-    real = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    if isinstance(dataset, str):
+        check_modality("image", dataset, f"An image summary ({summary.meta.get('method', 'unknown method')})")
+    real = data_for_summary(summary, dataset, data_root, progress=progress)
     check_same_dataset(summary.meta, real, force_dataset)
     check_compatible(summary, real)
+    if real.size("test") == 0:
+        raise DataError(f"{real.name} has no test split to evaluate on: give one (da.from_tensors(x_train, y_train, "
+                        "x_test, y_test) or da.from_torch(train, test)).")
     return PROTOCOLS.get(protocol)(summary, real, model=model, runs=runs, epochs=epochs, lr=lr,
                                    batch_size=batch_size, augment=augment, seed=seed, device=dev,
                                    progress=progress, **kw)
@@ -125,11 +127,11 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc=f"evaluate {model}", leave=False)
-    x_test, y_test = real.x_test.to(device), real.y_test
+    x_test, y_test = real.view("test", device), real.y_test  # normalised batch by batch, on the device
     for r in it:
         g = generator("evaluate", seed, r)
-        net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
-                          device=device)
+        net = memory_format(build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:],
+                                        generator=g, device=device), device)
         fit(net, m.x.to(device), target.to(device), epochs=epochs, lr=lr_used, batch_size=batch_size,
             label_kind=m.label_kind, augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g, amp=amp)
         accs.append(accuracy(net, x_test, y_test))

@@ -75,10 +75,11 @@ def dataset_fingerprint(real: RealData) -> str:
     """A cheap, stable hash of the training split (labels in full, a strided sample of the pixels)."""
     h = hashlib.sha256()
     h.update(real.name.encode())
-    h.update(str(tuple(real.x_train.shape)).encode())
+    n = real.size("train")
+    h.update(str((n, *real.image_shape)).encode())
     h.update(real.y_train.detach().cpu().contiguous().numpy().tobytes())
-    stride = max(1, real.x_train.shape[0] // 512)
-    h.update(real.x_train[::stride].detach().cpu().float().contiguous().numpy().tobytes())
+    stride = max(1, n // 512)
+    h.update(real.images(slice(None, None, stride)).detach().cpu().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -116,7 +117,7 @@ def train_expert(real: RealData, model: str, config: ExpertConfig, seed: int, in
 
         it = tqdm(it, desc=f"expert {index} ({real.name}, {model})", leave=False)
     for _ in it:
-        fit(net, real.x_train, real.y_train, epochs=1, batch_size=config.batch_size, generator=g,
+        fit(net, real.view("train"), real.y_train, epochs=1, batch_size=config.batch_size, generator=g,
             decay_at_half=False, optimizer=opt, augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None)
         for k, v in net.named_parameters():
             snaps[k].append(v.detach().cpu().clone())

@@ -296,7 +296,7 @@ def krr_protocol(summary, real, *, model: str, runs: int, epochs: int | None = N
     reg = float(reg if reg is not None else meta.get("kernel_reg", 1e-6))
     m = summary.materialize()
     xs, ys = m.x.to(device).float(), _summary_targets(m).to(device)
-    x_test, y_test = real.x_test, real.y_test
+    x_test, y_test = real.view("test"), real.y_test  # normalised chunk by chunk
     accs: list[float] = []
     it = range(runs if kname not in ("fc_ntk", "fc_nngp") else 1)
     if progress:

@@ -92,3 +92,22 @@ def tune_cpu_allocator() -> bool:
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
     return bool(libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30)
                 and libc.mallopt(m_top_pad, 256 << 20))
+
+
+def channels_last(device: torch.device) -> bool:
+    """Whether convolution inputs and networks use the channels-last layout on ``device``.
+
+    Channels-last lets cuDNN's bf16 tensor-core kernels skip layout transposes, but ConvNet's instance norm runs
+    on the NCHW layout, so which is faster depends on the model; ``benchmarks/device_check.sh`` measures DM both
+    ways. Off unless ``DISTILL_APPS_CHANNELS_LAST=1``, and only ever on CUDA (on CPU oneDNN picks its own layout).
+    """
+    return device.type == "cuda" and os.environ.get("DISTILL_APPS_CHANNELS_LAST") == "1"
+
+
+def memory_format(obj, device: torch.device):
+    """``obj`` (a 4-d tensor or a module) in channels-last layout where :func:`channels_last` says so; else as is."""
+    if not channels_last(device):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.contiguous(memory_format=torch.channels_last) if obj.ndim == 4 else obj
+    return obj.to(memory_format=torch.channels_last)

@@ -254,10 +254,17 @@ class SyntheticSet(Summary):
             raise SummaryFormatError(f"{path}: {exc} The file is damaged or was edited: re-create it.") from exc
         return out
 
-    def image_grid(self, path: str | os.PathLike, per_class: int | None = None) -> Path:
-        """Write a PNG grid of the (materialised, de-normalised) images, one row per class (atomically)."""
+    def image_grid(self, path: str | os.PathLike, per_class: int | None = None, transform: Any = None) -> Path:
+        """Write a PNG grid of the (materialised, de-normalised) images, one row per class. A summary of
+        whitened data (``meta["data"]["transform"]``) needs that ``transform`` (``real.transform``) to undo it."""
         m = self.materialize()
         x = m.x.detach().float().cpu()
+        recorded = (self.meta.get("data") or {}).get("transform")
+        if recorded is not None and transform is None:
+            raise DataError(f"This summary's images are {recorded.get('kind')}-whitened: pass transform=real.transform "
+                            "(the data loaded with the same zca option) to draw them as pixels.")
+        if transform is not None:
+            x = transform.invert(x)
         if self.mean and self.std:
             x = x * torch.tensor(self.std).view(1, -1, 1, 1) + torch.tensor(self.mean).view(1, -1, 1, 1)
         rows, ncol = [], per_class or max(1, max(int((m.y == c).sum()) for c in range(self.num_classes)))

@@ -159,22 +159,25 @@ class HeaderFields:
 # ---------------------------------------------------------------------- dataset identity
 def dataset_identity(meta: dict[str, Any]) -> dict[str, Any]:
     """What names a summary's dataset: ``meta["dataset"]`` and, when present, ``meta["data_source"]``'s name and
-    fingerprint (summaries without them are tolerated: the missing parts are not compared)."""
-    out: dict[str, Any] = {}
-    if isinstance(meta.get("dataset"), str):
-        out["name"] = meta["dataset"]
-    src = meta.get("data_source")
-    if isinstance(src, dict):
-        for k in ("name", "fingerprint"):
-            if isinstance(src.get(k), str):
-                out[f"source_{k}"] = src[k]
-    return out
+    fingerprint (summaries without them are tolerated: the missing parts are not compared). A summary of user
+    data (an image folder, tensors, a torch or Hugging Face dataset; ``meta["data"]["source"]``) is named by its
+    classes and image shape instead, so the same folder found under another path still matches."""
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    return _identity(meta.get("dataset"), meta.get("data_source"), data)
 
 
 def real_identity(real: Any) -> dict[str, Any]:
     """The same identity for a loaded dataset (its ``name``, and its ``data_source`` when it has one)."""
-    out: dict[str, Any] = {"name": getattr(real, "name", None)}
-    src = getattr(real, "data_source", None)
+    prov = getattr(real, "provenance", None)
+    return _identity(getattr(real, "name", None), getattr(real, "data_source", None),
+                     prov() if callable(prov) else {})
+
+
+def _identity(name: Any, src: Any, data: dict[str, Any]) -> dict[str, Any]:
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    out: dict[str, Any] = {k: list(data[k]) for k in ("class_names", "image_shape") if data.get(k) is not None}
+    if isinstance(name, str) and (not source or source.get("kind") == "registered"):
+        out["name"] = name
     if isinstance(src, dict):
         for k in ("name", "fingerprint"):
             if isinstance(src.get(k), str):
@@ -190,6 +193,8 @@ def check_same_dataset(meta: dict[str, Any], real: Any, force: bool = False) -> 
     if not diff:
         return
     what = ", ".join(f"{k.replace('_', ' ')} {mine[k]!r} vs {theirs[k]!r}" for k in diff)
+    mine.setdefault("name", meta.get("dataset"))
+    theirs.setdefault("name", getattr(real, "name", None))
     if force:
         warnings.warn(DistillWarning(
             f"evaluating a summary distilled from {mine.get('name', '?')!r} on {theirs.get('name')!r} ({what}), as "

@@ -116,7 +116,7 @@ def test_api_run_arguments_checked(digits, tmp_path):
 # ---------------------------------------------------------------------- the dataset a summary is evaluated on
 def test_summary_evaluated_on_another_dataset_is_refused_unless_forced(digits, tmp_path, capsys):
     s = da.distill("random", digits, 1, progress=False)
-    other = dataclasses.replace(digits, name="digits-other")  # same shapes and class count: only the name differs
+    other = digits._replace(name="digits-other")  # same shapes and class count: only the name differs
     with pytest.raises(DataError, match="distilled from 'digits'.*--force-dataset"):
         da.evaluate(s, other, runs=1, epochs=1, model=MODEL)
     with pytest.warns(DistillWarning, match="as forced"):

@@ -8,16 +8,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import Registry
-from .real import RealData, normalize
+from .real import RealData, channel_stats, to_nchw
 
 DATA_ENV = "DISTILL_APPS_DATA"
+CACHE_ENV = "DISTILL_APPS_CACHE"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,16 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
     return Path.home() / ".cache" / "distill_apps" / "data"
+
+
+def cache_root(root: str | os.PathLike | None = None) -> Path:
+    """Resolve the cache root (decoded image folders, fitted ZCA matrices, experts): argument, then
+    ``$DISTILL_APPS_CACHE``, then ``~/.cache/distill_apps``."""
+    if root:
+        return Path(root).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path.home() / ".cache" / "distill_apps"
 
 
 def register_dataset(name: str, files: tuple[str, ...] = (), description: str = "", modality: str = "image"):
@@ -71,19 +82,62 @@ def dataset_present(name: str, root: str | os.PathLike | None = None) -> bool:
     return all((r / f).exists() for f in files)
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = False) -> RealData:
-    """Load a registered dataset by name (``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``,
-    ``cifar100``, ``medmnist:<flag>``; other modalities: ``cora``, ``citeseer``, ``ml-100k``, ``sst2``,
-    ``mutag``, ``tu:<folder>``, ...). Image datasets load as :class:`RealData`, the others as their modality's
-    data object (see the spec's ``modality``)."""
-    if name.startswith("medmnist:"):
-        spec = DATASETS.get("medmnist")
-        return spec.loader(data_root(root), flag=name.split(":", 1)[1], download=download)
-    family, sep, arg = name.partition(":")
-    if sep and name not in DATASETS:  # a family: tu:<folder or TU name>
-        return DATASETS.get(family).loader(data_root(root), arg, download=download)
-    spec = DATASETS.get(name)
-    return spec.loader(data_root(root), download=download)
+def load_dataset(name: Any, root: str | os.PathLike | None = None, download: bool = False, *,
+                 image_size: int | tuple[int, int] | None = None, zca: bool | float = False, flip: bool | None = None,
+                 max_per_class: int | None = None, progress: bool = True) -> RealData:
+    """Load data by name: a registered dataset (``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``,
+    ``cifar100``, ``medmnist:<flag>``; other modalities: ``cora``, ``citeseer``, ``ml-100k``, ``sst2``, ``mutag``,
+    ``tu:<folder>``, which load as their modality's data object, see the spec's ``modality``) or
+    ``imagefolder:<path>`` (see :func:`~distill_apps.data.folder.from_folder`; ``image_size`` and
+    ``max_per_class`` apply to folders). Any other data object (tensors, torch or Hugging Face
+    datasets, a :class:`RealData`) is converted by :func:`~distill_apps.data.sources.as_real_data`.
+
+    ``flip`` overrides whether DSA may flip the images (registered datasets know: digits/MNIST no, CIFAR and
+    Fashion-MNIST yes; other sources: yes for colour, no for grey). ``zca=True`` (or a regulariser, default 0.1)
+    whitens the images (KIP/MTT/FRePO/RFAD's CIFAR convention, :mod:`~distill_apps.data.transforms`).
+    """
+    from .folder import PREFIX, from_folder
+
+    if isinstance(name, RealData):
+        real = name
+    elif not isinstance(name, str):
+        from .sources import as_real_data
+
+        real = as_real_data(name, root, download)
+    elif name.startswith(PREFIX):
+        return from_folder(name[len(PREFIX):], image_size, max_per_class=max_per_class, flip=flip, zca=zca,
+                           progress=progress, data_root=root)
+    else:
+        if image_size is not None or max_per_class is not None:
+            raise ConfigError(f"--image-size and --max-per-class apply to image folders (imagefolder:<path>), not to "
+                              f"the registered dataset {name!r}.")
+        family, sep, arg = name.partition(":")
+        if name not in DATASETS.names() and not (sep and family in DATASETS.names()):
+            raise ConfigError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS.names())}; or give an "
+                              "image folder as imagefolder:<path> (one sub-folder per class).")
+        spec = DATASETS.get(name if name in DATASETS.names() else family)
+        if spec.modality != "image":
+            if zca or flip is not None:
+                raise ConfigError(f"zca and flip apply to images; {name!r} is a {spec.modality} dataset.")
+            if sep and name not in DATASETS.names():
+                return spec.loader(data_root(root), arg, download=download)
+            return spec.loader(data_root(root), download=download)
+        if family == "medmnist" and sep:
+            real = spec.loader(data_root(root), flag=arg, download=download)
+        elif sep and name not in DATASETS.names():
+            real = spec.loader(data_root(root), arg, download=download)
+        else:
+            real = spec.loader(data_root(root), download=download)
+        real.source = {"kind": "registered", "name": name}
+    if flip is not None and bool(flip) != real.flip_invariant:
+        real = real.with_flip(flip)
+    if zca:
+        from .transforms import fit_zca
+
+        if real.transform is not None:
+            raise ConfigError(f"{real.name} is already whitened ({real.transform.kind}); load it once with zca=...")
+        real = real.with_transform(fit_zca(real, reg=0.1 if zca is True else float(zca), progress=progress))
+    return real
 
 
 def list_datasets() -> list[str]:
@@ -91,26 +145,18 @@ def list_datasets() -> list[str]:
 
 
 def _from_uint8(name: str, xtr, ytr, xte, yte, classes, flip_invariant: bool, **kw) -> RealData:
-    """Shared tail of the image loaders: uint8 (N,H,W[,C]) arrays -> normalised float tensors."""
-
-    def to_nchw(a) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(a))
-        if t.ndim == 3:
-            t = t.unsqueeze(1)
-        elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
-            t = t.permute(0, 3, 1, 2)
-        return t.float().div_(255.0)
-
-    xtr_t, mean, std = normalize(to_nchw(xtr))
-    xte_t, _, _ = normalize(to_nchw(xte), mean, std)
+    """Shared tail of the image loaders: uint8 (N,H,W[,C]) arrays -> a uint8 store with train statistics."""
+    x_train = to_nchw(xtr)
+    mean, std = channel_stats(x_train)
     extra = {}
     if "x_val" in kw:
-        extra["x_val"] = normalize(to_nchw(kw.pop("x_val")), mean, std)[0]
+        extra["x_val"] = to_nchw(kw.pop("x_val"))
         extra["y_val"] = torch.as_tensor(np.asarray(kw.pop("y_val"))).long()
     return RealData(
-        name=name, x_train=xtr_t.contiguous(), y_train=torch.as_tensor(np.asarray(ytr)).long(),
-        x_test=xte_t.contiguous(), y_test=torch.as_tensor(np.asarray(yte)).long(), num_classes=len(classes),
+        name=name, x_train=x_train, y_train=torch.as_tensor(np.asarray(ytr)).long(),
+        x_test=to_nchw(xte), y_test=torch.as_tensor(np.asarray(yte)).long(), num_classes=len(classes),
         mean=mean, std=std, class_names=[str(c) for c in classes], flip_invariant=flip_invariant, **extra, **kw,
+        source={"kind": "registered", "name": name},
     )
 
 

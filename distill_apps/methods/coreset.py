@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -35,30 +36,37 @@ class _Coreset(Distiller):
     def select(self, feats: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
         """Indices (into ``feats``, the features of one class) of the ``k`` chosen samples."""
 
-    def features(self, g: torch.Generator) -> torch.Tensor:
+    def features(self, g: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function from training indices (one class at a time) to their features, so only one class's
+        images and features are ever held."""
         cfg, r = self.cfg, self.real
         if cfg.embedding == "pixels":
-            return r.x_train.flatten(1)
+            return lambda ix: r.images(ix, device=self.device).flatten(1)
         net = self.new_net(g)
         if cfg.embedding == "trained":
-            n = min(cfg.embed_train_size, len(r.x_train))
-            idx = torch.randperm(len(r.x_train), generator=g)[:n].to(r.x_train.device)
-            fit(net, r.x_train[idx], r.y_train[idx], epochs=cfg.embed_epochs, lr=0.01, generator=g, amp=cfg.amp,
-                label_kind=r.target_kind)
+            n = min(cfg.embed_train_size, r.size("train"))
+            idx = torch.randperm(r.size("train"), generator=g)[:n]
+            fit(net, r.view("train", self.device, idx), r.labels(idx), epochs=cfg.embed_epochs, lr=0.01, generator=g,
+                amp=cfg.amp, label_kind=r.target_kind)
         elif cfg.embedding != "random":
             from ..errors import ConfigError
 
             raise ConfigError(f"embedding must be trained, random or pixels; got {cfg.embedding!r}.")
         net.eval()
-        with torch.no_grad(), self.autocast():
-            return torch.cat([net.embed(r.x_train[i:i + 2048]).float() for i in range(0, len(r.x_train), 2048)])
+
+        def embed(ix: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), self.autocast():
+                return torch.cat([net.embed(r.images(ix[i:i + 2048], device=self.device)).float()
+                                  for i in range(0, len(ix), 2048)])
+
+        return embed
 
     def init(self, g: torch.Generator) -> DistillState:
         feats = self.features(g)
         chosen = []
         for c in range(self.real.num_classes):
             ix = self.real.by_class[c]
-            chosen.append(ix[self.select(feats[ix.to(feats.device)], self.ipc, g).cpu()])
+            chosen.append(ix[self.select(feats(ix), self.ipc, g).cpu()])
         idx = torch.cat(chosen)
         y = torch.arange(self.real.num_classes).repeat_interleave(self.ipc)
         state = DistillState(buffers={"index": idx, "y": y})
@@ -71,7 +79,7 @@ class _Coreset(Distiller):
 
     def export(self, state: DistillState):
         idx = state.buffers["index"]
-        return self.synthetic(state, self.real.x_train[idx], state.buffers["y"], meta={"train_index": idx.tolist()})
+        return self.synthetic(state, self.real.images(idx), state.buffers["y"], meta={"train_index": idx.tolist()})
 
 
 @register_method("random")
@@ -81,7 +89,7 @@ class RandomSubset(_Coreset):
     paper = "random class-balanced subset"
 
     def features(self, g):
-        return torch.zeros(len(self.real.x_train), 1)
+        return lambda ix: torch.zeros(len(ix), 1)
 
     def select(self, feats, k, g):
         return torch.randperm(len(feats), generator=g)[:k]

@@ -291,7 +291,7 @@ class LinBa(FactorisedMixin, Distiller):
         k = self.plan.settings["bases"]
         per = math.ceil(k / r.num_classes)
         idx = r.sample_balanced(per, g).view(r.num_classes, per).t().flatten()[:k]  # spread over classes
-        bases = r.x_train[idx].clone().to(self.device)
+        bases = r.images(idx, device=self.device)
         # addressing: least-squares projection of real images of each class onto the span of the bases
         target, _ = self.init_from_real(g, recalls)
         target = target.view(r.num_classes, recalls, -1).transpose(0, 1)  # (r, C, D)

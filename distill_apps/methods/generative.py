@@ -132,22 +132,21 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def train_generator(real, arch: dict[str, Any], steps: int, g: torch.Generator, batch_size: int = 64,
                     lr: float = 2e-4, device: torch.device | str = "cpu", progress: bool = True) -> Generator:
-    """Train ``Generator(arch)`` as a non-saturating GAN on ``real.x_train`` for ``steps`` minibatches."""
+    """Train ``Generator(arch)`` as a non-saturating GAN on ``real``'s training images for ``steps`` minibatches."""
     dev = torch.device(device)
     with seeded_global_rng(g):
         gen = build_generator(arch).to(dev)
         disc = Discriminator(max(8, int(arch["ngf"])), int(arch["channels"]), tuple(arch["image_size"])).to(dev)
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
-    x_all = real.x_train
-    n = x_all.shape[0]
+    n = real.size("train")
     it = range(steps)
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc=f"itgan: training a generator on {real.name}", leave=False, disable=None)
     for _ in it:
-        xr = x_all[torch.randint(n, (min(batch_size, n),), generator=g).to(x_all.device)].to(dev)
+        xr = real.images(torch.randint(n, (min(batch_size, n),), generator=g), device=dev)
         z = torch.randn(xr.shape[0], gen.nz, generator=g).to(dev)
         xf = gen(z)
         loss_d = F.softplus(-disc(xr)).mean() + F.softplus(disc(xf.detach())).mean()

@@ -153,7 +153,7 @@ class IDC(DSAMethod):
         net = self.new_net(g)
         opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=0.9, weight_decay=5e-4)
         aug = self.dsa()
-        n_real = self.real.x_train.shape[0]
+        n_real = self.real.size("train")
         total = 0.0
         for ol in range(cfg.outer_loop):
             xs, ys = self.decoded(state)
@@ -162,9 +162,9 @@ class IDC(DSAMethod):
             total += float(loss.detach())
             if ol == cfg.outer_loop - 1:
                 break
-            idx = torch.randint(n_real, (cfg.net_steps * cfg.batch_net,), generator=g).to(self.real.x_train.device)
-            fit(net, self.real.x_train[idx], self.real.y_train[idx], steps=cfg.net_steps, batch_size=cfg.batch_net,
-                optimizer=opt_net, decay_at_half=False, generator=g, amp=cfg.amp,
+            idx = torch.randint(n_real, (cfg.net_steps * cfg.batch_net,), generator=g)
+            fit(net, self.real.view("train", self.device, idx), self.real.labels(idx), steps=cfg.net_steps,
+                batch_size=cfg.batch_net, optimizer=opt_net, decay_at_half=False, generator=g, amp=cfg.amp,
                 augment=(lambda xb, gg: aug(xb, gg)))
         return {"loss": total / cfg.outer_loop}
 

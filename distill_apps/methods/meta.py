@@ -158,7 +158,7 @@ def learned_schedule_protocol(summary, real, *, model: str, runs: int, seed: int
             opt.zero_grad(set_to_none=True)
             target_loss(net(x), y, m.label_kind).backward()
             opt.step()
-        accs.append(accuracy(net, real.x_test.to(device), real.y_test))
+        accs.append(accuracy(net, real.view("test", device), real.y_test))
     return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "schedule",
                       int(epochs), None, None, time.perf_counter() - t0,
                       {"inner_lrs": list(lrs), "unrolled_steps": len(lrs) * int(epochs)})

@@ -129,7 +129,7 @@ class _Private(Distiller):
         return int(self.cfg.releases)
 
     def setup_privacy(self) -> dict:
-        cfg, n = self.cfg, len(self.real.x_train)
+        cfg, n = self.cfg, self.real.size("train")
         if cfg.init not in ("noise", "real"):
             raise ConfigError(f"init must be noise or real; got {cfg.init!r}.")
         if cfg.clip <= 0:
@@ -193,10 +193,10 @@ class _Private(Distiller):
         """Each training image independently with probability ``q`` (the sampling RDP/PRV accounting assumes)."""
         q = self.state_q
         if q >= 1.0:
-            return self.real.x_train, self.real.y_train
-        mask = torch.rand(len(self.real.x_train), generator=g) < q
-        idx = mask.nonzero().flatten().to(self.real.x_train.device)
-        return self.real.x_train[idx], self.real.y_train[idx]
+            return self.real.images(device=self.device), self.real.labels(device=self.device)
+        mask = torch.rand(self.real.size("train"), generator=g) < q
+        idx = mask.nonzero().flatten()
+        return self.real.images(idx, device=self.device), self.real.labels(idx, device=self.device)
 
     def expected_counts(self, q: float) -> torch.Tensor:
         """Expected per-class batch sizes ``q * N_c`` (class sizes are treated as public, as in DP-MERF)."""
@@ -260,7 +260,7 @@ class DPDM(_Private):
 
     def init(self, g: torch.Generator) -> DistillState:
         state = self.base_state(g)
-        d = self.release_net(0).embed(self.real.x_train[:1]).flatten(1).shape[1]
+        d = self.release_net(0).embed(self.real.images(slice(0, 1), device=self.device)).flatten(1).shape[1]
         state.buffers["targets"] = torch.zeros(self.cfg.releases, self.real.num_classes, d, device=self.device)
         return state
 

@@ -363,7 +363,7 @@ class TESLA(MTT):
         r, k = self.real, self.ipc
         pool = max(k, min(k * self.cfg.label_pool, min(r.class_counts())))
         idx = r.sample_balanced(pool, g).view(r.num_classes, pool)
-        xs = r.x_train[idx.flatten()].to(self.device)
+        xs = r.images(idx.flatten(), device=self.device)
         pred = self.label_logits(xs).argmax(1).view(r.num_classes, pool).cpu()
         keep = []
         for c in range(r.num_classes):
@@ -371,7 +371,7 @@ class TESLA(MTT):
             order = torch.cat([torch.nonzero(ok).flatten(), torch.nonzero(~ok).flatten()])[:k]
             keep.append(idx[c][order])
         keep = torch.cat(keep)
-        return r.x_train[keep].clone().to(self.device), r.y_train[keep].clone().to(self.device)
+        return r.images(keep, device=self.device), r.labels(keep, device=self.device).clone()
 
     def label_logits(self, x: torch.Tensor) -> torch.Tensor:
         _, max_start, _, _ = self.settings()
