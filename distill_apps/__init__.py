@@ -18,11 +18,13 @@ from .data import RealData, list_datasets, load_dataset  # noqa: E402
 from .engine import METHODS, Distiller, DistillState, distill, list_methods, register_method  # noqa: E402
 from .errors import DistillError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
+from .cross_arch import CrossArchResult, evaluate_cross_arch  # noqa: E402
 from .nets import build_model, list_models  # noqa: E402
 from .summary import SyntheticSet  # noqa: E402
 
 __all__ = [
     "__version__", "DSA", "MethodConfig", "RealData", "list_datasets", "load_dataset", "METHODS", "Distiller",
     "DistillState", "distill", "list_methods", "register_method", "DistillError", "EvalResult", "evaluate",
+    "CrossArchResult", "evaluate_cross_arch",
     "build_model", "list_models", "SyntheticSet",
 ]

@@ -56,11 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="train fresh models on a summary and test them on real data")
     e.add_argument("path")
     e.add_argument("--dataset", default=None, help="default: the dataset the summary was distilled from")
-    e.add_argument("--model", default="convnet")
+    e.add_argument("--model", default=None, help="the network to train (default convnet)")
+    e.add_argument("--models", default=None, metavar="M1,M2,...",
+                   help="cross-architecture table: comma-separated models (e.g. convnet,mlp,lenet,alexnet,vgg11,"
+                        "resnet18), each also trained on a random real subset of the same size")
+    e.add_argument("--no-baseline", action="store_true", help="with --models: skip the random-subset baseline")
     e.add_argument("--runs", type=int, default=3)
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--protocol", default="train", help="train (from scratch), krr (kernel methods) or schedule (DD)")
-    e.add_argument("--augment", default="auto", help="auto, dsa or none")
+    e.add_argument("--augment", default="auto",
+                   help="evaluation augmentation: auto (the summary's paper's), dc, dsa or none")
     _common(e)
 
     m = sub.add_parser("methods", help="list every registered method")
@@ -125,9 +130,11 @@ def cmd_distill(a: argparse.Namespace) -> int:
         res = evaluate(summary, real, runs=a.eval_runs, epochs=epochs, device=a.device, model=a.model)
         rnd = _d("random", real, a.ipc, seed=a.seed, device=a.device, progress=False)
         rnd.meta["eval_augment"] = summary.meta.get("eval_augment")  # same protocol for the baseline
-        base = evaluate(rnd, real, runs=a.eval_runs, epochs=a.eval_epochs, device=a.device, model=a.model)
+        base = evaluate(rnd, real, runs=a.eval_runs, epochs=a.eval_epochs, device=a.device, model=a.model,
+                        augment=res.augment)
         result.update({"accuracy_mean": res.accuracy_mean, "accuracy_std": res.accuracy_std, "runs": res.runs,
                        "model": res.model, "protocol": res.protocol, "epochs": res.epochs,
+                       "augment": res.augment, "augment_detail": res.extra.get("augment_detail"),
                        "random_accuracy_mean": base.accuracy_mean, "random_accuracy_std": base.accuracy_std})
 
     def text() -> str:
@@ -135,7 +142,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
         if not a.no_eval:
             lines.append(f"{a.method:>8} ipc {a.ipc}: {100 * result['accuracy_mean']:.2f} +- "
                          f"{100 * result['accuracy_std']:.2f} % on {real.name} test ({result['runs']} runs, "
-                         f"{result['model']}, {result['epochs']} epochs)")
+                         f"{result['model']}, {result['epochs']} epochs, augment {result['augment']})")
             lines.append(f"{'random':>8} ipc {a.ipc}: {100 * result['random_accuracy_mean']:.2f} +- "
                          f"{100 * result['random_accuracy_std']:.2f} % (same protocol)")
         return "\n".join(lines)
@@ -145,12 +152,25 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .eval_augment import check_augment
     from .evaluate import evaluate
     from .summary import SyntheticSet
 
+    aug = check_augment(a.augment)
+    if a.models is not None:
+        from .cross_arch import evaluate_cross_arch, parse_models
+
+        if a.model is not None:
+            raise DistillError("Give either --model (one network) or --models (a comma-separated list), not both.")
+        models = parse_models(a.models)
+        summary = SyntheticSet.load(a.path)
+        table = evaluate_cross_arch(summary, a.dataset, models=models, runs=a.runs, epochs=a.epochs, augment=aug,
+                                    baseline=not a.no_baseline, protocol=a.protocol, device=a.device,
+                                    data_root=a.data_root, progress=not a.json)
+        _emit({"path": a.path, **table.as_dict()}, a.json, lambda: f"{a.path}\n{table.table()}")
+        return 0
     summary = SyntheticSet.load(a.path)
-    aug = None if a.augment == "none" else a.augment
-    res = evaluate(summary, a.dataset, model=a.model, runs=a.runs, epochs=a.epochs, augment=aug,
+    res = evaluate(summary, a.dataset, model=a.model or "convnet", runs=a.runs, epochs=a.epochs, augment=aug,
                    protocol=a.protocol, device=a.device, data_root=a.data_root, progress=not a.json)
     _emit(res.as_dict(), a.json, lambda: f"{a.path}: {res}")
     return 0

@@ -15,9 +15,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .augment import DSA
 from .data import RealData, load_dataset
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .eval_augment import check_augment, resolve_augment
 from .nets import build_model
 from .registry import Registry
 from .runtime import generator, pick_device
@@ -47,8 +47,12 @@ class EvalResult:
         return asdict(self)
 
     def __str__(self) -> str:
+        aug = f", augment {self.augment}" if self.augment else ""
+        detail = self.extra.get("augment_detail")
+        aug += f" ({detail})" if detail and detail != self.augment else ""
+        ep = f", {self.epochs} epochs" if self.epochs is not None else ""
         return (f"{100 * self.accuracy_mean:.2f} +- {100 * self.accuracy_std:.2f} % "
-                f"({self.protocol}, {self.model}, {self.runs} runs)")
+                f"({self.protocol}, {self.model}, {self.runs} runs{ep}{aug})")
 
 
 def check_compatible(summary: SyntheticSet, real: RealData) -> None:
@@ -67,9 +71,13 @@ def evaluate(summary: SyntheticSet, dataset: RealData | str | None = None, *, mo
              data_root: str | None = None, progress: bool = False, **kw) -> EvalResult:
     """Evaluate ``summary`` on the real test split of ``dataset`` (default: the one it was distilled from).
 
-    ``augment="auto"`` uses DSA when the summary's method was distilled with it (and then 1000 epochs, as in
-    the DSA/DM papers), none otherwise; pass ``"dsa"`` or ``None`` to choose.
+    ``augment`` names an evaluation augmentation (:mod:`distill_apps.eval_augment`: ``none``, ``dsa``, ``dc``);
+    ``"auto"`` uses the one the summary's paper evaluates with (``dc`` for DC, ``dsa`` for DSA/DM/MTT...), and
+    ``epochs=None`` then means 1,000 epochs when augmenting and 300 otherwise. The result names the augmentation
+    (``augment``, and what it did in ``extra["augment_detail"]``). For several architectures with a random-subset
+    baseline, see :func:`distill_apps.cross_arch.evaluate_cross_arch`.
     """
+    augment = check_augment(augment)
     dev = pick_device(device)
     if dataset is None:
         dataset = summary.meta.get("dataset")
@@ -87,13 +95,10 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
                        lr: float | None, batch_size: int, augment: str | None, seed: int, device: torch.device,
                        progress: bool = False, amp: bool = True) -> EvalResult:
     t0 = time.perf_counter()
+    if runs < 1:
+        raise ConfigError(f"runs must be >= 1; got {runs}.")
     m = summary.materialize()
-    if augment == "auto":
-        augment = "dsa" if summary.meta.get("eval_augment") == "dsa" else None
-    if epochs is None:
-        epochs = 1000 if augment == "dsa" else 300
     lr_used = lr if lr is not None else (summary.lr or 0.01)
-    dsa = DSA.for_dataset(real.flip_invariant) if augment == "dsa" else None
     target = m.soft if m.soft is not None else m.y
     accs: list[float] = []
     it = range(runs)
@@ -102,12 +107,16 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
 
         it = tqdm(it, desc=f"evaluate {model}", leave=False)
     x_test, y_test = real.x_test.to(device), real.y_test
+    aug = None
     for r in it:
         g = generator("evaluate", seed, r)
         net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
                           device=device)
+        if aug is None:  # the augmentation (and so the epoch count) may depend on the net: DC's crop_noise for BN
+            aug = resolve_augment(augment, summary, real, net)
+            epochs = aug.default_epochs() if epochs is None else epochs
         fit(net, m.x.to(device), target.to(device), epochs=epochs, lr=lr_used, batch_size=batch_size,
-            label_kind=m.label_kind, augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g, amp=amp)
+            label_kind=m.label_kind, augment=aug.transform, generator=g, amp=amp)
         accs.append(accuracy(net, x_test, y_test))
     return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "train",
-                      epochs, augment, lr_used, time.perf_counter() - t0)
+                      epochs, aug.name, lr_used, time.perf_counter() - t0, extra={"augment_detail": aug.detail})
