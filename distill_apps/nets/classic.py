@@ -10,10 +10,14 @@ Input sizes 8x8 (digits), 28x28 (MNIST), 32x32 and 64x64 all work:
 
 - 28x28 to 31x31 inputs are zero-padded to 32x32 for LeNet, AlexNet and VGG11, as DC's code does for MNIST (it
   widens the first convolution's padding), so these nets see the 32x32 geometry they were designed for.
-- Smaller inputs keep their size, and a downsampling step (pooling, or a strided stage of ResNet18) is skipped
-  where it would leave a following convolution and its norm on a 1x1 map: instance norm on a 1x1 map outputs
-  zeros (one value per channel minus its own mean), which silenced VGG11 on MNIST and ResNet18 on 8x8 inputs.
-  Downsampling *after* the last normalised layer is kept, so the head still sees a small map.
+- VGG11 upsamples smaller inputs (nearest neighbour, 8x8 digits -> 32x32): natively, six of its eight
+  instance-normed convolutions would run on 2x2 maps, where it does not learn.
+- Otherwise small inputs keep their size, and a downsampling step (pooling, or a strided stage of ResNet18) is
+  skipped where it would leave a following convolution and its norm on a 1x1 map: instance norm on a 1x1 map
+  outputs zeros (one value per channel minus its own mean), which silenced VGG11 on MNIST and ResNet18 on 8x8
+  inputs. Downsampling *after* the last normalised layer is kept, so the head still sees a small map.
+- LeNet, AlexNet and VGG11 start from He initialisation (:func:`relu_init`) instead of PyTorch's default, which
+  left LeNet/AlexNet near chance and made VGG11's features collapse in the first steps at the protocol's lr 0.01.
 - Each net exposes ``embed`` (features) and ``classifier``; ``width`` scales VGG11/ResNet18/AlexNet/MLP.
 """
 from __future__ import annotations
@@ -130,8 +134,7 @@ class AlexNet(_Embedder):
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.feature_dim = c * h * w
         self.classifier = nn.Linear(self.feature_dim, num_classes)
-        if norm == "none":
-            relu_init(self, skip=self.classifier)
+        relu_init(self, skip=self.classifier)
 
 
 class VGG11(_Embedder):
@@ -158,6 +161,7 @@ class VGG11(_Embedder):
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.feature_dim = c * h * w
         self.classifier = nn.Linear(self.feature_dim, num_classes)
+        relu_init(self, skip=self.classifier)
 
 
 class _Block(nn.Module):
@@ -200,8 +204,14 @@ class ResNet18(_Embedder):
 
 def relu_init(model: nn.Module, skip: nn.Module) -> None:
     """He initialisation (He et al. 2015: normal, fan-in, ReLU gain; zero bias) of every conv/linear layer but
-    the output layer ``skip``. PyTorch's default keeps a third of that variance, so without norm layers the
-    signal shrinks layer by layer and LeNet/AlexNet sat near chance for hundreds of steps at lr 0.01."""
+    the output layer ``skip``.
+
+    PyTorch's default (which DC's reference code inherits) draws a sixth of that variance. Without norm layers
+    the signal then shrinks layer by layer and LeNet/AlexNet sat near chance for hundreds of steps at the
+    protocol's lr 0.01; before a norm layer the small weights make each SGD step move them ~6x further in
+    relative terms, and VGG11's instance-normed 2x2 maps collapsed to image-independent features in the first
+    steps. ConvNet (existing figures depend on it), MLP and ResNet18 (its skip connections keep it learning;
+    He init slowed it) keep PyTorch's default, as in DC's zoo."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not skip:
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
