@@ -15,8 +15,7 @@ from .data import RealData, load_dataset
 from .errors import ConfigError, DataError
 from .eval_augment import auto_augment, check_augment
 from .evaluate import EvalResult, evaluate
-from .nets import MODELS
-from .nets.registry import _parse
+from .nets import check_model_name
 from .summary import SyntheticSet
 
 ZOO = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18")  # DC's cross-architecture pool ("M")
@@ -77,9 +76,7 @@ def parse_models(models: str | Sequence[str]) -> list[str]:
     if not names:
         raise ConfigError(f"No models named: give a comma-separated list such as {','.join(ZOO)}.")
     for n in names:
-        base = _parse(n)[0]
-        if base not in MODELS:
-            raise ConfigError(f"Unknown model {n!r}. Known models: {', '.join(MODELS.names())}.")
+        check_model_name(n)  # unknown names and options fail here, before anything trains
     if len(set(names)) != len(names):
         raise ConfigError(f"A model is named twice in {','.join(names)}.")
     return names

@@ -38,6 +38,13 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: tuple
     return model.to(device)
 
 
+def check_model_name(name: str) -> str:
+    """Validate a model name with its options (``vgg11-bn-w32``) without building it; returns the name."""
+    base, opts = _parse(name)
+    _check_options(name, MODELS.get(base), opts)
+    return name
+
+
 _NORM_ALIASES = {"in": "instance", "bn": "batch", "gn": "group", "ln": "layer", "nn": "none"}
 
 
