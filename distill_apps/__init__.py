@@ -24,6 +24,7 @@ from .data import RealData, from_folder, from_hf, from_tensors, from_torch, list
 from .engine import METHODS, Distiller, DistillState, distill, list_methods, register_method  # noqa: E402
 from .errors import DistillError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
+from .cross_arch import CrossArchResult, evaluate_cross_arch  # noqa: E402
 from .nets import build_model, list_models  # noqa: E402
 from .summaries import Privacy, Summary, load_summary  # noqa: E402
 from .summary import SyntheticSet  # noqa: E402
@@ -33,6 +34,7 @@ __all__ = [
     "from_torch", "from_hf", "METHODS", "Distiller",
     "DistillState", "distill", "list_methods", "register_method", "DistillError", "EvalResult", "evaluate",
     "build_model", "list_models", "SyntheticSet", "Summary", "load_summary", "Privacy",
+    "CrossArchResult", "evaluate_cross_arch",
 ]
 
 #: Public submodules and the names they offer besides ``__all__`` (None: the submodule's own ``__all__``).

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DistillError
+from .errors import ConfigError, DistillError
 
 RECIPES = {
     "continual": "continual_replay",
@@ -102,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
     e.add_argument("--protocol", default=None, help="images: train (from scratch, default), krr (kernel methods) or "
                    "schedule (DD); graphs and text: train; interactions: krr (the closed-form ∞-AE)")
-    e.add_argument("--augment", default=None, help="images: auto (default), dsa or none")
+    e.add_argument("--models", default=None, metavar="M1,M2,...",
+                   help="images: a cross-architecture table over comma-separated models (e.g. convnet,mlp,lenet,"
+                        "alexnet,vgg11,resnet18), each also trained on a random real subset of the same size")
+    e.add_argument("--no-baseline", action="store_true", help="with --models: skip the random-subset baseline")
+    e.add_argument("--augment", default=None,
+                   help="images: evaluation augmentation: auto (the summary's paper's, default), dc, dsa or none")
     e.add_argument("--force-dataset", action="store_true",
                    help="evaluate on --dataset even when the summary was distilled from another one (warns)")
     _data_options(e, distill=False)
@@ -251,9 +256,12 @@ def cmd_distill(a: argparse.Namespace) -> int:
             modality.quick_eval_epochs if a.budget == "quick" else None)
         opts = {"runs": a.eval_runs, "epochs": epochs, "device": a.device, "model": a.model}
         res = evaluate(summary, real, **opts)
+        if res.augment is not None:
+            opts["augment"] = res.augment  # the baseline is scored under the very same protocol
         base = evaluate(modality.baseline(real, summary, a.ipc, a.seed, a.device), real, **opts)
         result.update({"accuracy_mean": res.accuracy_mean, "accuracy_std": res.accuracy_std, "runs": res.runs,
                        "model": res.model, "protocol": res.protocol, "epochs": res.epochs, "metric": res.metric,
+                       "augment": res.augment, "augment_detail": res.extra.get("augment_detail"),
                        "random_accuracy_mean": base.accuracy_mean, "random_accuracy_std": base.accuracy_std})
 
     def text() -> str:
@@ -263,7 +271,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
             lines.append(f"privacy: {summary.privacy}")
         if not a.no_eval:
             lines.append(f"{a.method:>8} ipc {a.ipc}: {res.score()} on {real.name} test ({res.runs} runs, "
-                         f"{res.model}" + (f", {res.epochs} epochs)" if res.epochs is not None else ")"))
+                         f"{res.model}" + (f", {res.epochs} epochs" if res.epochs is not None else "")
+                         + (f", augment {res.augment})" if res.augment else ")"))
             lines.append(f"{'random':>8} ipc {a.ipc}: {base.score()} (same protocol)")
         return "\n".join(lines)
 
@@ -272,6 +281,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .eval_augment import check_augment
     from .evaluate import evaluate
     from .summaries import load_summary
     from .summary import SyntheticSet
@@ -283,7 +293,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     summary = load_summary(a.path)  # any kind: SyntheticSet, CondensedGraph, GraphSet, ...
     opts = {k: v for k, v in {"model": a.model, "protocol": a.protocol, "epochs": a.epochs}.items() if v is not None}
     if a.augment is not None:
-        opts["augment"] = None if a.augment == "none" else a.augment
+        opts["augment"] = check_augment(a.augment)
     if a.force_dataset:
         opts["force_dataset"] = True
     data = a.dataset
@@ -292,6 +302,20 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         if a.dataset.startswith("imagefolder:") and a.image_size is None and recorded:
             a.image_size = tuple(recorded)  # a folder given anew is resized as it was for distillation
         data = _load_data(a)
+    if a.models is not None:
+        from .cross_arch import evaluate_cross_arch, parse_models
+
+        if a.model is not None:
+            raise ConfigError("Give either --model (one network) or --models (a comma-separated list), not both.")
+        if not isinstance(summary, SyntheticSet):
+            raise ConfigError(f"--models compares image networks; {a.path} is a {summary.kind} summary: use --model.")
+        models = parse_models(a.models)
+        table = evaluate_cross_arch(summary, data, models=models, runs=a.runs, epochs=a.epochs,
+                                    augment=check_augment(opts.get("augment", "auto")), baseline=not a.no_baseline,
+                                    protocol=opts.get("protocol", "train"), device=a.device, data_root=a.data_root,
+                                    progress=not a.json, force_dataset=a.force_dataset)
+        _emit({"path": a.path, **table.as_dict()}, a.json, lambda: f"{a.path}\n{table.table()}")
+        return 0
     res = evaluate(summary, data, runs=a.runs, device=a.device, data_root=a.data_root, progress=not a.json,
                    **opts)
     privacy = summary.privacy

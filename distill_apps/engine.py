@@ -80,7 +80,7 @@ class Distiller(ABC):
     family: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    eval_augment: ClassVar[str | None] = None  # "dsa" when the paper evaluates with DSA augmentation
+    eval_augment: ClassVar[str | None] = None  # the paper's evaluation augmentation (eval_augment.py: dsa, dc)
     modality: ClassVar[str] = "image"
     multilabel: ClassVar[bool] = False  # True where the method trains on multi-hot targets (per-label loss)
     max_skipped: ClassVar[int] = 20

@@ -15,9 +15,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .augment import DSA
 from .data import RealData, data_for_summary
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .eval_augment import check_augment, resolve_augment
 from .modality import check_modality
 from .nets import build_model
 from .registry import Registry
@@ -56,7 +56,11 @@ class EvalResult:
         return f"{self.metric} {self.accuracy_mean:.4f} +- {self.accuracy_std:.4f}"
 
     def __str__(self) -> str:
-        return f"{self.score()} ({self.protocol}, {self.model}, {self.runs} runs)"
+        aug = f", augment {self.augment}" if self.augment else ""
+        detail = self.extra.get("augment_detail")
+        aug += f" ({detail})" if detail and detail != self.augment else ""
+        ep = f", {self.epochs} epochs" if self.epochs is not None else ""
+        return f"{self.score()} ({self.protocol}, {self.model}, {self.runs} runs{ep}{aug})"
 
 
 def check_compatible(summary: SyntheticSet, real: RealData) -> None:
@@ -77,9 +81,12 @@ def evaluate(summary: Summary, dataset: Any = None, *, model: str | None = None,
     metadata records it; any data object :func:`~distill_apps.data.as_real_data` takes). The summary's data
     transform (ZCA) is applied again to the test images.
 
-    ``augment="auto"`` uses DSA when the summary's method was distilled with it (and then 1000 epochs, as in
-    the DSA/DM papers), none otherwise; pass ``"dsa"`` or ``None`` to choose. ``model`` defaults to
-    ``convnet`` and ``protocol`` to ``train``. A dataset other than the one in the summary's metadata is refused
+    ``augment`` names an evaluation augmentation (:mod:`distill_apps.eval_augment`: ``none``, ``dsa``, ``dc``);
+    ``"auto"`` uses the one the summary's paper evaluates with (``dc`` for DC, ``dsa`` for DSA/DM/MTT...), and
+    ``epochs=None`` then means 1,000 epochs when augmenting and 300 otherwise. The result names the augmentation
+    (``augment``, and what it did in ``extra["augment_detail"]``). For several architectures with a random-subset
+    baseline, see :func:`distill_apps.cross_arch.evaluate_cross_arch`. ``model`` defaults to ``convnet`` and
+    ``protocol`` to ``train``. A dataset other than the one in the summary's metadata is refused
     unless ``force_dataset=True`` (then a warning says so). A summary of another modality (graph, recommender,
     text) is scored by its own protocol (``summary.evaluate``) with the same ``runs``/``epochs``/``lr``/``seed``
     options.
@@ -94,6 +101,7 @@ def evaluate(summary: Summary, dataset: Any = None, *, model: str | None = None,
                                 protocol=protocol, seed=seed, device=device, data_root=data_root, progress=progress,
                                 **kw)
     model, protocol = model or "convnet", protocol or "train"
+    augment = check_augment(augment)
     dev = pick_device(device)
     if isinstance(dataset, str):
         check_modality("image", dataset, f"An image summary ({summary.meta.get('method', 'unknown method')})")
@@ -113,13 +121,10 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
                        lr: float | None, batch_size: int, augment: str | None, seed: int, device: torch.device,
                        progress: bool = False, amp: bool = True) -> EvalResult:
     t0 = time.perf_counter()
+    if runs < 1:
+        raise ConfigError(f"runs must be >= 1; got {runs}.")
     m = summary.materialize()
-    if augment == "auto":
-        augment = "dsa" if summary.meta.get("eval_augment") == "dsa" else None
-    if epochs is None:
-        epochs = 1000 if augment == "dsa" else 300
     lr_used = lr if lr is not None else (summary.lr or 0.01)
-    dsa = DSA.for_dataset(real.flip_invariant) if augment == "dsa" else None
     target = m.soft if m.soft is not None else m.y
     accs: list[float] = []
     it = range(runs)
@@ -128,12 +133,16 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
 
         it = tqdm(it, desc=f"evaluate {model}", leave=False)
     x_test, y_test = real.view("test", device), real.y_test  # normalised batch by batch, on the device
+    aug = None
     for r in it:
         g = generator("evaluate", seed, r)
         net = memory_format(build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:],
                                         generator=g, device=device), device)
+        if aug is None:  # the augmentation (and so the epoch count) may depend on the net: DC's crop_noise for BN
+            aug = resolve_augment(augment, summary, real, net)
+            epochs = aug.default_epochs() if epochs is None else epochs
         fit(net, m.x.to(device), target.to(device), epochs=epochs, lr=lr_used, batch_size=batch_size,
-            label_kind=m.label_kind, augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g, amp=amp)
+            label_kind=m.label_kind, augment=aug.transform, generator=g, amp=amp)
         accs.append(accuracy(net, x_test, y_test))
     return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "train",
-                      epochs, augment, lr_used, time.perf_counter() - t0)
+                      epochs, aug.name, lr_used, time.perf_counter() - t0, extra={"augment_detail": aug.detail})

@@ -28,11 +28,12 @@ def test_protocol_defaults_and_learned_lr(digits):
     s.lr = 0.05
     r2 = da.evaluate(s, digits, runs=1, epochs=2, model="convnet-d2-w16")
     assert r2.augment == "dsa" and r2.lr == 0.05
-    from distill_apps.evaluate import PROTOCOLS
-    import inspect
+    from distill_apps.eval_augment import resolve_augment
 
-    src = inspect.getsource(PROTOCOLS.get("train"))
-    assert "1000 if augment == \"dsa\" else 300" in src
+    net = da.build_model("convnet-d2-w16", 1, 10, 8)
+    assert resolve_augment("auto", s, digits, net).default_epochs() == 1000  # DSA: 1000 epochs when augmenting
+    s.meta.update(eval_augment=None, method="random")
+    assert resolve_augment("auto", s, digits, net).default_epochs() == 300
 
 
 def test_training_on_summary_beats_chance(digits):

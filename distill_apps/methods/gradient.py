@@ -59,6 +59,7 @@ class DC(Distiller):
     family = "gradient"
     paper = "Zhao, Mopuri & Bilen, ICLR 2021, Dataset Condensation with Gradient Matching"
     Config = DCConfig
+    eval_augment = "dc"  # DC's evaluation trains with its crop/scale/rotate/noise augmentation (get_daparam)
     multilabel = True  # gradients of the per-label BCE loss, real and synthetic alike
 
     def dsa(self) -> DSA | None:

@@ -313,6 +313,7 @@ class DPDC(_Private):
     paper = ("Chen, Kerkouche & Fritz, NeurIPS 2022, Private Set Generation with Discriminative Information "
              "(PSG): DP gradient matching")
     Config = DPDCConfig
+    eval_augment = "dc"  # PSG's code evaluates with DC's get_daparam augmentation
     mechanism = "gaussian: noisy per-class sum of clipped per-sample loss gradients (DP-SGD style)"
 
     def loops(self) -> tuple[int, int]:

@@ -5,6 +5,8 @@ The field's default is depth 3, width 128, instance norm, ReLU, average pooling.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -41,16 +43,18 @@ class ConvNet(nn.Module):
         super().__init__()
         if depth < 1 or width < 1:
             raise ConfigError(f"ConvNet needs depth >= 1 and width >= 1; got depth={depth}, width={width}.")
+        if pool not in ("avg", "max", "none"):
+            raise ConfigError(f"Unknown pooling {pool!r}: use avg, max or none.")
         layers: list[nn.Module] = []
         c, (h, w) = in_channels, image_size
-        for _ in range(depth):
+        for i in range(depth):
             layers += [nn.Conv2d(c, width, 3, padding=1), make_norm(norm, width, (h, w)), make_act(act)]
             c = width
-            if pool != "none" and min(h, w) >= 2:  # never pool a 1x1 map away (8x8 digits at depth 4)
+            # pool unless that would leave a later block's conv and norm on a 1x1 map (instance norm outputs zeros
+            # there): ConvNet-4 on 8x8 digits keeps its third map at 2x2; the last block may pool to 1x1
+            if pool != "none" and min(h, w) >= 2 and (i == depth - 1 or min(h, w) // 2 >= 2):
                 layers.append(nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
-            elif pool not in ("avg", "max", "none"):
-                raise ConfigError(f"Unknown pooling {pool!r}: use avg, max or none.")
         self.features = nn.Sequential(*layers)
         self.feature_dim = c * h * w
         self.classifier = nn.Linear(self.feature_dim, num_classes)
@@ -62,6 +66,6 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-@register_model("convnet")
-def convnet(**kw) -> ConvNet:
-    return ConvNet(**kw)
+register_model("convnet")(ConvNet)
+# DC's ConvNetBN: the teacher-based methods' network and the first of DM's BatchNorm evaluation pool
+register_model("convnet-bn")(partial(ConvNet, norm="batch"))
