@@ -1,20 +1,45 @@
-"""Functional unrolled training (``torch.func.functional_call``), shared by DD, MTT, TESLA, FRePO and HaBa.
+"""Functional unrolled training: the ONE differentiable inner loop of DD, LinBa, HaBa, MTT, TESLA (and text DD).
 
-A network is turned into a pure function of a flat parameter dict, so an inner training run on the synthetic
-set is a chain of ``params <- params - lr * grad`` that autograd can differentiate through (DD's truncated
-BPTT, MTT's trajectory matching) or that a method can differentiate step by step (TESLA).
+A network is turned into a pure function of a flat parameter dict (``torch.func.functional_call``), so an inner
+training run on the synthetic set is a chain of SGD(-momentum) steps ``theta <- theta - lr * g`` that can be
+differentiated with respect to everything the steps read: the synthetic images (or the decoded images of a
+factorised summary, and through them its bases/decoders), soft labels, learned step sizes, and the start
+parameters. :func:`unroll` offers three ways to get that gradient, all equal up to rounding:
+
+* ``memory="autograd"`` -- keep the whole unroll's graph (second-order, ``create_graph=True``); memory grows
+  linearly with the number of steps (Wang et al. 2018's BPTT, MTT's unroll).
+* ``memory="adjoint"`` -- exact reverse mode by recomputation, one step's graph at a time. The forward pass runs
+  without a graph and keeps one parameter (and velocity) snapshot per step; the backward pass walks the steps in
+  reverse, rebuilds step ``t``'s graph from its snapshot and back-propagates the incoming adjoint
+  ``lam_{t+1} = dL/dtheta_{t+1}`` through it (``lam_t = lam_{t+1} - lr H_t lam_{t+1}`` plus the terms into the
+  leaves). Activation memory is one step's, whatever the unroll length; the snapshots cost one parameter vector
+  per step. This generalises the per-step recomputation of TESLA (Cui et al., ICML 2023) to any leaves and to
+  momentum. With ``exact=False`` the Hessian terms are dropped (``lam_t = lam_{t+1}``): TESLA's decomposition.
+* ``memory="checkpoint"`` -- gradient checkpointing per chunk of ``chunk`` steps: snapshots only at chunk starts,
+  one chunk's graph rebuilt at a time. ``chunk=1`` is the adjoint. (``torch.utils.checkpoint`` does not free the
+  double-backward graph that the inner ``autograd.grad(create_graph=True)`` builds -- measured: its memory grew
+  from 1.33 to 2.09 GB between 4 and 8 steps, like plain autograd -- so the chunks are recomputed here.)
+
+The recomputing modes are a ``torch.autograd.Function``: :func:`unroll` returns parameters with an ordinary
+``grad_fn``, the method computes any outer loss from them and calls ``backward()`` as usual, and gradients reach
+whatever produced the leaves (a decoder, ``log_lr.exp()``). Steps must be deterministic given their inputs (the
+minibatch indices and DSA draws are drawn up front in an :class:`UnrollPlan`); networks with batch statistics
+still recompute exactly in train mode.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from .errors import ConfigError
 from .train import target_loss
 
 Params = dict[str, torch.Tensor]
+MEMORY_MODES = ("autograd", "checkpoint", "adjoint")
 
 
 def functional(net: nn.Module) -> tuple[Callable[[Params, torch.Tensor], torch.Tensor], Params]:
@@ -40,6 +65,41 @@ def unflatten(flat: torch.Tensor, like: Params) -> Params:
     return out
 
 
+@dataclass
+class UnrollPlan:
+    """The minibatch indices (and DSA draws) of every inner step, drawn once so that passes can replay them.
+
+    Drawing consumes the generator exactly as the old lazy loops did: a ``randperm`` at the start and whenever
+    the next minibatch would run past the end, then (with DSA) one draw per image per step.
+    """
+
+    indices: list[torch.Tensor]
+    aug: list[Any]
+
+    @classmethod
+    def draw(cls, n: int, steps: int, batch: int, g: torch.Generator, dsa=None,
+             image_size: tuple[int, int] | None = None) -> "UnrollPlan":
+        bs = min(batch, n) if batch > 0 else n
+        order, pos, idx, aug = torch.randperm(n, generator=g), 0, [], []
+        for _ in range(steps):
+            if pos + bs > n:
+                order, pos = torch.randperm(n, generator=g), 0
+            idx.append(order[pos:pos + bs])
+            pos += bs
+            aug.append(dsa.sample(bs, g, image_size) if dsa is not None else None)  # one draw per image
+        return cls(idx, aug)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batch(self, i: int, x: torch.Tensor, y: torch.Tensor, dsa=None) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.indices[i].to(x.device)
+        xb = x[idx]
+        if dsa is not None and self.aug[i] is not None:
+            xb = dsa.apply(xb, self.aug[i], torch.arange(len(idx)))
+        return xb, y[idx]
+
+
 def sgd_step(f, params: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor | float,
              label_kind: str = "hard", create_graph: bool = True, shard: tuple[int, int] = (0, 1)) -> Params:
     """One differentiable SGD step of ``f`` on ``(x, y)``.
@@ -49,6 +109,11 @@ def sgd_step(f, params: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tens
     differentiable all-reduce of ``torch.distributed.nn``. The step equals the unsharded one for networks
     without cross-example statistics (instance/no norm), and back-propagation through it stays exact.
     """
+    grads = _grads(f, params, x, y, label_kind, create_graph, shard)
+    return {k: v - lr * gr for (k, v), gr in zip(params.items(), grads)}
+
+
+def _grads(f, params: Params, x, y, label_kind: str, create_graph: bool, shard: tuple[int, int]):
     rank, world = shard
     if world > 1:
         n = x.shape[0]
@@ -61,47 +126,180 @@ def sgd_step(f, params: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tens
         from torch.distributed.nn.functional import all_reduce
 
         grads = [all_reduce(gr) for gr in grads]
-    return {k: v - lr * gr for (k, v), gr in zip(params.items(), grads)}
+    return grads
 
 
-def unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr, batch_size: int,
-           g: torch.Generator, label_kind: str = "hard", create_graph: bool = True,
-           lrs: torch.Tensor | None = None) -> Params:
-    """``steps`` differentiable SGD steps on minibatches of ``(x, y)`` drawn from ``g``.
+@dataclass
+class _Spec:
+    """Everything about an unroll that is not a tensor the gradient flows to."""
 
-    ``lrs`` (one learnable step size per step, as in DD) overrides ``lr`` when given.
+    f: Callable
+    names: list[str]
+    plan: UnrollPlan
+    dsa: Any
+    label_kind: str
+    momentum: float
+    shard: tuple[int, int]
+    per_step_lr: bool
+
+    def lr(self, lr: torch.Tensor, t: int) -> torch.Tensor:
+        return lr[t] if self.per_step_lr else lr
+
+    def step(self, t: int, theta: list, vel: list | None, x, y, lr, create_graph: bool,
+             at: list | None = None) -> tuple[list, list | None]:
+        """Inner step ``t`` from ``(theta, vel)``; ``at`` (default ``theta``) is where the gradient is taken.
+
+        The arithmetic is the old ``sgd_step``/``momentum_unroll``'s, so ``memory="autograd"`` reproduces their
+        results bit for bit."""
+        at = theta if at is None else at
+        xb, yb = self.plan.batch(t, x, y, self.dsa)
+        g = _grads(self.f, dict(zip(self.names, at)), xb, yb, self.label_kind, create_graph, self.shard)
+        lr_t = self.lr(lr, t)
+        if vel is None:
+            return [p - lr_t * gr for p, gr in zip(theta, g)], None
+        vel = [self.momentum * v + gr for v, gr in zip(vel, g)]
+        return [p - lr_t * v for p, v in zip(theta, vel)], vel
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_(True)
+
+
+class _RecomputedUnroll(torch.autograd.Function):
+    """``theta_N = unroll(theta_0; x, y, lr)`` whose backward recomputes one chunk of steps at a time."""
+
+    @staticmethod
+    def forward(ctx, spec: _Spec, chunk: int, exact: bool, x, y, lr, *theta0):
+        steps = len(spec.plan)
+        dev = x.device.type
+        ctx.amp = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        theta = [p.detach() for p in theta0]
+        vel = [torch.zeros_like(p) for p in theta] if spec.momentum else None
+        xd, yd, lrd = x.detach(), y.detach(), lr.detach()
+        snaps = []
+        with torch.enable_grad():
+            for t in range(steps):
+                if t % chunk == 0:
+                    snaps.append((theta, vel))
+                theta, vel = spec.step(t, [_leaf(p) for p in theta], vel, xd, yd, lrd, False)
+                theta = [p.detach() for p in theta]
+                vel = None if vel is None else [v.detach() for v in vel]
+        ctx.spec, ctx.chunk, ctx.exact, ctx.snaps = spec, chunk, exact, snaps
+        ctx.save_for_backward(x, y, lr)
+        return tuple(theta)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *lam):
+        spec, chunk, exact, snaps = ctx.spec, ctx.chunk, ctx.exact, ctx.snaps
+        x, y, lr = ctx.saved_tensors
+        steps = len(spec.plan)
+        lam = [torch.zeros_like(s) if g is None else g for g, s in zip(lam, snaps[0][0])]
+        lam_v = [torch.zeros_like(s) for s in snaps[0][0]] if spec.momentum else []
+        needs = ctx.needs_input_grad  # (spec, chunk, exact, x, y, lr, *theta0)
+        wrt = [i for i, need in enumerate(needs[3:6]) if need]
+        acc: dict[int, torch.Tensor | None] = {i: None for i in wrt}
+        dev, amp_on, amp_dtype = ctx.amp
+        with torch.enable_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp_on):
+            leaves = [_leaf(t) if i in wrt else t.detach() for i, t in enumerate((x, y, lr))]
+            for c in reversed(range(len(snaps))):
+                t0, t1 = c * chunk, min((c + 1) * chunk, steps)
+                theta0, vel0 = snaps[c]
+                th = [_leaf(p) for p in theta0]
+                vl = [_leaf(v) for v in vel0] if vel0 is not None else None
+                at = None if exact else [_leaf(p) for p in theta0]  # TESLA: no gradient through where g is taken
+                theta, vel = th, vl
+                for t in range(t0, t1):
+                    theta, vel = spec.step(t, theta, vel, *leaves, True, at=at)
+                    at = None if exact else [_leaf(p.detach()) for p in theta]
+                outs = theta + (vel or [])
+                grads_out = lam + lam_v
+                inputs = [leaves[i] for i in wrt] + th + (vl or [])
+                res = torch.autograd.grad(outs, inputs, grads_out, allow_unused=True)
+                for i, r in zip(wrt, res):
+                    if r is not None:
+                        acc[i] = r if acc[i] is None else acc[i] + r
+                k = len(wrt)
+                lam = [torch.zeros_like(p) if r is None else r for p, r in zip(th, res[k:k + len(th)])]
+                if vl is not None:
+                    lam_v = [torch.zeros_like(v) if r is None else r for v, r in zip(vl, res[k + len(th):])]
+                del outs, inputs, res, theta, vel
+        out = [acc.get(i) for i in range(3)]
+        theta_grads = [g if need else None for g, need in zip(lam, needs[6:])]
+        return (None, None, None, *out, *theta_grads)
+
+
+def unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr=None, batch_size: int = 0,
+           g: torch.Generator | None = None, label_kind: str = "hard", create_graph: bool = True,
+           lrs: torch.Tensor | None = None, *, plan: UnrollPlan | None = None, dsa=None, momentum: float = 0.0,
+           memory: str = "autograd", chunk: int = 0, exact: bool = True,
+           shard: tuple[int, int] = (0, 1)) -> Params:
+    """``steps`` SGD steps (with ``momentum``: ``v <- mu v + g``, ``theta <- theta - lr v``) of ``f`` from
+    ``params`` on minibatches of ``(x, y)``, differentiable with respect to ``x``, ``y``, ``lr`` and ``params``.
+
+    Minibatches come from ``plan`` (an :class:`UnrollPlan`, with DSA draws applied by ``dsa``) or are drawn from
+    ``g`` with ``batch_size`` (0: the whole set). ``lrs`` (one step size per step, DD's) overrides ``lr``.
+    ``memory`` picks how the gradient is computed (module docstring): ``"autograd"``, ``"adjoint"`` (exact,
+    activation memory flat in ``steps``) or ``"checkpoint"`` (chunks of ``chunk`` steps); ``exact=False`` with
+    ``"adjoint"`` is TESLA's decomposition. ``create_graph=False`` runs the steps without any graph and returns
+    detached parameters. ``shard=(rank, world)`` splits every step's minibatch across ranks (see
+    :func:`sgd_step`); every rank must then call ``backward`` too.
     """
-    n = x.shape[0]
-    bs = min(batch_size, n)
-    order, pos = torch.randperm(n, generator=g), 0
-    for t in range(steps):
-        if pos + bs > n:
-            order, pos = torch.randperm(n, generator=g), 0
-        idx = order[pos:pos + bs].to(x.device)
-        pos += bs
-        params = sgd_step(f, params, x[idx], y[idx], lrs[t] if lrs is not None else lr, label_kind, create_graph)
-    return params
+    if memory not in MEMORY_MODES:
+        raise ConfigError(f"unroll memory must be one of {', '.join(MEMORY_MODES)}; got {memory!r}.")
+    if not exact and memory != "adjoint":
+        raise ConfigError("exact=False (TESLA's decomposition) needs memory='adjoint'.")
+    if memory == "checkpoint" and chunk < 1:
+        raise ConfigError(f"memory='checkpoint' needs chunk >= 1 steps per checkpoint; got {chunk}.")
+    if plan is None:
+        plan = UnrollPlan.draw(x.shape[0], steps, batch_size, g, None)
+    if len(plan) != steps:
+        raise ConfigError(f"the unroll plan holds {len(plan)} steps but {steps} were asked for.")
+    lr_t = lrs if lrs is not None else lr
+    lr_t = lr_t if torch.is_tensor(lr_t) else torch.tensor(float(lr_t), device=x.device)
+    spec = _Spec(f, list(params), plan, dsa, label_kind, float(momentum), shard,
+                 lrs is not None and lr_t.ndim > 0)
+    if steps == 0:
+        return dict(params)
+    if not create_graph:
+        theta, vel = [p.detach() for p in params.values()], None
+        vel = [torch.zeros_like(p) for p in theta] if momentum else None
+        xd, yd, ld = x.detach(), y.detach(), lr_t.detach()
+        for t in range(steps):
+            theta, vel = spec.step(t, [_leaf(p) for p in theta], vel, xd, yd, ld, False)
+            theta = [p.detach() for p in theta]
+            vel = None if vel is None else [v.detach() for v in vel]
+        return dict(zip(spec.names, theta))
+    if memory == "autograd":
+        theta = [p if p.requires_grad else _leaf(p) for p in params.values()]
+        vel = [torch.zeros_like(p) for p in theta] if momentum else None
+        for t in range(steps):
+            theta, vel = spec.step(t, theta, vel, x, y, lr_t, True)
+        return dict(zip(spec.names, theta))
+    k = 1 if memory == "adjoint" else int(chunk)
+    out = _RecomputedUnroll.apply(spec, k, exact, x, y, lr_t, *params.values())
+    return dict(zip(spec.names, out))
 
 
 def momentum_unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr, momentum: float,
-                    batch_size: int, g: torch.Generator, label_kind: str = "hard",
-                    create_graph: bool = True) -> Params:
-    """``steps`` differentiable SGD-with-momentum steps (``v <- mu v + grad``, ``p <- p - lr v``) on minibatches.
+                    batch_size: int, g: torch.Generator, label_kind: str = "hard", create_graph: bool = True,
+                    memory: str = "autograd", chunk: int = 0) -> Params:
+    """:func:`unroll` with SGD-with-momentum steps (``v <- mu v + grad``, ``p <- p - lr v``).
 
     Deng & Russakovsky (2022) argue that back-propagating through long unrolls of a *momentum* inner optimiser
     is what makes BPTT distillation (LinBa) work; this is that inner loop, differentiable end to end.
     """
-    n = x.shape[0]
-    bs = min(batch_size, n)
-    order, pos = torch.randperm(n, generator=g), 0
-    vel = {k: torch.zeros_like(v) for k, v in params.items()}
-    for _ in range(steps):
-        if pos + bs > n:
-            order, pos = torch.randperm(n, generator=g), 0
-        idx = order[pos:pos + bs].to(x.device)
-        pos += bs
-        loss = target_loss(f(params, x[idx]), y[idx], label_kind)
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-        vel = {k: momentum * vel[k] + gr for k, gr in zip(params, grads)}
-        params = {k: v - lr * vel[k] for k, v in params.items()}
-    return params
+    return unroll(f, params, x, y, steps, lr, batch_size, g, label_kind, create_graph, momentum=momentum,
+                  memory=memory, chunk=chunk)
+
+
+def unroll_options(cfg) -> dict[str, Any]:
+    """``memory``/``chunk`` keyword arguments of :func:`unroll` from a method config's ``unroll_memory`` and
+    ``unroll_chunk`` fields (validated with a clear error)."""
+    memory = getattr(cfg, "unroll_memory", "autograd")
+    chunk = int(getattr(cfg, "unroll_chunk", 0) or 0)
+    if memory not in MEMORY_MODES:
+        raise ConfigError(f"unroll_memory must be one of {', '.join(MEMORY_MODES)}; got {memory!r}.")
+    if memory == "checkpoint" and chunk < 1:
+        raise ConfigError("unroll_memory='checkpoint' needs unroll_chunk >= 1 (steps recomputed together).")
+    return {"memory": memory, "chunk": chunk}

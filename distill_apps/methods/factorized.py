@@ -41,7 +41,7 @@ from ..augment import DEFAULT_STRATEGY, DSA
 from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
-from ..inner import functional, momentum_unroll
+from ..inner import functional, momentum_unroll, unroll_options
 from ..matching import mean_embedding_distance
 from ..summary import SyntheticSet, register_decoder
 from ..train import target_loss
@@ -274,6 +274,9 @@ class LinBaConfig(MethodConfig):
     lr_bases: float = 0.01  # Adam
     lr_addressing: float = 0.01  # Adam
     lr_lr: float = 0.01  # Adam on log(step size)
+    unroll_memory: str = "autograd"  # autograd | adjoint (the same gradient, activation memory flat in
+    #   unroll_steps) | checkpoint (chunks of unroll_chunk steps recomputed); see inner.unroll
+    unroll_chunk: int = 0
 
 
 @register_method("linba")
@@ -312,11 +315,11 @@ class LinBa(FactorisedMixin, Distiller):
         x, y = linba_images(state.params["bases"], state.params["addressing"])
         net = self.new_net(g)
         f, p0 = functional(net)
-        p0 = {k: v.requires_grad_(True) for k, v in p0.items()}
         lr = state.params["log_lr"].exp()
         bs = self.cfg.batch_syn or x.shape[0]
         with self.autocast():
-            p = momentum_unroll(f, p0, x, y, self.cfg.unroll_steps, lr, self.cfg.inner_momentum, bs, g)
+            p = momentum_unroll(f, p0, x, y, self.cfg.unroll_steps, lr, self.cfg.inner_momentum, bs, g,
+                                **unroll_options(self.cfg))
             xr, yr = self.real_batch(max(1, self.cfg.batch_real // self.real.num_classes), g)
             return target_loss(f(p, xr), yr)
 
@@ -436,7 +439,8 @@ class HaBaConfig(MTTConfig):
     lr_feat: float = 0.001  # Adam on the feature extractor of the constraint
     batch_real_feat: int = 256
     batch_syn: int = 0  # 0: ipc x classes decoded images per student step, the raw set's size at this storage
-    #   budget, so a student step costs what MTT's does (all 450 decoded images at MNIST IPC 10 took 21.8 GB)
+    #   budget, so a student step costs what MTT's does; -1: every decoded image (all 450 at MNIST IPC 10 took
+    #   21.8 GB with unroll_memory=autograd; use unroll_memory=adjoint)
 
 
 @register_method("haba")
@@ -495,9 +499,11 @@ class HaBa(HallucinatedMixin, MTT):
         start, target = self.experts().sample(g, self.cfg.expert_epochs, max_start)
         aug = self.augmenter()
         batch = self.cfg.batch_syn or self.ipc * self.real.num_classes
+        batch = x.shape[0] if batch < 0 else batch
         plan = UnrollPlan.draw(x.shape[0], syn_steps, batch, g, aug, self.real.image_shape[1:])
         with self.autocast():
-            l_mtt = mtt_loss(self.student(), start, target, x, y, state.params["lr"], plan, aug)
+            l_mtt = mtt_loss(self.student(), start, target, x, y, state.params["lr"], plan, aug,
+                             **self.unroll_kw())
             sim = self.hallucinator_similarity(state.modules["feat"], x)
         return l_mtt + self.cfg.lambda_con * sim, l_mtt, sim
 
