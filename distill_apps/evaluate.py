@@ -87,14 +87,13 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
                        lr: float | None, batch_size: int, augment: str | None, seed: int, device: torch.device,
                        progress: bool = False, amp: bool = True) -> EvalResult:
     t0 = time.perf_counter()
-    m = summary.materialize()
+    x_train, target, label_kind = summary.training_data(device)  # factorised: decoded in chunks or per minibatch
     if augment == "auto":
         augment = "dsa" if summary.meta.get("eval_augment") == "dsa" else None
     if epochs is None:
         epochs = 1000 if augment == "dsa" else 300
     lr_used = lr if lr is not None else (summary.lr or 0.01)
     dsa = DSA.for_dataset(real.flip_invariant) if augment == "dsa" else None
-    target = m.soft if m.soft is not None else m.y
     accs: list[float] = []
     it = range(runs)
     if progress:
@@ -106,8 +105,8 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
         g = generator("evaluate", seed, r)
         net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
                           device=device)
-        fit(net, m.x.to(device), target.to(device), epochs=epochs, lr=lr_used, batch_size=batch_size,
-            label_kind=m.label_kind, augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g, amp=amp)
+        fit(net, x_train, target, epochs=epochs, lr=lr_used, batch_size=batch_size,
+            label_kind=label_kind, augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g, amp=amp)
         accs.append(accuracy(net, x_test, y_test))
     return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "train",
                       epochs, augment, lr_used, time.perf_counter() - t0)

@@ -43,7 +43,7 @@ from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..inner import functional, momentum_unroll, unroll_options
 from ..matching import mean_embedding_distance
-from ..summary import SyntheticSet, register_decoder
+from ..summary import DECODERS, ChunkedDecoder, SyntheticSet, register_decoder
 from ..train import target_loss
 from .trajectory import MTT, MTTConfig, UnrollPlan, mtt_loss
 
@@ -167,18 +167,55 @@ def hallucinated_images(params: dict[str, torch.Tensor], spec: dict[str, Any]) -
     return x, y
 
 
-@register_decoder("linba")
-def decode_linba(params: dict[str, torch.Tensor], spec: dict[str, Any]):
-    with torch.no_grad():
-        x, y = linba_images(params["bases"].float(), params["addressing"].float())
-    return x, y.long(), None
+def _pick(out: torch.Tensor, groups: torch.Tensor, members: torch.Tensor, group: torch.Tensor,
+          member: torch.Tensor) -> torch.Tensor:
+    """Rows of ``out`` (group-major: ``len(groups) x len(members)``) for the pairs ``(group[i], member[i])``;
+    ``groups``/``members`` are sorted unique values."""
+    gi, mi = torch.searchsorted(groups, group), torch.searchsorted(members, member)
+    return out[(gi * len(members) + mi).to(out.device)]
 
 
-@register_decoder("hallucinator")
-def decode_hallucinator(params: dict[str, torch.Tensor], spec: dict[str, Any]):
-    with torch.no_grad():
-        x, y = hallucinated_images({k: v.float() for k, v in params.items()}, spec)
-    return x, y.long(), None
+def _linba_labels(params: dict[str, torch.Tensor], spec: dict[str, Any]):
+    r, c, _ = params["addressing"].shape
+    return torch.arange(c).repeat(r).long(), None
+
+
+def _linba_bind(params: dict[str, torch.Tensor], spec: dict[str, Any], device=None):
+    """Decoded image ``i`` is row ``i`` of ``A @ M``: a chunk multiplies only its rows of ``A``."""
+    dev = device if device is not None else params["bases"].device
+    bases = params["bases"].float().to(dev)
+    a = params["addressing"].float().to(dev)
+    a = a.reshape(-1, a.shape[-1])
+    m = bases.reshape(bases.shape[0], -1)
+    return lambda idx: (a[idx.to(dev)] @ m).view(len(idx), *bases.shape[1:])
+
+
+def _hallucinator_labels(params: dict[str, torch.Tensor], spec: dict[str, Any]):
+    per_class, n = int(spec["per_class"]), int(params["enc_w"].shape[0])
+    return torch.arange(int(spec["num_classes"])).repeat_interleave(per_class).repeat(n).long(), None
+
+
+def _hallucinator_bind(params: dict[str, torch.Tensor], spec: dict[str, Any], device=None):
+    """Decoded image ``i`` is network ``i // N`` on code ``i % N`` (``N`` codes): a chunk runs the networks and
+    codes it touches (all of them, in the same grouped convolution, when the chunk is the whole summary)."""
+    code = spec["code"]
+    dev = device if device is not None else params[code].device
+    p = {k: v.float().to(dev) for k, v in params.items()}
+    codes, hw = p.pop(code), tuple(spec["image_shape"])[1:]
+    nc = codes.shape[0]
+
+    def images(idx: torch.Tensor) -> torch.Tensor:
+        net, cid = idx // nc, idx % nc
+        nets, cids = torch.unique(net), torch.unique(cid)
+        sub = {k: v[nets.to(dev)] for k, v in p.items()}
+        return _pick(hallucinate(codes[cids.to(dev)], sub, hw), nets, cids, net, cid)
+
+    return images
+
+
+register_decoder("linba")(ChunkedDecoder(_linba_labels, _linba_bind))
+register_decoder("hallucinator")(ChunkedDecoder(_hallucinator_labels, _hallucinator_bind))
+decode_linba, decode_hallucinator = DECODERS.get("linba"), DECODERS.get("hallucinator")
 
 
 def _init_networks(shapes: dict[str, tuple[int, ...]], g: torch.Generator, device) -> dict[str, torch.Tensor]:
@@ -219,9 +256,7 @@ class FactorisedMixin:
     def export(self, state: DistillState) -> SyntheticSet:
         params = {k: v.detach().float().cpu().clone() for k, v in self.stored(state).items()}
         spec = self.spec()
-        from ..summary import DECODERS
-
-        _, y, _ = DECODERS.get(self.decoder_name)(params, spec)
+        y, _ = DECODERS.get(self.decoder_name).labels(params, spec)
         lr = self.learned_lr(state)
         return SyntheticSet(x=None, y=y.cpu().long(), num_classes=self.real.num_classes,
                             image_shape=self.real.image_shape, mean=self.real.mean, std=self.real.std,

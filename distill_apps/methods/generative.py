@@ -36,7 +36,7 @@ from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError, SummaryFormatError
 from ..matching import mean_embedding_distance
 from ..runtime import derive_seed, seeded_global_rng
-from ..summary import SyntheticSet, register_decoder
+from ..summary import ChunkedDecoder, SyntheticSet, register_decoder
 
 GEN_KIND = "generator"
 GEN_VERSION = 1
@@ -191,14 +191,19 @@ def invert(gen: Generator, x: torch.Tensor, steps: int, lr: float, g: torch.Gene
     return z.detach()
 
 
-@register_decoder("itgan")
-def decode_itgan(params: dict[str, torch.Tensor], spec: dict[str, Any]):
-    """Images ``G(z)`` from the generator file named in ``spec`` (checked against its recorded SHA-256)."""
-    gen, _ = load_generator(spec["path"], spec["sha256"])
-    with torch.no_grad():
-        x = gen(params["z"].float().cpu())
-    y = torch.arange(int(spec["num_classes"])).repeat_interleave(int(spec["per_class"]))
-    return x, y, None
+def _itgan_labels(params: dict[str, torch.Tensor], spec: dict[str, Any]):
+    return torch.arange(int(spec["num_classes"])).repeat_interleave(int(spec["per_class"])), None
+
+
+def _itgan_bind(params: dict[str, torch.Tensor], spec: dict[str, Any], device=None):
+    """Images ``G(z[idx])`` from the generator file named in ``spec`` (loaded once, checked against its SHA-256)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    gen, _ = load_generator(spec["path"], spec["sha256"], device=dev)
+    z = params["z"].float().to(dev)
+    return lambda idx: gen(z[idx.to(dev)])
+
+
+decode_itgan = register_decoder("itgan")(ChunkedDecoder(_itgan_labels, _itgan_bind))
 
 
 @dataclass
