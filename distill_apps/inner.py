@@ -141,6 +141,7 @@ class _Spec:
     momentum: float
     shard: tuple[int, int]
     per_step_lr: bool
+    micro: int = 0  # examples per micro-batch in the recomputing modes (0: the whole minibatch)
 
     def lr(self, lr: torch.Tensor, t: int) -> torch.Tensor:
         return lr[t] if self.per_step_lr else lr
@@ -154,11 +155,70 @@ class _Spec:
         at = theta if at is None else at
         xb, yb = self.plan.batch(t, x, y, self.dsa)
         g = _grads(self.f, dict(zip(self.names, at)), xb, yb, self.label_kind, create_graph, self.shard)
+        return self.update(t, theta, vel, g, lr)
+
+    def update(self, t: int, theta: list, vel: list | None, g: list, lr) -> tuple[list, list | None]:
         lr_t = self.lr(lr, t)
         if vel is None:
             return [p - lr_t * gr for p, gr in zip(theta, g)], None
         vel = [self.momentum * v + gr for v, gr in zip(vel, g)]
         return [p - lr_t * v for p, v in zip(theta, vel)], vel
+
+    def pieces(self, n: int) -> list[tuple[int, int, float]]:
+        """``(start, stop, weight)`` of the micro-batches of an ``n``-example minibatch; the losses are means, so
+        the minibatch gradient is the weighted sum of the micro-batch gradients."""
+        if self.micro <= 0 or self.micro >= n:
+            return [(0, n, 1.0)]
+        return [(a, min(a + self.micro, n), (min(a + self.micro, n) - a) / n) for a in range(0, n, self.micro)]
+
+    def grad_value(self, t: int, theta: list, x, y) -> list[torch.Tensor]:
+        """Step ``t``'s minibatch gradient at ``theta`` without a graph, one micro-batch at a time."""
+        xb, yb = self.plan.batch(t, x, y, self.dsa)
+        total = None
+        for a, b, w in self.pieces(xb.shape[0]):
+            g = _grads(self.f, dict(zip(self.names, [_leaf(p) for p in theta])), xb[a:b], yb[a:b],
+                       self.label_kind, False, self.shard)
+            total = g if w == 1.0 else [w * gr for gr in g] if total is None else \
+                [acc + w * gr for acc, gr in zip(total, g)]
+        return [gr.detach() for gr in total]
+
+    def step_vjp(self, t: int, theta: list, vel: list | None, x, y, lr, lam: list, lam_v: list,
+                 exact: bool) -> tuple[list, list, list, dict[str, torch.Tensor]]:
+        """Back-propagate the adjoint ``(lam, lam_v)`` of step ``t``'s outputs to its inputs, rebuilding one
+        micro-batch's graph at a time. ``theta``/``vel`` are the step's (detached) inputs; ``x``/``y`` the leaves
+        (requiring grad where a gradient is wanted). Returns ``(lam_theta, lam_vel, g, grads of x, y, lr_t)``.
+
+        With ``theta' = theta - lr v'``, ``v' = mu v + g`` (``v' = g`` without momentum) the cotangent of ``g`` is
+        ``u = lam_v - lr lam``; then ``lam_theta = lam + J_g^T u`` (TESLA, ``exact=False``: ``lam``),
+        ``lam_vel = mu u``, ``d lr = -lam . v'`` and the leaves get ``J_g^T u``.
+        """
+        lr_t = self.lr(lr, t).detach()
+        u = [lv - lr_t * lm for lv, lm in zip(lam_v, lam)] if vel is not None else [-lr_t * lm for lm in lam]
+        th = [_leaf(p) for p in theta]
+        wrt = [v for v in (x, y) if v.requires_grad]
+        xb, yb = self.plan.batch(t, x, y, self.dsa)
+        parts = self.pieces(xb.shape[0])
+        hvp, gx, g_val = None, [None] * len(wrt), None
+        for i, (a, b, w) in enumerate(parts):
+            g = _grads(self.f, dict(zip(self.names, th)), xb[a:b], yb[a:b], self.label_kind, True, self.shard)
+            gw = [w * gr.detach() for gr in g] if w != 1.0 else [gr.detach() for gr in g]
+            g_val = gw if g_val is None else [acc + gr for acc, gr in zip(g_val, gw)]
+            s = sum((uk * gk).sum() for uk, gk in zip(u, g)) * w
+            inputs = wrt + (th if exact else [])
+            if not inputs:
+                continue
+            res = torch.autograd.grad(s, inputs, allow_unused=True, retain_graph=i < len(parts) - 1)
+            gx = [r if acc is None else acc if r is None else acc + r for acc, r in zip(gx, res[:len(wrt)])]
+            if exact:
+                h = [torch.zeros_like(p) if r is None else r for p, r in zip(th, res[len(wrt):])]
+                hvp = h if hvp is None else [acc + r for acc, r in zip(hvp, h)]
+            del g, s, res
+        v_new = g_val if vel is None else [self.momentum * v + gr for v, gr in zip(vel, g_val)]
+        d_lr = -sum((lm * v).sum() for lm, v in zip(lam, v_new))
+        lam_theta = lam if hvp is None else [lm + h for lm, h in zip(lam, hvp)]
+        lam_vel = [self.momentum * uk for uk in u] if vel is not None else []
+        named = dict(zip([k for k, v in (("x", x), ("y", y)) if v.requires_grad], gx))
+        return lam_theta, lam_vel, d_lr, named
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -176,63 +236,96 @@ class _RecomputedUnroll(torch.autograd.Function):
         theta = [p.detach() for p in theta0]
         vel = [torch.zeros_like(p) for p in theta] if spec.momentum else None
         xd, yd, lrd = x.detach(), y.detach(), lr.detach()
-        snaps = []
+        store = _Snapshots(theta, -(-steps // chunk), vel is not None)
         with torch.enable_grad():
             for t in range(steps):
                 if t % chunk == 0:
-                    snaps.append((theta, vel))
-                theta, vel = spec.step(t, [_leaf(p) for p in theta], vel, xd, yd, lrd, False)
-                theta = [p.detach() for p in theta]
-                vel = None if vel is None else [v.detach() for v in vel]
-        ctx.spec, ctx.chunk, ctx.exact, ctx.snaps = spec, chunk, exact, snaps
+                    store.put(t // chunk, theta, vel)
+                theta, vel = spec.update(t, theta, vel, spec.grad_value(t, theta, xd, yd), lrd)
+        ctx.spec, ctx.chunk, ctx.exact, ctx.store = spec, chunk, exact, store
         ctx.save_for_backward(x, y, lr)
         return tuple(theta)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *lam):
-        spec, chunk, exact, snaps = ctx.spec, ctx.chunk, ctx.exact, ctx.snaps
+        spec, chunk, exact, store = ctx.spec, ctx.chunk, ctx.exact, ctx.store
         x, y, lr = ctx.saved_tensors
         steps = len(spec.plan)
-        lam = [torch.zeros_like(s) if g is None else g for g, s in zip(lam, snaps[0][0])]
-        lam_v = [torch.zeros_like(s) for s in snaps[0][0]] if spec.momentum else []
+        like = store.get(0)[0]
+        lam = [torch.zeros_like(s) if g is None else g for g, s in zip(lam, like)]
+        lam_v = [torch.zeros_like(s) for s in like] if spec.momentum else []
         needs = ctx.needs_input_grad  # (spec, chunk, exact, x, y, lr, *theta0)
-        wrt = [i for i, need in enumerate(needs[3:6]) if need]
-        acc: dict[int, torch.Tensor | None] = {i: None for i in wrt}
         dev, amp_on, amp_dtype = ctx.amp
+        gx = gy = glr = None
         with torch.enable_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp_on):
-            leaves = [_leaf(t) if i in wrt else t.detach() for i, t in enumerate((x, y, lr))]
-            for c in reversed(range(len(snaps))):
+            xl = _leaf(x) if needs[3] else x.detach()
+            yl = _leaf(y) if needs[4] else y.detach()
+            lrl = _leaf(lr) if needs[5] else lr.detach()
+            if needs[5]:
+                glr = torch.zeros_like(lr)
+            for c in reversed(range(store.n)):
+                theta0, vel0 = store.get(c)
                 t0, t1 = c * chunk, min((c + 1) * chunk, steps)
-                theta0, vel0 = snaps[c]
-                th = [_leaf(p) for p in theta0]
-                vl = [_leaf(v) for v in vel0] if vel0 is not None else None
-                at = None if exact else [_leaf(p) for p in theta0]  # TESLA: no gradient through where g is taken
-                theta, vel = th, vl
-                for t in range(t0, t1):
-                    theta, vel = spec.step(t, theta, vel, *leaves, True, at=at)
-                    at = None if exact else [_leaf(p.detach()) for p in theta]
-                outs = theta + (vel or [])
-                grads_out = lam + lam_v
-                inputs = [leaves[i] for i in wrt] + th + (vl or [])
-                res = torch.autograd.grad(outs, inputs, grads_out, allow_unused=True)
-                for i, r in zip(wrt, res):
-                    if r is not None:
-                        acc[i] = r if acc[i] is None else acc[i] + r
-                k = len(wrt)
-                lam = [torch.zeros_like(p) if r is None else r for p, r in zip(th, res[k:k + len(th)])]
-                if vl is not None:
-                    lam_v = [torch.zeros_like(v) if r is None else r for v, r in zip(vl, res[k + len(th):])]
-                del outs, inputs, res, theta, vel
-        out = [acc.get(i) for i in range(3)]
+                if chunk == 1:  # the adjoint: one step (one micro-batch) at a time, VJP written out
+                    lam, lam_v, d_lr, named = spec.step_vjp(t0, theta0, vel0, xl, yl, lrl, lam, lam_v, exact)
+                    rx, ry = named.get("x"), named.get("y")
+                    if glr is not None:
+                        if spec.per_step_lr:
+                            glr[t0] += d_lr
+                        else:
+                            glr += d_lr
+                else:  # checkpointing: rebuild the chunk's whole graph and back-propagate through it
+                    th = [_leaf(p) for p in theta0]
+                    vl = [_leaf(v) for v in vel0] if vel0 is not None else None
+                    theta, vel = th, vl
+                    for t in range(t0, t1):
+                        theta, vel = spec.step(t, theta, vel, xl, yl, lrl, True)
+                    wrt = [v for v in (xl, yl, lrl) if v.requires_grad]
+                    res = torch.autograd.grad(theta + (vel or []), wrt + th + (vl or []), lam + lam_v,
+                                              allow_unused=True)
+                    got = dict(zip([id(v) for v in wrt], res[:len(wrt)]))
+                    rx, ry, rl = got.get(id(xl)), got.get(id(yl)), got.get(id(lrl))
+                    if rl is not None:
+                        glr = glr + rl
+                    k = len(wrt)
+                    lam = [torch.zeros_like(p) if r is None else r for p, r in zip(th, res[k:k + len(th)])]
+                    if vl is not None:
+                        lam_v = [torch.zeros_like(v) if r is None else r for v, r in zip(vl, res[k + len(th):])]
+                    del res, theta, vel
+                if rx is not None:
+                    gx = rx if gx is None else gx + rx
+                if ry is not None:
+                    gy = ry if gy is None else gy + ry
         theta_grads = [g if need else None for g, need in zip(lam, needs[6:])]
-        return (None, None, None, *out, *theta_grads)
+        return (None, None, None, gx, gy, glr, *theta_grads)
+
+
+class _Snapshots:
+    """Parameter (and velocity) snapshots in one preallocated buffer: no per-step allocations between the large
+    transient ones, so the allocator's heap does not fragment as the unroll gets longer."""
+
+    def __init__(self, like: list[torch.Tensor], n: int, with_vel: bool) -> None:
+        self.n, self.shapes = n, [p.shape for p in like]
+        self.sizes = [p.numel() for p in like]
+        width = sum(self.sizes) * (2 if with_vel else 1)
+        self.buf = torch.empty(n, width, dtype=like[0].dtype, device=like[0].device)
+        self.with_vel = with_vel
+
+    def put(self, i: int, theta: list, vel: list | None) -> None:
+        torch.cat([p.reshape(-1) for p in theta + (vel or [])], out=self.buf[i])
+
+    def get(self, i: int) -> tuple[list, list | None]:
+        parts = [v.view(s) for v, s in zip(self.buf[i].split(self.sizes * (2 if self.with_vel else 1)),
+                                            self.shapes * (2 if self.with_vel else 1))]
+        k = len(self.shapes)
+        return parts[:k], (parts[k:] if self.with_vel else None)
 
 
 def unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr=None, batch_size: int = 0,
            g: torch.Generator | None = None, label_kind: str = "hard", create_graph: bool = True,
            lrs: torch.Tensor | None = None, *, plan: UnrollPlan | None = None, dsa=None, momentum: float = 0.0,
-           memory: str = "autograd", chunk: int = 0, exact: bool = True,
+           memory: str = "autograd", chunk: int = 0, exact: bool = True, micro_batch: int = 0,
            shard: tuple[int, int] = (0, 1)) -> Params:
     """``steps`` SGD steps (with ``momentum``: ``v <- mu v + g``, ``theta <- theta - lr v``) of ``f`` from
     ``params`` on minibatches of ``(x, y)``, differentiable with respect to ``x``, ``y``, ``lr`` and ``params``.
@@ -242,8 +335,11 @@ def unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr=N
     ``memory`` picks how the gradient is computed (module docstring): ``"autograd"``, ``"adjoint"`` (exact,
     activation memory flat in ``steps``) or ``"checkpoint"`` (chunks of ``chunk`` steps); ``exact=False`` with
     ``"adjoint"`` is TESLA's decomposition. ``create_graph=False`` runs the steps without any graph and returns
-    detached parameters. ``shard=(rank, world)`` splits every step's minibatch across ranks (see
-    :func:`sgd_step`); every rank must then call ``backward`` too.
+    detached parameters. ``micro_batch=m`` makes the recomputing modes run every step's minibatch ``m`` examples
+    at a time (forward gradients and the adjoint's VJP), so activation memory is flat in the batch size as well;
+    exact for losses that are means over independent examples (no batch norm in train mode). ``shard=(rank,
+    world)`` splits every step's minibatch across ranks (see :func:`sgd_step`); every rank must then call
+    ``backward`` too.
     """
     if memory not in MEMORY_MODES:
         raise ConfigError(f"unroll memory must be one of {', '.join(MEMORY_MODES)}; got {memory!r}.")
@@ -257,8 +353,10 @@ def unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr=N
         raise ConfigError(f"the unroll plan holds {len(plan)} steps but {steps} were asked for.")
     lr_t = lrs if lrs is not None else lr
     lr_t = lr_t if torch.is_tensor(lr_t) else torch.tensor(float(lr_t), device=x.device)
+    if micro_batch and shard[1] > 1:
+        raise ConfigError("micro_batch and shard cannot be combined: shard the minibatch or split it, not both.")
     spec = _Spec(f, list(params), plan, dsa, label_kind, float(momentum), shard,
-                 lrs is not None and lr_t.ndim > 0)
+                 lrs is not None and lr_t.ndim > 0, int(micro_batch) if memory != "autograd" else 0)
     if steps == 0:
         return dict(params)
     if not create_graph:
@@ -283,23 +381,26 @@ def unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr=N
 
 def momentum_unroll(f, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr, momentum: float,
                     batch_size: int, g: torch.Generator, label_kind: str = "hard", create_graph: bool = True,
-                    memory: str = "autograd", chunk: int = 0) -> Params:
+                    memory: str = "autograd", chunk: int = 0, micro_batch: int = 0) -> Params:
     """:func:`unroll` with SGD-with-momentum steps (``v <- mu v + grad``, ``p <- p - lr v``).
 
     Deng & Russakovsky (2022) argue that back-propagating through long unrolls of a *momentum* inner optimiser
     is what makes BPTT distillation (LinBa) work; this is that inner loop, differentiable end to end.
     """
     return unroll(f, params, x, y, steps, lr, batch_size, g, label_kind, create_graph, momentum=momentum,
-                  memory=memory, chunk=chunk)
+                  memory=memory, chunk=chunk, micro_batch=micro_batch)
 
 
 def unroll_options(cfg) -> dict[str, Any]:
-    """``memory``/``chunk`` keyword arguments of :func:`unroll` from a method config's ``unroll_memory`` and
-    ``unroll_chunk`` fields (validated with a clear error)."""
+    """``memory``/``chunk``/``micro_batch`` keyword arguments of :func:`unroll` from a method config's
+    ``unroll_memory``, ``unroll_chunk`` and ``unroll_micro_batch`` fields (validated with a clear error)."""
     memory = getattr(cfg, "unroll_memory", "autograd")
     chunk = int(getattr(cfg, "unroll_chunk", 0) or 0)
+    micro = int(getattr(cfg, "unroll_micro_batch", 0) or 0)
     if memory not in MEMORY_MODES:
         raise ConfigError(f"unroll_memory must be one of {', '.join(MEMORY_MODES)}; got {memory!r}.")
     if memory == "checkpoint" and chunk < 1:
         raise ConfigError("unroll_memory='checkpoint' needs unroll_chunk >= 1 (steps recomputed together).")
-    return {"memory": memory, "chunk": chunk}
+    if micro < 0:
+        raise ConfigError(f"unroll_micro_batch must be >= 0 (0: whole minibatches); got {micro}.")
+    return {"memory": memory, "chunk": chunk, "micro_batch": micro}

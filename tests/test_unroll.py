@@ -17,7 +17,7 @@ from distill_apps.nets import build_model
 from distill_apps.runtime import generator
 from distill_apps.train import target_loss
 
-MODES = [("adjoint", 0), ("checkpoint", 2), ("checkpoint", 3), ("checkpoint", 7)]
+MODES = [("adjoint", 0), ("checkpoint", 2), ("checkpoint", 3), ("checkpoint", 7), ("adjoint-micro", 4)]
 
 
 def _rel(a, b, floor: float = 1e-6):
@@ -42,7 +42,8 @@ def _setup(digits, n=16):
 @pytest.mark.parametrize("case", ["sgd-per-step-lrs", "momentum-decoded", "dsa-soft-labels"])
 def test_memory_flat_modes_equal_autograd_float64(case, digits):
     """Every differentiable leaf (decoded images -> bases and coefficients, soft labels, learned step sizes, start
-    parameters) gets autograd's gradient from the adjoint and from checkpointing: 1e-10 relative, float64."""
+    parameters) gets autograd's gradient from the adjoint (whole minibatches or micro-batches) and from
+    checkpointing: 1e-10 relative, float64 (measured ~1e-15); micro-batches 1e-6 (the loss is float32)."""
     f, p0, bases, coef, soft, log_lr, xr, yr = _setup(digits)
     steps = 7
     dsa = DSA() if case == "dsa-soft-labels" else None
@@ -59,8 +60,9 @@ def test_memory_flat_modes_equal_autograd_float64(case, digits):
             lrs, lr = log_lr.exp().repeat(3)[:steps], None
         else:
             lrs, lr = None, log_lr[0].exp()
+        micro = chunk if memory == "adjoint-micro" else 0  # 6-example minibatches in micro-batches of 4 + 2
         end = unroll(f, theta0, x, y, steps, lr, lrs=lrs, plan=plan, dsa=dsa, momentum=momentum, label_kind=kind,
-                     memory=memory, chunk=chunk)
+                     memory=memory.split("-")[0], chunk=chunk, micro_batch=micro)
         loss = target_loss(f(end, xr), yr)
         leaves = [bases, coef, log_lr, *theta0.values()] + ([soft] if kind == "logits" else [])
         results[(memory, chunk)] = (float(loss.detach()), torch.autograd.grad(loss, leaves))
@@ -69,7 +71,9 @@ def test_memory_flat_modes_equal_autograd_float64(case, digits):
     for key in MODES:
         l, grads = results[key]
         assert l == pytest.approx(ref_loss, rel=1e-12)
-        assert max(_rel(a, b) for a, b in zip(grads, ref)) < 1e-10, key
+        # micro-batches split the loss's mean, which target_loss takes in float32: float32 rounding (~1e-7)
+        tol = 1e-6 if key[0] == "adjoint-micro" else 1e-10
+        assert max(_rel(a, b) for a, b in zip(grads, ref)) < tol, key
 
 
 def test_adjoint_activation_memory_is_flat_in_steps(digits):

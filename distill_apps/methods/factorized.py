@@ -312,6 +312,8 @@ class LinBaConfig(MethodConfig):
     unroll_memory: str = "autograd"  # autograd | adjoint (the same gradient, activation memory flat in
     #   unroll_steps) | checkpoint (chunks of unroll_chunk steps recomputed); see inner.unroll
     unroll_chunk: int = 0
+    unroll_micro_batch: int = 0  # recomputing modes: examples per micro-batch (0: whole minibatches; exact
+    #   without batch statistics), so memory is flat in the inner batch size too
 
 
 @register_method("linba")

@@ -38,7 +38,8 @@ from ..train import fit, target_loss
 # ====================================================================== DD
 def dd_outer_loss(f, params0: Params, x_syn: torch.Tensor, y_syn: torch.Tensor, lrs: torch.Tensor,
                   x_real: torch.Tensor, y_real: torch.Tensor, window: int, batch_size: int,
-                  g: torch.Generator, memory: str = "autograd", chunk: int = 0) -> torch.Tensor:
+                  g: torch.Generator, memory: str = "autograd", chunk: int = 0,
+                  micro_batch: int = 0) -> torch.Tensor:
     """DD's objective: loss on ``(x_real, y_real)`` after ``len(lrs)`` SGD steps on the synthetic set.
 
     Only the last ``window`` steps are differentiated (truncated BPTT; ``window <= 0`` means all of them); the
@@ -54,7 +55,7 @@ def dd_outer_loss(f, params0: Params, x_syn: torch.Tensor, y_syn: torch.Tensor, 
                    lrs=lrs.detach()[:steps - keep])
         p = {k: v.detach().requires_grad_(True) for k, v in p.items()}
     p = unroll(f, p, x_syn, y_syn, keep, None, batch_size, g, create_graph=True, lrs=lrs[steps - keep:],
-               memory=memory, chunk=chunk)
+               memory=memory, chunk=chunk, micro_batch=micro_batch)
     return target_loss(f(p, x_real), y_real)
 
 
@@ -75,6 +76,8 @@ class DDConfig(MethodConfig):
     unroll_memory: str = "autograd"  # autograd | adjoint (same hypergradient, memory flat in the window) |
     #   checkpoint (chunks of unroll_chunk steps recomputed); see inner.unroll
     unroll_chunk: int = 0
+    unroll_micro_batch: int = 0  # recomputing modes: examples per micro-batch (0: whole minibatches; exact
+    #   without batch statistics), so memory is flat in the inner batch size too
 
 
 @register_method("dd")

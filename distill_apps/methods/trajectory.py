@@ -56,17 +56,18 @@ def param_distance(end: Params, start: Params, target: Params) -> torch.Tensor:
 def mtt_loss(f, start: Params, target: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor,
              plan: UnrollPlan, dsa: DSA | None = None, label_kind: str = "hard",
              shard: tuple[int, int] = (0, 1), memory: str = "autograd", chunk: int = 0,
-             exact: bool = True) -> torch.Tensor:
+             exact: bool = True, micro_batch: int = 0) -> torch.Tensor:
     """MTT's matching loss after unrolling the student through :func:`distill_apps.inner.unroll`.
 
     ``memory`` chooses how its gradient is computed (``autograd``: the whole graph; ``adjoint``: exact, one
     student step's graph at a time; ``checkpoint``: chunks of ``chunk`` steps); ``exact=False`` with
-    ``adjoint`` is TESLA's decomposition. With ``shard=(rank, world)`` every student step's minibatch is split
-    across the ranks (see ``sgd_step``).
+    ``adjoint`` is TESLA's decomposition; ``micro_batch`` splits every student step's minibatch in the
+    recomputing modes. With ``shard=(rank, world)`` every student step's minibatch is split across the ranks (see
+    ``sgd_step``).
     """
     start = {k: v.detach() for k, v in start.items()}
     end = unroll(f, start, x, y, len(plan), lr, label_kind=label_kind, plan=plan, dsa=dsa, memory=memory,
-                 chunk=chunk, exact=exact, shard=shard)
+                 chunk=chunk, exact=exact, micro_batch=micro_batch, shard=shard)
     return param_distance(end, start, target)
 
 
@@ -158,6 +159,8 @@ class MTTConfig(MethodConfig):
     #   (the same gradient, activation memory flat in syn_steps; one parameter copy per step is kept);
     #   checkpoint: chunks of unroll_chunk steps recomputed (inner.unroll)
     unroll_chunk: int = 0  # steps per chunk for unroll_memory=checkpoint
+    unroll_micro_batch: int = 0  # recomputing modes: examples per micro-batch (0: whole minibatches; exact
+    #   without batch statistics), so memory is flat in the inner batch size too
 
 
 @dataclass
@@ -315,10 +318,10 @@ class TESLA(MTT):
         (the adjoint, MTT's gradient; ``unroll_memory="checkpoint"`` recomputes chunks instead)."""
         if self.cfg.grad_mode not in ("tesla", "exact"):
             raise ConfigError(f"grad_mode must be 'tesla' (the paper's) or 'exact'; got {self.cfg.grad_mode!r}.")
-        if self.cfg.grad_mode == "tesla":
-            return {"memory": "adjoint", "exact": False}
         kw = unroll_options(self.cfg)
-        return kw if kw["memory"] == "checkpoint" else {"memory": "adjoint"}
+        if self.cfg.grad_mode == "tesla":
+            return {"memory": "adjoint", "exact": False, "micro_batch": kw["micro_batch"]}
+        return kw if kw["memory"] == "checkpoint" else {**kw, "memory": "adjoint"}
 
     def export(self, state: DistillState):
         lr = float(state.params["lr"].detach())
