@@ -109,8 +109,9 @@ def test_unroll_refuses_bad_modes(digits):
 
 def _method_grads(digits, method, cfg, leaves, tmp_path):
     out = {}
-    for memory, chunk in (("autograd", 0), ("adjoint", 0), ("checkpoint", 2)):
-        c = {**cfg, "unroll_memory": memory, "unroll_chunk": chunk}
+    for memory, chunk in (("autograd", 0), ("adjoint", 0), ("checkpoint", 2), ("adjoint-micro", 3)):
+        c = {**cfg, "unroll_memory": memory.split("-")[0], "unroll_chunk": chunk,
+             "unroll_micro_batch": chunk if memory == "adjoint-micro" else 0}
         if "expert_dir" in c:
             c["expert_dir"] = str(tmp_path / "experts")
         d = make_distiller(method, digits, 1, c, device="cpu", model="convnet-d1-w8")
@@ -131,22 +132,23 @@ def _method_grads(digits, method, cfg, leaves, tmp_path):
      ["x", "lr"]),
 ])
 def test_each_method_gets_autograds_gradient_from_the_flat_modes(method, cfg, leaves, digits, tmp_path):
-    """The method's own loss (float32 network): adjoint and checkpointing within 1e-4 relative of autograd."""
+    """The method's own loss (float32 network): adjoint (also in micro-batches of 3) and checkpointing within
+    1e-4 relative of autograd."""
     if method == "mtt":  # MTT's step is the loss + update: compare its loss function directly
         from distill_apps.methods.trajectory import mtt_loss
 
         out = {}
-        for memory in ("autograd", "adjoint", "checkpoint"):
+        for memory in ("autograd", "adjoint", "checkpoint", "adjoint-micro"):
             d = make_distiller("mtt", digits, 1, {**cfg, "expert_dir": str(tmp_path / "experts")}, device="cpu",
                                model="convnet-d1-w8")
             st = d.init(generator("init", 0))
             start, target, plan, aug = d.draw(st, generator("step", 0, 0))
             loss = mtt_loss(d.student(), start, target, st.params["x"], st.buffers["y"], st.params["lr"], plan, aug,
-                            memory=memory, chunk=3)
+                            memory=memory.split("-")[0], chunk=3, micro_batch=3 if memory == "adjoint-micro" else 0)
             out[memory] = torch.autograd.grad(loss, [st.params[k] for k in leaves])
     else:
         out = _method_grads(digits, method, cfg, leaves, tmp_path)
-    for memory in ("adjoint", "checkpoint"):
+    for memory in ("adjoint", "checkpoint", "adjoint-micro"):
         for name, a, b in zip(leaves, out[memory], out["autograd"]):
             assert float(b.norm()) > 0, name
             assert _rel(a, b) < 1e-4, (memory, name, _rel(a, b))
