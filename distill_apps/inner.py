@@ -146,15 +146,12 @@ class _Spec:
     def lr(self, lr: torch.Tensor, t: int) -> torch.Tensor:
         return lr[t] if self.per_step_lr else lr
 
-    def step(self, t: int, theta: list, vel: list | None, x, y, lr, create_graph: bool,
-             at: list | None = None) -> tuple[list, list | None]:
-        """Inner step ``t`` from ``(theta, vel)``; ``at`` (default ``theta``) is where the gradient is taken.
-
-        The arithmetic is the old ``sgd_step``/``momentum_unroll``'s, so ``memory="autograd"`` reproduces their
-        results bit for bit."""
-        at = theta if at is None else at
+    def step(self, t: int, theta: list, vel: list | None, x, y, lr, create_graph: bool
+             ) -> tuple[list, list | None]:
+        """Inner step ``t`` from ``(theta, vel)``. The arithmetic is the old ``sgd_step``/``momentum_unroll``'s,
+        so ``memory="autograd"`` reproduces their results bit for bit."""
         xb, yb = self.plan.batch(t, x, y, self.dsa)
-        g = _grads(self.f, dict(zip(self.names, at)), xb, yb, self.label_kind, create_graph, self.shard)
+        g = _grads(self.f, dict(zip(self.names, theta)), xb, yb, self.label_kind, create_graph, self.shard)
         return self.update(t, theta, vel, g, lr)
 
     def update(self, t: int, theta: list, vel: list | None, g: list, lr) -> tuple[list, list | None]:
@@ -183,10 +180,10 @@ class _Spec:
         return [gr.detach() for gr in total]
 
     def step_vjp(self, t: int, theta: list, vel: list | None, x, y, lr, lam: list, lam_v: list,
-                 exact: bool) -> tuple[list, list, list, dict[str, torch.Tensor]]:
+                 exact: bool) -> tuple[list, list, torch.Tensor, dict[str, torch.Tensor]]:
         """Back-propagate the adjoint ``(lam, lam_v)`` of step ``t``'s outputs to its inputs, rebuilding one
         micro-batch's graph at a time. ``theta``/``vel`` are the step's (detached) inputs; ``x``/``y`` the leaves
-        (requiring grad where a gradient is wanted). Returns ``(lam_theta, lam_vel, g, grads of x, y, lr_t)``.
+        (requiring grad where a gradient is wanted). Returns ``(lam_theta, lam_vel, d lr_t, {"x"/"y": grad})``.
 
         With ``theta' = theta - lr v'``, ``v' = mu v + g`` (``v' = g`` without momentum) the cotangent of ``g`` is
         ``u = lam_v - lr lam``; then ``lam_theta = lam + J_g^T u`` (TESLA, ``exact=False``: ``lam``),
