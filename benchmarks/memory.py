@@ -4,6 +4,8 @@
         --set unroll_memory=adjoint --tag after
     OMP_NUM_THREADS=1 python benchmarks/memory.py --methods linba --ipcs 10 --unrolls 10 --code /path/to/old/checkout \
         --tag before            # the same cells measured with another checkout of the package (PYTHONPATH)
+    python benchmarks/memory.py --compare before=benchmarks/results/memory_before.json \
+        after=benchmarks/results/memory_after.json --tag before_after    # one table from several runs
 
 Each cell runs in its own process (so no cell inherits another's heap) and reports, in MB of resident memory
 (``/proc/<pid>/statm``, polled every 2 ms by a separate process; on CUDA also ``torch.cuda.max_memory_allocated``):
@@ -164,6 +166,30 @@ def table(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compare(paths: list[str], labels: list[str]) -> str:
+    """One table of total peak RSS (MB) per (method, IPC, unroll) across result files (e.g. before / after; several
+    files of one column separated by commas), with each column's growth from its shortest to its longest unroll."""
+    runs = [{(r["method"], r["ipc"], r["unroll"]): r for p in group.split(",") for r in json.loads(Path(p).read_text())["rows"]}
+            for group in paths]
+    keys = sorted({k for run in runs for k in run}, key=lambda k: (k[0], k[1], k[2] or 0))
+    cell = lambda r: "-" if r is None else (f"{r['total_peak_mb']:.0f}" if r["status"] == "ok"  # noqa: E731
+                                              else f"> {r['status'].split()[-2]} GB (killed)")
+    lines = ["| method | IPC | unroll | " + " | ".join(f"{lab}: total peak MB" for lab in labels) + " |",
+             "|---|---|---|" + "---|" * len(labels)]
+    for k in keys:
+        lines.append(f"| {k[0]} | {k[1]} | {k[2] or '-'} | " + " | ".join(cell(run.get(k)) for run in runs) + " |")
+    lines += ["", "| method | IPC | " + " | ".join(f"{lab}: growth shortest -> longest unroll" for lab in labels) + " |",
+              "|---|---|" + "---|" * len(labels)]
+    for m, ipc in sorted({(k[0], k[1]) for k in keys}):
+        growth = []
+        for run in runs:
+            ok = sorted((k[2] or 0, r["total_peak_mb"]) for k, r in run.items()
+                        if k[:2] == (m, ipc) and r["status"] == "ok")
+            growth.append(f"{100 * (ok[-1][1] / ok[0][1] - 1):+.1f} % ({ok[0][0]} -> {ok[-1][0]})" if len(ok) > 1 else "-")
+        lines.append(f"| {m} | {ipc} | " + " | ".join(growth) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_sets(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -191,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     "memory_bench_experts"))
     ap.add_argument("--tag", default="table")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
+    ap.add_argument("--compare", nargs="+", metavar="LABEL=JSON",
+                    help="print one before/after table from result files (e.g. before=a.json after=b.json)")
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--config-json", default="{}", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -198,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         method, ipc, unroll = a.one[0], int(a.one[1]), int(a.one[2]) or None
         print(json.dumps(cell(method, a.dataset, ipc, unroll, a.steps, a.model, a.device, json.loads(a.config_json),
                               a.cache)), flush=True)
+        return 0
+    if a.compare:
+        labels, paths = zip(*(item.split("=", 1) for item in a.compare))
+        md = compare(list(paths), list(labels))
+        print(md)
+        (Path(a.out_dir) / f"memory_{a.tag}.md").write_text(md)
         return 0
     config = parse_sets(a.set)
     rows = []

@@ -13,8 +13,8 @@ rate, measured in the same process just before the steps (a 2048 x 2048 matmul i
 autocast uses it: ``runtime.bf16_fast``), so "% of matmul" says how much of the machine a step uses.
 
 **Side by side** (``--baseline PATH``): our step and the baseline's step are timed *in one run, alternating*
-(round ``r`` runs ours then the baseline's for even ``r``, the other order for odd ``r``, one warm-up step each
-first), each in its own worker process, so both see the same machine load; the table prints both medians and
+(round ``r`` runs ours then the baseline's for even ``r``, the other order for odd ``r``, after ``--warmup``
+untimed steps each), each in its own worker process, so both see the same machine load; the table prints both medians and
 the ratio baseline / ours (> 1: ours is faster). ``PATH`` is either
 
 * a **directory**: a checkout of distill_apps (for example the previous commit: ``git worktree add /tmp/old
@@ -239,7 +239,8 @@ def paired(method: str, ipc: int, a: argparse.Namespace, ours_cfg: dict, base_cf
     ours = Worker(ADAPTER, {**spec, "options": ours_cfg}, str(HERE.parent))
     theirs = Worker(base_script, {**spec, "options": base_cfg}, base_code)
     try:
-        ours.step(), theirs.step()  # warm-up (lazy initialisation, allocator growth)
+        for _ in range(a.warmup):  # lazy initialisation, allocator growth
+            ours.step(), theirs.step()
         t_ours, t_base = [], []
         for r in range(a.steps):
             pair = [(ours, t_ours), (theirs, t_base)]
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
     ap.add_argument("--baseline", default=None, metavar="PATH",
                     help="time a baseline side by side: a distill_apps checkout (directory) or a step script (.py)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side before the timed ones (--baseline)")
     ap.add_argument("--baseline-set", action="append", default=None, metavar="KEY=VALUE",
                     help="options for the baseline checkout (default: the --set ones)")
     ap.add_argument("--out", default="benchmarks/results/speed.json")
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(a.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(a.out).write_text(json.dumps(rows, indent=1))
         lines = [f"ours: {HERE.parent} {config or ''}; baseline: {a.baseline} {base_cfg or ''}; alternating steps in "
-                 f"one run, {a.steps} timed each after one warm-up; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+                 f"one run, {a.steps} timed each after {a.warmup} warm-up; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
                  "", "| method | IPC | ours (s/step) | baseline (s/step) | baseline / ours |", "|---|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['ipc']} | {r['ours_s_median']} | {r['baseline_s_median']} | "
                   f"{r['ratio_baseline_over_ours']} |" for r in rows]
