@@ -179,43 +179,68 @@ class _Spec:
                 [acc + w * gr for acc, gr in zip(total, g)]
         return [gr.detach() for gr in total]
 
-    def step_vjp(self, t: int, theta: list, vel: list | None, x, y, lr, lam: list, lam_v: list,
-                 exact: bool) -> tuple[list, list, torch.Tensor, dict[str, torch.Tensor]]:
-        """Back-propagate the adjoint ``(lam, lam_v)`` of step ``t``'s outputs to its inputs, rebuilding one
-        micro-batch's graph at a time. ``theta``/``vel`` are the step's (detached) inputs; ``x``/``y`` the leaves
-        (requiring grad where a gradient is wanted). Returns ``(lam_theta, lam_vel, d lr_t, {"x"/"y": grad})``.
+    def update_(self, t: int, theta: list, vel: list | None, g: list, lr) -> None:
+        """:meth:`update` in place (the same arithmetic): no allocation survives the step, so a long unroll does
+        not fragment the allocator's heap."""
+        lr_t = self.lr(lr, t)
+        if vel is not None:
+            for v, gr in zip(vel, g):
+                v.mul_(self.momentum).add_(gr)
+        for p, d in zip(theta, vel if vel is not None else g):
+            p.sub_(lr_t * d)
+
+    def step_vjp(self, t: int, theta: list, vel: list | None, x, y, lr, buf: dict[str, list], exact: bool
+                 ) -> torch.Tensor:
+        """Back-propagate the adjoint ``buf["lam"]``/``buf["lam_v"]`` of step ``t``'s outputs to its inputs (in
+        place), rebuilding one micro-batch's graph at a time; the leaves' gradients are added to ``buf["x"]`` /
+        ``buf["y"]``. ``theta``/``vel`` are the step's (detached) inputs; ``x``/``y`` the leaves (requiring grad
+        where a gradient is wanted). Returns ``d loss / d lr_t``.
 
         With ``theta' = theta - lr v'``, ``v' = mu v + g`` (``v' = g`` without momentum) the cotangent of ``g`` is
         ``u = lam_v - lr lam``; then ``lam_theta = lam + J_g^T u`` (TESLA, ``exact=False``: ``lam``),
-        ``lam_vel = mu u``, ``d lr = -lam . v'`` and the leaves get ``J_g^T u``.
+        ``lam_vel = mu u``, ``d lr = -lam . v'`` and the leaves get ``J_g^T u``. Every buffer is allocated once
+        per backward and updated in place, so nothing allocated during a step outlives it (no heap growth).
         """
+        lam, lam_v, u, hvp, g_val = buf["lam"], buf["lam_v"], buf["u"], buf["hvp"], buf["g"]
         lr_t = self.lr(lr, t).detach()
-        u = [lv - lr_t * lm for lv, lm in zip(lam_v, lam)] if vel is not None else [-lr_t * lm for lm in lam]
+        for uk, lm, lv in zip(u, lam, lam_v or [None] * len(u)):
+            torch.mul(lm, -lr_t, out=uk)
+            if vel is not None:
+                uk.add_(lv)
+        for acc in hvp + g_val:
+            acc.zero_()
         th = [_leaf(p) for p in theta]
-        wrt = [v for v in (x, y) if v.requires_grad]
+        wrt = [k for k, v in (("x", x), ("y", y)) if v.requires_grad]
+        leaves = [x if k == "x" else y for k in wrt]
         xb, yb = self.plan.batch(t, x, y, self.dsa)
         parts = self.pieces(xb.shape[0])
-        hvp, gx, g_val = None, [None] * len(wrt), None
         for i, (a, b, w) in enumerate(parts):
             g = _grads(self.f, dict(zip(self.names, th)), xb[a:b], yb[a:b], self.label_kind, True, self.shard)
-            gw = [w * gr.detach() for gr in g] if w != 1.0 else [gr.detach() for gr in g]
-            g_val = gw if g_val is None else [acc + gr for acc, gr in zip(g_val, gw)]
-            s = sum((uk * gk).sum() for uk, gk in zip(u, g)) * w
-            inputs = wrt + (th if exact else [])
-            if not inputs:
-                continue
-            res = torch.autograd.grad(s, inputs, allow_unused=True, retain_graph=i < len(parts) - 1)
-            gx = [r if acc is None else acc if r is None else acc + r for acc, r in zip(gx, res[:len(wrt)])]
-            if exact:
-                h = [torch.zeros_like(p) if r is None else r for p, r in zip(th, res[len(wrt):])]
-                hvp = h if hvp is None else [acc + r for acc, r in zip(hvp, h)]
-            del g, s, res
-        v_new = g_val if vel is None else [self.momentum * v + gr for v, gr in zip(vel, g_val)]
-        d_lr = -sum((lm * v).sum() for lm, v in zip(lam, v_new))
-        lam_theta = lam if hvp is None else [lm + h for lm, h in zip(lam, hvp)]
-        lam_vel = [self.momentum * uk for uk in u] if vel is not None else []
-        named = dict(zip([k for k, v in (("x", x), ("y", y)) if v.requires_grad], gx))
-        return lam_theta, lam_vel, d_lr, named
+            for acc, gr in zip(g_val, g):
+                acc.add_(gr.detach(), alpha=w)
+            inputs = leaves + (th if exact else [])
+            if inputs:
+                s = sum((uk * gk).sum() for uk, gk in zip(u, g)) * w
+                res = torch.autograd.grad(s, inputs, allow_unused=True, retain_graph=i < len(parts) - 1)
+                for k, r in zip(wrt, res):
+                    if r is not None:
+                        buf[k].add_(r)
+                for acc, r in zip(hvp, res[len(wrt):]):
+                    if r is not None:
+                        acc.add_(r)
+                del s, res
+            del g
+        del xb, yb, th
+        if vel is not None:
+            d_lr = -sum((lm * (self.momentum * v + gr)).sum() for lm, v, gr in zip(lam, vel, g_val))
+        else:
+            d_lr = -sum((lm * gr).sum() for lm, gr in zip(lam, g_val))
+        if exact:
+            for lm, h in zip(lam, hvp):
+                lm.add_(h)
+        for lv, uk in zip(lam_v, u):
+            lv.copy_(uk).mul_(self.momentum)
+        return d_lr
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -230,7 +255,7 @@ class _RecomputedUnroll(torch.autograd.Function):
         steps = len(spec.plan)
         dev = x.device.type
         ctx.amp = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-        theta = [p.detach() for p in theta0]
+        theta = [p.detach().clone() for p in theta0]  # updated in place: no per-step allocation outlives its step
         vel = [torch.zeros_like(p) for p in theta] if spec.momentum else None
         xd, yd, lrd = x.detach(), y.detach(), lr.detach()
         store = _Snapshots(theta, -(-steps // chunk), vel is not None)
@@ -238,7 +263,7 @@ class _RecomputedUnroll(torch.autograd.Function):
             for t in range(steps):
                 if t % chunk == 0:
                     store.put(t // chunk, theta, vel)
-                theta, vel = spec.update(t, theta, vel, spec.grad_value(t, theta, xd, yd), lrd)
+                spec.update_(t, theta, vel, spec.grad_value(t, theta, xd, yd), lrd)
         ctx.spec, ctx.chunk, ctx.exact, ctx.store = spec, chunk, exact, store
         ctx.save_for_backward(x, y, lr)
         return tuple(theta)
@@ -250,11 +275,16 @@ class _RecomputedUnroll(torch.autograd.Function):
         x, y, lr = ctx.saved_tensors
         steps = len(spec.plan)
         like = store.get(0)[0]
-        lam = [torch.zeros_like(s) if g is None else g for g, s in zip(lam, like)]
+        lam = [torch.zeros_like(s) if g is None else g.clone() for g, s in zip(lam, like)]
         lam_v = [torch.zeros_like(s) for s in like] if spec.momentum else []
         needs = ctx.needs_input_grad  # (spec, chunk, exact, x, y, lr, *theta0)
         dev, amp_on, amp_dtype = ctx.amp
         gx = gy = glr = None
+        if chunk == 1:  # the adjoint's buffers, allocated once and updated in place
+            buf = {"lam": lam, "lam_v": lam_v, "u": [torch.empty_like(s) for s in like],
+                   "hvp": [torch.zeros_like(s) for s in like] if exact else [], "g": [torch.empty_like(s) for s in like]}
+            gx = buf["x"] = torch.zeros_like(x) if needs[3] else None
+            gy = buf["y"] = torch.zeros_like(y) if needs[4] else None
         with torch.enable_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp_on):
             xl = _leaf(x) if needs[3] else x.detach()
             yl = _leaf(y) if needs[4] else y.detach()
@@ -265,8 +295,7 @@ class _RecomputedUnroll(torch.autograd.Function):
                 theta0, vel0 = store.get(c)
                 t0, t1 = c * chunk, min((c + 1) * chunk, steps)
                 if chunk == 1:  # the adjoint: one step (one micro-batch) at a time, VJP written out
-                    lam, lam_v, d_lr, named = spec.step_vjp(t0, theta0, vel0, xl, yl, lrl, lam, lam_v, exact)
-                    rx, ry = named.get("x"), named.get("y")
+                    d_lr = spec.step_vjp(t0, theta0, vel0, xl, yl, lrl, buf, exact)
                     if glr is not None:
                         if spec.per_step_lr:
                             glr[t0] += d_lr
@@ -290,10 +319,10 @@ class _RecomputedUnroll(torch.autograd.Function):
                     if vl is not None:
                         lam_v = [torch.zeros_like(v) if r is None else r for v, r in zip(vl, res[k + len(th):])]
                     del res, theta, vel
-                if rx is not None:
-                    gx = rx if gx is None else gx + rx
-                if ry is not None:
-                    gy = ry if gy is None else gy + ry
+                    if rx is not None:
+                        gx = rx if gx is None else gx + rx
+                    if ry is not None:
+                        gy = ry if gy is None else gy + ry
         theta_grads = [g if need else None for g, need in zip(lam, needs[6:])]
         return (None, None, None, gx, gy, glr, *theta_grads)
 
