@@ -2,14 +2,14 @@
 
     OMP_NUM_THREADS=1 python benchmarks/cross_arch.py --datasets mnist fashion_mnist --ipc 10 \
         --methods random dm dsa dc mtt --models convnet mlp lenet alexnet vgg11 resnet18 --runs 3 \
-        --summaries out/cross_arch --dc-ipcs 1 10 --out benchmarks/results/cross_arch_ipc10.json
+        --summaries out/cross_arch --dc-ipc 1 10 --out benchmarks/results/cross_arch_ipc10.json
 
 Rows: the random real subset and each method's summary (distilled here with ``--budget quick`` or ``--steps``,
 steps and seconds recorded, or reused from ``--summaries``: ``<method>_<dataset>_ipc<k>.safetensors``, the
 CLI's naming, written there after distilling). Columns: the models. Every cell is ``--runs`` fresh networks under
 the papers' protocol (``augment=auto``: DSA and 1,000 epochs for DM/DSA/MTT, DC's augmentation for DC with 1,000
 epochs where it augments, 300 otherwise); the random row uses ``--random-augment`` (default ``dsa``, the
-protocol of most rows). A second table puts DC at ``--dc-ipcs`` under the ``dc`` protocol (ConvNet) beside the
+protocol of most rows). A second table puts DC at ``--dc-ipc`` under the ``dc`` protocol (ConvNet) beside the
 DC paper's MNIST figures (91.7 / 97.4 at IPC 1 / 10).
 
 The run is resumable: each finished cell is appended to the JSON file at once (atomic write) and skipped on the
@@ -47,7 +47,7 @@ def get_summary(method: str, real: da.RealData, ipc: int, a: argparse.Namespace)
     if path is not None and path.exists():
         s = da.SyntheticSet.load(path)
         return s, {"source": str(path), "steps": s.meta.get("steps"), "distill_seconds": s.meta.get("seconds")}
-    cfg = {k: v for (m, k), v in a.overrides.items() if m == method}
+    cfg = dict(a.configs.get(method) or {})
     t0 = time.perf_counter()
     s = da.distill(method, real, ipc, steps=a.steps, budget=a.budget, seed=a.seed, device=a.device, config=cfg,
                    progress=not a.quiet)
@@ -158,19 +158,20 @@ def estimate(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from distill_apps.options import add_set_argument, make_parser, method_options
+
+    ap = make_parser("python benchmarks/cross_arch.py", __doc__)
     ap.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--methods", nargs="*", default=["random", "dm", "dsa", "dc", "mtt"])
     ap.add_argument("--models", nargs="+", default=ZOO)
-    ap.add_argument("--dc-ipcs", nargs="*", type=int, default=[1, 10], help="DC under the dc protocol (ConvNet)")
+    ap.add_argument("--dc-ipc", nargs="*", type=int, default=[1, 10], help="DC under the dc protocol (ConvNet)")
     ap.add_argument("--random-augment", default="dsa", help="protocol of the random row (dsa, dc, none)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None, help="default: the papers' (1000 augmenting, else 300)")
     ap.add_argument("--budget", choices=("quick", "paper"), default="quick")
     ap.add_argument("--steps", type=int, default=None, help="distillation steps (overrides --budget)")
-    ap.add_argument("--set-for", action="append", default=[], metavar="METHOD:KEY=VALUE",
-                    help="method option for distilling, e.g. mtt:num_experts=2")
+    add_set_argument(ap)
     ap.add_argument("--summaries", default=None, help="folder of summaries to reuse (and to save distilled ones)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
@@ -180,14 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/cross_arch.json")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
-    a.overrides = {}
-    for item in a.set_for:
-        m, _, kv = item.partition(":")
-        k, _, v = kv.partition("=")
-        try:
-            a.overrides[(m, k)] = json.loads(v)
-        except json.JSONDecodeError:
-            a.overrides[(m, k)] = v
+    a.configs = method_options(a.set, sorted(set(a.methods) | {"dc"}))
     if a.estimate:
         return estimate(a)
     out = Path(a.out)
@@ -196,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     done = {key(c) for c in cells}
     plan = [("cross_arch", m, a.ipc, model, a.random_augment if m == "random" else "auto")
             for m in a.methods for model in a.models]
-    plan += [("dc_protocol", "dc", k, "convnet", "dc") for k in a.dc_ipcs]
+    plan += [("dc_protocol", "dc", k, "convnet", "dc") for k in a.dc_ipc]
     for name in a.datasets:
         real = da.load_dataset(name, a.data_root)
         summaries: dict[tuple[str, int], tuple] = {}

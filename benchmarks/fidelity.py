@@ -12,7 +12,7 @@ CIFAR-10 from the image folder (issue 18), under the papers' evaluation protocol
 with DSA augmentation for the methods distilled with DSA; ``--paper-eval``), labelled "CIFAR-10 (JPEG q75 copy)":
 
     OMP_NUM_THREADS=1 python benchmarks/fidelity.py --datasets imagefolder:cifar10-jpg --budget paper --paper-eval \
-        --methods random herding dm dsa dc mtt idc --ipcs 1 10 --runs 3 --steps-for dm:10=200 --steps-for dc:1=100 \
+        --methods random herding dm dsa dc mtt idc --ipc 1 10 --runs 3 --steps-for dm:10=200 --steps-for dc:1=100 \
         --time-limit 900 --zca-methods mtt --set mtt.num_experts=2 --set mtt.expert_train_epochs=22 \
         --set mtt.eager_experts=true --set mtt.unroll_memory=adjoint \
         --out benchmarks/results/fidelity_cifar10_jpg.json

@@ -1,10 +1,13 @@
-"""Peak memory of MTT's unrolled gradient vs TESLA's step-by-step gradient at several unroll lengths.
+"""Peak graph memory of the one unroll (``inner.unroll``) by gradient mode, at several unroll lengths.
 
 Memory is the peak bytes of tensors autograd holds for backward (``SavedTensorMeter``: deterministic, works on
 CPU); on CUDA ``torch.cuda.max_memory_allocated`` is reported too. The problem is one MTT outer step: a
 ConvNet student (from the expert-shaped template) unrolled ``N`` SGD steps on the whole synthetic set
 (``ipc * classes`` images, DSA on), the loss against a target, and the gradient w.r.t. images, step size and
-(for TESLA) soft labels.
+soft labels, computed by ``mtt_loss`` with ``memory`` = autograd (MTT's default), checkpoint (chunks of 5
+steps), adjoint (exact, MTT's ``unroll_memory=adjoint`` and TESLA's ``grad_mode=exact``) and by TESLA's
+decomposition (``grad_mode=tesla``). The recomputing modes also keep parameter snapshots (no graph), reported
+separately. Whole-process peak RSS per method and IPC is ``benchmarks/memory.py``.
 
     python benchmarks/unroll_memory.py                       # digits-shaped (1x8x8), ConvNet-3 w128, ipc 10
     python benchmarks/unroll_memory.py --shape 3 32 32 --device cuda   # CIFAR-10-shaped, on a GPU
@@ -21,10 +24,13 @@ import torch
 
 from distill_apps.augment import DSA
 from distill_apps.inner import functional
-from distill_apps.methods.trajectory import SavedTensorMeter, UnrollPlan, mtt_loss, tesla_gradients
+from distill_apps.methods.trajectory import SavedTensorMeter, UnrollPlan, mtt_loss
 from distill_apps.nets import build_model
 from distill_apps.options import make_parser
 from distill_apps.runtime import generator
+
+MODES = {"autograd": ("autograd", 0, True), "checkpoint-5": ("checkpoint", 5, True),
+         "adjoint": ("adjoint", 0, True), "tesla": ("adjoint", 0, False)}
 
 
 def measure(kind: str, steps: int, shape, classes: int, ipc: int, model: str, device: str) -> dict:
@@ -44,16 +50,15 @@ def measure(kind: str, steps: int, shape, classes: int, ipc: int, model: str, de
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
+    memory, chunk, exact = MODES[kind]
     with SavedTensorMeter() as m:
-        if kind == "mtt":
-            mtt_loss(f, start, target, x, soft, lr, plan, dsa, "logits").backward()
-        else:
-            tesla_gradients(f, start, target, x, soft, lr, plan, dsa, "logits", mode=kind.split("-", 1)[1])
+        mtt_loss(f, start, target, x, soft, lr, plan, dsa, "logits", memory=memory, chunk=chunk,
+                 exact=exact).backward()
     if dev.type == "cuda":
         torch.cuda.synchronize()
     out = {"method": kind, "unroll": steps, "saved_bytes_peak": m.peak, "seconds": time.perf_counter() - t0}
-    if kind == "tesla-exact":  # the adjoint pass also keeps one parameter snapshot per step (no graph)
-        out["snapshot_bytes"] = steps * sum(v.numel() * v.element_size() for v in start.values())
+    if memory != "autograd":  # parameter snapshots (no graph): one per step, or one per chunk
+        out["snapshot_bytes"] = -(-steps // (chunk or 1)) * sum(v.numel() * v.element_size() for v in start.values())
     if dev.type == "cuda":
         out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated() - base
     return out
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(a.shape)
     rows = []
     for n in a.unroll:
-        for kind in ("mtt", "tesla-tesla", "tesla-exact"):
+        for kind in MODES:
             rows.append(measure(kind, n, shape, a.classes, a.ipc, a.model, a.device))
             r = rows[-1]
             print(f"{r['method']:12s} N={n:3d}  saved {r['saved_bytes_peak'] / 2**20:9.1f} MiB"

@@ -298,6 +298,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         opts["force_dataset"] = True
     data = a.dataset
     if isinstance(summary, SyntheticSet) and a.dataset:
+        from .modality import check_modality
+
+        check_modality("image", a.dataset, f"An image summary ({summary.meta.get('method', 'unknown method')})")
         recorded = ((summary.meta.get("data") or {}).get("source") or {}).get("image_size")
         if a.dataset.startswith("imagefolder:") and a.image_size is None and recorded:
             a.image_size = tuple(recorded)  # a folder given anew is resized as it was for distillation

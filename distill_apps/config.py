@@ -48,7 +48,7 @@ NAME_RULES: list[tuple[str, dict[str, Any]]] = [
 ]
 CHOICES: dict[str, tuple[str, ...]] = {
     "dis_metric": ("ours", "mse", "l1", "cos"), "krr_form": ("auto", "primal", "dual"),
-    "grad_mode": ("tesla", "exact"), "unroll_memory": ("autograd", "adjoint"),
+    "grad_mode": ("tesla", "exact"), "unroll_memory": ("autograd", "checkpoint", "adjoint"),
     "decode": ("nearest", "bilinear", "bicubic", "area", "nearest-exact"), "init_mode": ("random", "fixed"),
     "embedding": ("trained", "random", "pixels"), "structure": ("", "pge", "bernoulli", "none"),
 }

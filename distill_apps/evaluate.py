@@ -103,7 +103,7 @@ def evaluate(summary: Summary, dataset: Any = None, *, model: str | None = None,
     model, protocol = model or "convnet", protocol or "train"
     augment = check_augment(augment)
     dev = pick_device(device)
-    if isinstance(dataset, str):
+    if dataset is not None:
         check_modality("image", dataset, f"An image summary ({summary.meta.get('method', 'unknown method')})")
     real = data_for_summary(summary, dataset, data_root, progress=progress)
     check_same_dataset(summary.meta, real, force_dataset)
@@ -121,11 +121,8 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
                        lr: float | None, batch_size: int, augment: str | None, seed: int, device: torch.device,
                        progress: bool = False, amp: bool = True) -> EvalResult:
     t0 = time.perf_counter()
-    if runs < 1:
-        raise ConfigError(f"runs must be >= 1; got {runs}.")
-    m = summary.materialize()
+    x_train, target, label_kind = summary.training_data(device)  # factorised: decoded in chunks or per minibatch
     lr_used = lr if lr is not None else (summary.lr or 0.01)
-    target = m.soft if m.soft is not None else m.y
     accs: list[float] = []
     it = range(runs)
     if progress:
@@ -141,8 +138,8 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
         if aug is None:  # the augmentation (and so the epoch count) may depend on the net: DC's crop_noise for BN
             aug = resolve_augment(augment, summary, real, net)
             epochs = aug.default_epochs() if epochs is None else epochs
-        fit(net, m.x.to(device), target.to(device), epochs=epochs, lr=lr_used, batch_size=batch_size,
-            label_kind=m.label_kind, augment=aug.transform, generator=g, amp=amp)
+        fit(net, x_train, target, epochs=epochs, lr=lr_used, batch_size=batch_size,
+            label_kind=label_kind, augment=aug.transform, generator=g, amp=amp)
         accs.append(accuracy(net, x_test, y_test))
     return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "train",
                       epochs, aug.name, lr_used, time.perf_counter() - t0, extra={"augment_detail": aug.detail})

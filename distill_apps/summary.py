@@ -29,6 +29,58 @@ LABEL_KINDS = ("hard", "logits", "regression", "multilabel")
 Decoder = Callable[[dict[str, torch.Tensor], dict[str, Any]], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 DECODERS: Registry[Decoder] = Registry("decoder")
 register_decoder = DECODERS.register
+DECODE_CHUNK = 4096  # decoded images per chunk when a whole summary is decoded
+DECODE_CACHE_MB = 1024  # evaluation decodes once (in chunks) up to this many MB of images, per minibatch beyond
+
+
+@dataclass(frozen=True)
+class ChunkedDecoder:
+    """A decoder that can decode any subset of a summary's images, so summaries decode (and train) in chunks.
+
+    ``labels(params, spec) -> (y, soft)`` gives every decoded image's labels without decoding an image;
+    ``bind(params, spec, device) -> images`` does the one-off work (moving the parameters, loading a generator
+    file) and returns ``images(idx)``, the decoded images at the decoded-image indices ``idx``. Calling the
+    decoder like a plain one, ``decoder(params, spec)``, decodes everything in chunks of :data:`DECODE_CHUNK`.
+    Decoding is deterministic, so any image can be decoded again when it is needed.
+    """
+
+    labels: Callable[[dict[str, torch.Tensor], dict[str, Any]], tuple[torch.Tensor, torch.Tensor | None]]
+    bind: Callable[..., Callable[[torch.Tensor], torch.Tensor]]
+
+    def __call__(self, params: dict[str, torch.Tensor], spec: dict[str, Any], chunk: int = DECODE_CHUNK,
+                 device: torch.device | str | None = None):
+        y, soft = self.labels(params, spec)
+        images = self.bind(params, spec, device)
+        with torch.no_grad():
+            parts = [images(idx) for idx in torch.arange(len(y)).split(max(1, int(chunk)))]
+        return torch.cat(parts) if parts else torch.empty(0), y, soft
+
+
+class DecodedImages:
+    """The images of a factorised summary, decoded on demand: ``src[idx]`` decodes just the images ``idx``.
+
+    What :func:`distill_apps.train.fit` takes in place of an image tensor when decoding every image at once would
+    not fit in memory: each minibatch decodes its own images (without a graph), so memory does not grow with the
+    number of decoded images. ``len(src)`` is the number of decoded images.
+    """
+
+    def __init__(self, summary: "SyntheticSet", device: torch.device | str = "cpu") -> None:
+        dec = DECODERS.get(summary.decoder)
+        if not isinstance(dec, ChunkedDecoder):
+            raise DataError(f"Decoder {summary.decoder!r} decodes whole summaries only; use materialize().")
+        self.summary, self.device = summary, torch.device(device)
+        self._n = len(dec.labels(summary.params, summary.decoder_spec)[0])
+        self._images = dec.bind(summary.params, summary.decoder_spec, self.device)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._images(torch.as_tensor(idx, dtype=torch.long).reshape(-1).cpu())
+
+    def to(self, device: torch.device | str) -> "DecodedImages":
+        return self if torch.device(device) == self.device else DecodedImages(self.summary, device)
 
 
 def library_versions() -> dict[str, str]:
@@ -105,19 +157,21 @@ class SyntheticSet(Summary):
 
     # ---------------------------------------------------------------- views
     def __len__(self) -> int:
-        return len(self.materialize().y)
+        return len(self.decoded_labels()[0])
 
     @property
     def ipc(self) -> int:
         return int(self.meta.get("ipc", max(1, len(self.y) // max(1, self.num_classes))))
 
-    def materialize(self) -> "SyntheticSet":
-        """The plain-image form (decodes a factorised summary; returns ``self`` when already plain)."""
+    def materialize(self, chunk: int = DECODE_CHUNK) -> "SyntheticSet":
+        """The plain-image form (decodes a factorised summary, ``chunk`` images at a time where its decoder can;
+        returns ``self`` when already plain)."""
         if self.decoder is None:
             return self
-        decode = DECODERS.get(self.decoder)
+        dec = DECODERS.get(self.decoder)
         try:
-            x, y, soft = decode(self.params, self.decoder_spec)
+            x, y, soft = dec(self.params, self.decoder_spec, chunk) if isinstance(dec, ChunkedDecoder) else \
+                dec(self.params, self.decoder_spec)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
             from .memory import is_out_of_memory
 
@@ -128,6 +182,33 @@ class SyntheticSet(Summary):
                                      "its decoder_spec or parameters are malformed. Re-create the summary.") from exc
         return replace(self, x=x, y=y, soft=soft, params={}, decoder=None, decoder_spec={},
                        label_kind=self.label_kind if soft is not None else "hard")
+
+    def decoded_labels(self) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """``(y, soft, label_kind)`` of the images a training run sees, without decoding images where the
+        decoder can tell them apart."""
+        if self.decoder is None:
+            return self.y, self.soft, self.label_kind
+        dec = DECODERS.get(self.decoder)
+        if isinstance(dec, ChunkedDecoder):
+            y, soft = dec.labels(self.params, self.decoder_spec)
+        else:
+            _, y, soft = dec(self.params, self.decoder_spec)
+        return y, soft, self.label_kind if soft is not None else "hard"
+
+    def training_data(self, device: torch.device | str = "cpu", cache_mb: float = DECODE_CACHE_MB):
+        """``(images, target, label_kind)`` for :func:`distill_apps.train.fit`: ``target`` the soft labels when
+        present, else the class ids. ``images`` is a tensor on ``device`` (plain summaries, and factorised ones
+        whose decoded images take at most ``cache_mb`` MB: decoded once, in chunks) or a :class:`DecodedImages`
+        that decodes each minibatch (memory flat in the number of decoded images; decoding is deterministic)."""
+        y, soft, kind = self.decoded_labels()
+        target = (soft if soft is not None else y).to(device)
+        if self.decoder is None:
+            return self.x.to(device), target, kind
+        dec = DECODERS.get(self.decoder)
+        decoded_mb = len(y) * math.prod(self.image_shape) * 4 / 2**20
+        if isinstance(dec, ChunkedDecoder) and decoded_mb > cache_mb:
+            return DecodedImages(self, device), target, kind
+        return self.materialize().x.to(device), target, kind
 
     def as_dataset(self) -> TensorDataset:
         """A ``TensorDataset`` of (image, target): target is the soft label row when present, else the class id."""

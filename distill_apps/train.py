@@ -37,14 +37,17 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | Non
         optimizer: torch.optim.Optimizer | None = None, progress: bool = False) -> nn.Module:
     """Train ``model`` on tensors ``(x, y)`` for ``epochs`` passes or ``steps`` minibatches; returns the model.
 
-    ``augment(xb, generator)`` is applied to every minibatch (e.g. DSA with a fresh draw per image).
+    ``x`` may also be an image *source*: any object with ``len(x)``, ``x[idx] -> images`` for a LongTensor of
+    indices, and ``x.to(device)`` (e.g. :class:`distill_apps.summary.DecodedImages`, which decodes each minibatch
+    of a factorised summary on demand). ``augment(xb, generator)`` is applied to every minibatch (e.g. DSA with a
+    fresh draw per image).
     """
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs or steps")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     dev = next(model.parameters()).device
-    x, y = x.detach().to(dev), y.detach().to(dev)
-    n = x.shape[0]
+    x, y = x.detach().to(dev) if torch.is_tensor(x) else x.to(dev), y.detach().to(dev)
+    n = len(x)
     bs = min(batch_size, n)
     per_epoch = max(1, -(-n // bs))
     total = steps if steps is not None else epochs * per_epoch

@@ -41,9 +41,9 @@ from ..augment import DEFAULT_STRATEGY, DSA
 from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
-from ..inner import functional, momentum_unroll
+from ..inner import functional, momentum_unroll, unroll_options
 from ..matching import mean_embedding_distance
-from ..summary import SyntheticSet, register_decoder
+from ..summary import DECODERS, ChunkedDecoder, SyntheticSet, register_decoder
 from ..train import target_loss
 from .trajectory import MTT, MTTConfig, UnrollPlan, mtt_loss
 
@@ -167,18 +167,55 @@ def hallucinated_images(params: dict[str, torch.Tensor], spec: dict[str, Any]) -
     return x, y
 
 
-@register_decoder("linba")
-def decode_linba(params: dict[str, torch.Tensor], spec: dict[str, Any]):
-    with torch.no_grad():
-        x, y = linba_images(params["bases"].float(), params["addressing"].float())
-    return x, y.long(), None
+def _pick(out: torch.Tensor, groups: torch.Tensor, members: torch.Tensor, group: torch.Tensor,
+          member: torch.Tensor) -> torch.Tensor:
+    """Rows of ``out`` (group-major: ``len(groups) x len(members)``) for the pairs ``(group[i], member[i])``;
+    ``groups``/``members`` are sorted unique values."""
+    gi, mi = torch.searchsorted(groups, group), torch.searchsorted(members, member)
+    return out[(gi * len(members) + mi).to(out.device)]
 
 
-@register_decoder("hallucinator")
-def decode_hallucinator(params: dict[str, torch.Tensor], spec: dict[str, Any]):
-    with torch.no_grad():
-        x, y = hallucinated_images({k: v.float() for k, v in params.items()}, spec)
-    return x, y.long(), None
+def _linba_labels(params: dict[str, torch.Tensor], spec: dict[str, Any]):
+    r, c, _ = params["addressing"].shape
+    return torch.arange(c).repeat(r).long(), None
+
+
+def _linba_bind(params: dict[str, torch.Tensor], spec: dict[str, Any], device=None):
+    """Decoded image ``i`` is row ``i`` of ``A @ M``: a chunk multiplies only its rows of ``A``."""
+    dev = device if device is not None else params["bases"].device
+    bases = params["bases"].float().to(dev)
+    a = params["addressing"].float().to(dev)
+    a = a.reshape(-1, a.shape[-1])
+    m = bases.reshape(bases.shape[0], -1)
+    return lambda idx: (a[idx.to(dev)] @ m).view(len(idx), *bases.shape[1:])
+
+
+def _hallucinator_labels(params: dict[str, torch.Tensor], spec: dict[str, Any]):
+    per_class, n = int(spec["per_class"]), int(params["enc_w"].shape[0])
+    return torch.arange(int(spec["num_classes"])).repeat_interleave(per_class).repeat(n).long(), None
+
+
+def _hallucinator_bind(params: dict[str, torch.Tensor], spec: dict[str, Any], device=None):
+    """Decoded image ``i`` is network ``i // N`` on code ``i % N`` (``N`` codes): a chunk runs the networks and
+    codes it touches (all of them, in the same grouped convolution, when the chunk is the whole summary)."""
+    code = spec["code"]
+    dev = device if device is not None else params[code].device
+    p = {k: v.float().to(dev) for k, v in params.items()}
+    codes, hw = p.pop(code), tuple(spec["image_shape"])[1:]
+    nc = codes.shape[0]
+
+    def images(idx: torch.Tensor) -> torch.Tensor:
+        net, cid = idx // nc, idx % nc
+        nets, cids = torch.unique(net), torch.unique(cid)
+        sub = {k: v[nets.to(dev)] for k, v in p.items()}
+        return _pick(hallucinate(codes[cids.to(dev)], sub, hw), nets, cids, net, cid)
+
+    return images
+
+
+register_decoder("linba")(ChunkedDecoder(_linba_labels, _linba_bind))
+register_decoder("hallucinator")(ChunkedDecoder(_hallucinator_labels, _hallucinator_bind))
+decode_linba, decode_hallucinator = DECODERS.get("linba"), DECODERS.get("hallucinator")
 
 
 def _init_networks(shapes: dict[str, tuple[int, ...]], g: torch.Generator, device) -> dict[str, torch.Tensor]:
@@ -219,9 +256,7 @@ class FactorisedMixin:
     def export(self, state: DistillState) -> SyntheticSet:
         params = {k: v.detach().float().cpu().clone() for k, v in self.stored(state).items()}
         spec = self.spec()
-        from ..summary import DECODERS
-
-        _, y, _ = DECODERS.get(self.decoder_name)(params, spec)
+        y, _ = DECODERS.get(self.decoder_name).labels(params, spec)
         lr = self.learned_lr(state)
         return SyntheticSet(x=None, y=y.cpu().long(), num_classes=self.real.num_classes,
                             image_shape=self.real.image_shape, mean=self.real.mean, std=self.real.std,
@@ -274,6 +309,11 @@ class LinBaConfig(MethodConfig):
     lr_bases: float = 0.01  # Adam
     lr_addressing: float = 0.01  # Adam
     lr_lr: float = 0.01  # Adam on log(step size)
+    unroll_memory: str = "autograd"  # autograd | adjoint (the same gradient, activation memory flat in
+    #   unroll_steps) | checkpoint (chunks of unroll_chunk steps recomputed); see inner.unroll
+    unroll_chunk: int = 0
+    unroll_micro_batch: int = 0  # recomputing modes: examples per micro-batch (0: whole minibatches; exact
+    #   without batch statistics), so memory is flat in the inner batch size too
 
 
 @register_method("linba")
@@ -312,11 +352,11 @@ class LinBa(FactorisedMixin, Distiller):
         x, y = linba_images(state.params["bases"], state.params["addressing"])
         net = self.new_net(g)
         f, p0 = functional(net)
-        p0 = {k: v.requires_grad_(True) for k, v in p0.items()}
         lr = state.params["log_lr"].exp()
         bs = self.cfg.batch_syn or x.shape[0]
         with self.autocast():
-            p = momentum_unroll(f, p0, x, y, self.cfg.unroll_steps, lr, self.cfg.inner_momentum, bs, g)
+            p = momentum_unroll(f, p0, x, y, self.cfg.unroll_steps, lr, self.cfg.inner_momentum, bs, g,
+                                **unroll_options(self.cfg))
             xr, yr = self.real_batch(max(1, self.cfg.batch_real // self.real.num_classes), g)
             return target_loss(f(p, xr), yr)
 
@@ -435,8 +475,9 @@ class HaBaConfig(MTTConfig):
     lambda_con: float = 0.1  # weight of the adversarial contrastive constraint
     lr_feat: float = 0.001  # Adam on the feature extractor of the constraint
     batch_real_feat: int = 256
-    batch_syn: int = 0  # 0: ipc x classes decoded images per student step, the raw set's size at this storage
-    #   budget, so a student step costs what MTT's does (all 450 decoded images at MNIST IPC 10 took 21.8 GB)
+    batch_syn: int = field(default=0, metadata={"min": -1})  # 0: ipc x classes decoded images per student step, the raw set's size at this storage
+    #   budget, so a student step costs what MTT's does; -1: every decoded image (all 450 at MNIST IPC 10 took
+    #   21.8 GB with unroll_memory=autograd; use unroll_memory=adjoint)
 
 
 @register_method("haba")
@@ -495,9 +536,11 @@ class HaBa(HallucinatedMixin, MTT):
         start, target = self.experts().sample(g, self.cfg.expert_epochs, max_start)
         aug = self.augmenter()
         batch = self.cfg.batch_syn or self.ipc * self.real.num_classes
+        batch = x.shape[0] if batch < 0 else batch
         plan = UnrollPlan.draw(x.shape[0], syn_steps, batch, g, aug, self.real.image_shape[1:])
         with self.autocast():
-            l_mtt = mtt_loss(self.student(), start, target, x, y, state.params["lr"], plan, aug)
+            l_mtt = mtt_loss(self.student(), start, target, x, y, state.params["lr"], plan, aug,
+                             **self.unroll_kw())
             sim = self.hallucinator_similarity(state.modules["feat"], x)
         return l_mtt + self.cfg.lambda_con * sim, l_mtt, sim
 

@@ -36,7 +36,7 @@ from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError, SummaryFormatError
 from ..matching import mean_embedding_distance
 from ..runtime import derive_seed, seeded_global_rng
-from ..summary import SyntheticSet, register_decoder
+from ..summary import ChunkedDecoder, SyntheticSet, register_decoder
 
 GEN_KIND = "generator"
 GEN_VERSION = 1
@@ -211,13 +211,10 @@ def invert(gen: Generator, x: torch.Tensor, steps: int, lr: float, g: torch.Gene
     return z.detach()
 
 
-@register_decoder("itgan")
-def decode_itgan(params: dict[str, torch.Tensor], spec: dict[str, Any]):
-    """Images ``G(z)`` from the generator file named in ``spec`` (checked against its recorded SHA-256). The file
-    is opened only inside a trusted root (:mod:`distill_apps.trusted_paths`): a summary names it, the user did not."""
+def _itgan_spec(params: dict[str, torch.Tensor], spec: dict[str, Any]) -> tuple[int, int, str]:
+    """Validate an IT-GAN decoder spec against its latents; returns ``(num_classes, per_class, sha256)``."""
     import re
 
-    from ..trusted_paths import resolve_trusted
     from ..validation import HeaderFields
 
     f = HeaderFields("the summary's decoder_spec", "itgan decoder", spec)
@@ -230,13 +227,33 @@ def decode_itgan(params: dict[str, torch.Tensor], spec: dict[str, Any]):
     if z is None or z.ndim != 2 or z.shape[0] != k * per:
         raise f.fail("per_class", f"the latents' row count / num_classes (z holds {None if z is None else tuple(z.shape)})",
                      per)
-    gen, _ = load_generator(resolve_trusted(spec.get("path"), "IT-GAN generator"), sha)
+    return k, per, sha
+
+
+def _itgan_labels(params: dict[str, torch.Tensor], spec: dict[str, Any]):
+    k, per, _ = _itgan_spec(params, spec)
+    return torch.arange(k).repeat_interleave(per), None
+
+
+def _itgan_bind(params: dict[str, torch.Tensor], spec: dict[str, Any], device=None):
+    """Images ``G(z[idx])`` from the generator file named in ``spec`` (loaded once, checked against its SHA-256).
+    The file is opened only inside a trusted root (:mod:`distill_apps.trusted_paths`): a summary names it, the
+    user did not."""
+    from ..trusted_paths import resolve_trusted
+
+    _, _, sha = _itgan_spec(params, spec)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    gen, _ = load_generator(resolve_trusted(spec.get("path"), "IT-GAN generator"), sha, device=dev)
+    z = params["z"].float().to(dev)
     if z.shape[1] != gen.nz:
-        raise f.fail("arch", f"a generator of {z.shape[1]}-dimensional latents", gen.nz)
-    with torch.no_grad():
-        x = gen(z.float().cpu())
-    y = torch.arange(k).repeat_interleave(per)
-    return x, y, None
+        from ..validation import HeaderFields
+
+        raise HeaderFields("the summary's decoder_spec", "itgan decoder", spec).fail(
+            "arch", f"a generator of {z.shape[1]}-dimensional latents", gen.nz)
+    return lambda idx: gen(z[idx.to(dev)])
+
+
+decode_itgan = register_decoder("itgan")(ChunkedDecoder(_itgan_labels, _itgan_bind))
 
 
 @dataclass

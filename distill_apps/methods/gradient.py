@@ -14,6 +14,7 @@ import torch
 from ..augment import DSA, DEFAULT_STRATEGY
 from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
+from ..errors import ConfigError
 from ..matching import gradient_distance, loss_gradients
 from ..train import fit
 
@@ -42,6 +43,8 @@ class BilevelConfig(MethodConfig):
     inner_loop: int = 0
     init: str = "real"  # real | noise
     real_chunk: int = 0  # memory guard: real gradients accumulated over chunks of this many images (0: whole)
+    real_grads: str = "loop"  # per-class real gradients: loop (one forward/backward per class) | batched (one
+    #   torch.func vmap pass over all classes; same gradients, K x the activation memory; slower on CPU)
 
 
 @dataclass
@@ -79,7 +82,9 @@ class DC(Distiller):
         xr, yr = self.real_batch(self.cfg.batch_real, g)
         nb = self.cfg.batch_real
         params = aug.sample(self.real.num_classes, g, self.real.image_shape[1:]) if aug else None
-        loss = x_syn.new_zeros(())
+        if self.cfg.real_grads not in ("loop", "batched"):
+            raise ConfigError(f"real_grads must be 'loop' or 'batched'; got {self.cfg.real_grads!r}.")
+        batches = []  # (real x, real y, synthetic x, synthetic targets) per class, one shared DSA draw each
         for j, c in enumerate(self.classes):
             xr_c, yr_c = xr[j * nb:(j + 1) * nb], yr[j * nb:(j + 1) * nb]
             sel = y_syn == c
@@ -88,11 +93,39 @@ class DC(Distiller):
                 grp = torch.full((1,), c)
                 xr_c = aug.apply(xr_c, params, grp.expand(len(xr_c)))
                 xs_c = aug.apply(xs_c, params, grp.expand(len(xs_c)))
-            gr = self.real_gradients(net, xr_c, yr_c, kind)
+            batches.append((xr_c, yr_c, xs_c, ys_c))
+        batched = self.cfg.real_grads == "batched"
+        gr_all = self.class_gradients(net, [b[0] for b in batches], [b[1] for b in batches], kind) if batched \
+            else None
+        loss = x_syn.new_zeros(())
+        for j, (xr_c, yr_c, xs_c, ys_c) in enumerate(batches):
+            gr = gr_all[j] if batched else self.real_gradients(net, xr_c, yr_c, kind)
             gs = loss_gradients(net, xs_c, ys_c, True, self.autocast(), kind)
             loss = loss + gradient_distance(gs, gr, self.cfg.dis_metric)
             self.check_memory(f"class {c}")
         return loss
+
+    def class_gradients(self, net, xs: list[torch.Tensor], ys: list[torch.Tensor], kind: str
+                        ) -> list[list[torch.Tensor]]:
+        """Every class's real-batch gradient from ONE batched pass: ``torch.func.vmap`` over the classes of
+        ``grad`` of the per-class loss. The forward runs all classes' images as one batch and the backward
+        splits only the weight reductions by class (grouped convolutions), so it equals the per-class loop
+        (:meth:`real_gradients`) to rounding. It needs equal batch sizes per class (DC's balanced batches)."""
+        from torch.func import functional_call, grad, vmap
+
+        from ..train import target_loss
+
+        if getattr(self, "_class_grad", None) is None:
+            template = net
+
+            def loss_fn(p, b, xb, yb):
+                return target_loss(functional_call(template, {**p, **b}, (xb,)), yb, kind)
+
+            self._class_grad = vmap(grad(loss_fn), in_dims=(None, None, 0, 0))
+        params = {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
+        with self.autocast():
+            out = self._class_grad(params, dict(net.named_buffers()), torch.stack(xs), torch.stack(ys))
+        return [[out[k][j].float() for k in params] for j in range(len(xs))]
 
     def real_gradients(self, net, x: torch.Tensor, y: torch.Tensor, kind: str) -> list[torch.Tensor]:
         """The loss gradient on a real batch; with ``real_chunk`` the mean of per-chunk gradients weighted by

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..engine import DistillState, register_method
 from ..errors import ConfigError, DataError
 from ..matching import gradient_distance, loss_gradients
-from ..summary import SyntheticSet, register_decoder
+from ..summary import ChunkedDecoder, SyntheticSet, register_decoder
 from ..train import fit
 from .gradient import DSAConfig, DSAMethod
 
@@ -80,18 +80,36 @@ def compose(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x.view(n, factor, factor, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, th * factor, tw * factor)
 
 
-@register_decoder(DECODER)
-def decode_multiformation(params: dict[str, torch.Tensor], spec: dict[str, Any]):
-    """Decoder of IDC summaries: ``params["x"]`` stored images, ``spec`` = {factor, mode, labels}."""
+def _multiformation_labels(params: dict[str, torch.Tensor], spec: dict[str, Any]):
     try:
-        factor, mode, labels = int(spec["factor"]), str(spec.get("mode", "bilinear")), spec["labels"]
-        x = params["x"]
+        factor, labels, n = int(spec["factor"]), spec["labels"], params["x"].shape[0]
     except KeyError as exc:
         raise DataError(f"An {DECODER} summary needs params['x'] and spec factor/labels; missing {exc}.") from exc
     y = torch.as_tensor(labels, dtype=torch.int64)
-    if y.shape != (x.shape[0],):
-        raise DataError(f"{DECODER}: {x.shape[0]} stored images but {len(labels)} labels in the spec.")
-    return multiformation(x.float(), factor, mode), y.repeat_interleave(factor * factor), None
+    if y.shape != (n,):
+        raise DataError(f"{DECODER}: {n} stored images but {len(labels)} labels in the spec.")
+    return y.repeat_interleave(factor * factor), None
+
+
+def _multiformation_bind(params: dict[str, torch.Tensor], spec: dict[str, Any], device=None):
+    """Decoded image ``i`` is tile ``i % f^2`` of stored image ``i // f^2``: a chunk decodes the stored images it
+    touches (all of them, in one call, when the chunk is the whole summary)."""
+    _multiformation_labels(params, spec)
+    factor, mode = int(spec["factor"]), str(spec.get("mode", "bilinear"))
+    dev = device if device is not None else params["x"].device
+    x, ff = params["x"].float().to(dev), factor * factor
+
+    def images(idx: torch.Tensor) -> torch.Tensor:
+        stored, tile = idx // ff, idx % ff
+        keep = torch.unique(stored)
+        out = multiformation(x[keep.to(dev)], factor, mode)
+        return out[(torch.searchsorted(keep, stored) * ff + tile).to(dev)]
+
+    return images
+
+
+# Decoder of IDC summaries: ``params["x"]`` stored images, ``spec`` = {factor, mode, labels}.
+decode_multiformation = register_decoder(DECODER)(ChunkedDecoder(_multiformation_labels, _multiformation_bind))
 
 
 @dataclass

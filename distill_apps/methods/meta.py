@@ -31,18 +31,21 @@ from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..evaluate import EvalResult, register_protocol
 from ..errors import ConfigError
-from ..inner import Params, functional, unroll
+from ..inner import Params, functional, unroll, unroll_options
 from ..train import fit, target_loss
 
 
 # ====================================================================== DD
 def dd_outer_loss(f, params0: Params, x_syn: torch.Tensor, y_syn: torch.Tensor, lrs: torch.Tensor,
                   x_real: torch.Tensor, y_real: torch.Tensor, window: int, batch_size: int,
-                  g: torch.Generator) -> torch.Tensor:
+                  g: torch.Generator, memory: str = "autograd", chunk: int = 0,
+                  micro_batch: int = 0) -> torch.Tensor:
     """DD's objective: loss on ``(x_real, y_real)`` after ``len(lrs)`` SGD steps on the synthetic set.
 
     Only the last ``window`` steps are differentiated (truncated BPTT; ``window <= 0`` means all of them); the
     earlier steps run on detached images and step sizes, so their contribution to the hypergradient is dropped.
+    ``memory``/``chunk`` choose how the differentiated steps are back-propagated (:func:`distill_apps.inner.unroll`:
+    ``adjoint`` gives the same hypergradient with activation memory flat in the window).
     """
     steps = lrs.shape[0]
     keep = steps if window <= 0 else min(window, steps)
@@ -51,7 +54,8 @@ def dd_outer_loss(f, params0: Params, x_syn: torch.Tensor, y_syn: torch.Tensor, 
         p = unroll(f, p, x_syn.detach(), y_syn, steps - keep, None, batch_size, g, create_graph=False,
                    lrs=lrs.detach()[:steps - keep])
         p = {k: v.detach().requires_grad_(True) for k, v in p.items()}
-    p = unroll(f, p, x_syn, y_syn, keep, None, batch_size, g, create_graph=True, lrs=lrs[steps - keep:])
+    p = unroll(f, p, x_syn, y_syn, keep, None, batch_size, g, create_graph=True, lrs=lrs[steps - keep:],
+               memory=memory, chunk=chunk, micro_batch=micro_batch)
     return target_loss(f(p, x_real), y_real)
 
 
@@ -69,6 +73,11 @@ class DDConfig(MethodConfig):
     batch_syn: int = 0  # inner minibatch; 0 = the whole synthetic set every step
     batch_real: int = 20  # real images per class in the outer loss
     init: str = "real"  # real | noise
+    unroll_memory: str = "autograd"  # autograd | adjoint (same hypergradient, memory flat in the window) |
+    #   checkpoint (chunks of unroll_chunk steps recomputed); see inner.unroll
+    unroll_chunk: int = 0
+    unroll_micro_batch: int = 0  # recomputing modes: examples per micro-batch (0: whole minibatches; exact
+    #   without batch statistics), so memory is flat in the inner batch size too
 
 
 @register_method("dd")
@@ -108,7 +117,7 @@ class DD(Distiller):
         x, y = state.params["x"], state.buffers["y"]
         with self.autocast():
             return dd_outer_loss(f, p0, x, y, self.lrs(state), xr, yr, cfg.tbptt_window,
-                                 cfg.batch_syn or x.shape[0], g)
+                                 cfg.batch_syn or x.shape[0], g, **unroll_options(cfg))
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         loss = self.outer_loss(state, g)

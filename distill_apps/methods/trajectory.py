@@ -7,17 +7,18 @@ set with a learnable step size; the loss is the normalised parameter distance
 
     L = ||theta_N - theta*_{s+M}||^2 / ||theta*_s - theta*_{s+M}||^2
 
-and autograd differentiates through the whole unroll (memory grows linearly with ``syn_steps``).
+and the gradient is taken through the whole unroll by :func:`distill_apps.inner.unroll` (``unroll_memory``:
+``autograd`` keeps the graph, memory linear in ``syn_steps``; ``adjoint`` is the same gradient recomputed one
+student step at a time, activation memory flat; ``checkpoint`` recomputes chunks of ``unroll_chunk`` steps).
 
 TESLA ("Scaling Up Dataset Distillation to ImageNet-1K with Constant Memory") keeps the objective and computes
 the gradient step by step. With ``theta_N = theta_0 - beta * sum_i g_i`` and ``lam = dL/dtheta_N``, the gradient
 w.r.t. the synthetic batch of step ``i`` is ``-beta * lam^T dg_i/dX_i`` plus terms through the later parameters.
-TESLA's decomposition keeps the first term only: a first pass accumulates ``theta_N`` without any graph, a second
-pass rebuilds one step's graph at a time (``grad_mode="tesla"``; memory constant in ``syn_steps``). We also
-offer ``grad_mode="exact"``: the reverse (adjoint) pass ``lam_i = lam_{i+1} - beta * H_i lam_{i+1}`` over
-stored parameter snapshots, one step's graph at a time, which equals MTT's gradient; its activation memory is
-constant too and it stores one parameter vector per step. TESLA also learns soft labels (logits), initialised
-from an expert's predictions on the initial images (images the expert gets right are preferred).
+TESLA's decomposition keeps the first term only (``grad_mode="tesla"``: the adjoint unroll with the Hessian terms
+dropped, ``exact=False``); ``grad_mode="exact"`` is the adjoint pass ``lam_i = lam_{i+1} - beta * H_i lam_{i+1}``,
+which equals MTT's gradient. Both hold one step's graph at a time and one parameter snapshot per step. TESLA
+also learns soft labels (logits), initialised from an expert's predictions on the initial images (images the
+expert gets right are preferred).
 """
 from __future__ import annotations
 
@@ -26,15 +27,15 @@ from typing import Callable
 
 import torch
 
-from ..augment import DEFAULT_STRATEGY, DSA, DSAParams
+from ..augment import DEFAULT_STRATEGY, DSA
 from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..experts import ExpertBuffer, ExpertConfig, get_or_train_experts
-from ..inner import Params, functional, sgd_step
-from ..memory import check_memory
+from ..inner import Params, UnrollPlan, functional, unroll, unroll_options
 from ..runtime import generator
-from ..train import target_loss
+
+__all__ = ["UnrollPlan", "param_distance", "mtt_loss", "tesla_gradients", "SavedTensorMeter", "MTT", "TESLA"]
 
 # (syn_steps, max_start_epoch, lr_img, lr_lr) by IPC: MTT's published CIFAR-10 settings (expert_epochs = 2)
 SCHEDULE = {1: (50, 2, 1000.0, 1e-7), 10: (30, 20, 1000.0, 1e-5), 50: (30, 40, 100.0, 1e-5)}
@@ -45,37 +46,6 @@ def schedule_for(ipc: int) -> tuple[int, int, float, float]:
 
 
 # ---------------------------------------------------------------------- the objective, as plain functions
-@dataclass
-class UnrollPlan:
-    """The minibatch indices and DSA draws of every student step, drawn once so that passes can replay them."""
-
-    indices: list[torch.Tensor]
-    aug: list[DSAParams | None]
-
-    @classmethod
-    def draw(cls, n: int, steps: int, batch: int, g: torch.Generator, dsa: DSA | None,
-             image_size: tuple[int, int]) -> "UnrollPlan":
-        bs = min(batch, n) if batch > 0 else n
-        order, pos, idx, aug = torch.randperm(n, generator=g), 0, [], []
-        for _ in range(steps):
-            if pos + bs > n:
-                order, pos = torch.randperm(n, generator=g), 0
-            idx.append(order[pos:pos + bs])
-            pos += bs
-            aug.append(dsa.sample(bs, g, image_size) if dsa is not None else None)  # one draw per image
-        return cls(idx, aug)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def batch(self, i: int, x: torch.Tensor, y: torch.Tensor, dsa: DSA | None) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.indices[i].to(x.device)
-        xb = x[idx]
-        if dsa is not None and self.aug[i] is not None:
-            xb = dsa.apply(xb, self.aug[i], torch.arange(len(idx)))
-        return xb, y[idx]
-
-
 def param_distance(end: Params, start: Params, target: Params) -> torch.Tensor:
     """MTT's normalised distance ``||end - target||^2 / ||start - target||^2`` over all parameters."""
     num = sum(((end[k] - target[k]) ** 2).sum() for k in target)
@@ -83,79 +53,40 @@ def param_distance(end: Params, start: Params, target: Params) -> torch.Tensor:
     return num / den.clamp_min(1e-12)
 
 
-def _loss_grad(f, params: Params, xb, yb, label_kind: str, create_graph: bool) -> list[torch.Tensor]:
-    return list(torch.autograd.grad(target_loss(f(params, xb), yb, label_kind), list(params.values()),
-                                    create_graph=create_graph))
-
-
 def mtt_loss(f, start: Params, target: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor,
              plan: UnrollPlan, dsa: DSA | None = None, label_kind: str = "hard",
-             shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-    """MTT: unroll the student through :func:`distill_apps.inner.sgd_step` keeping the whole graph; with
-    ``shard=(rank, world)`` every student step's minibatch is split across the ranks (see ``sgd_step``)."""
-    params = {k: v.detach().requires_grad_(True) for k, v in start.items()}
-    for i in range(len(plan)):
-        xb, yb = plan.batch(i, x, y, dsa)
-        params = sgd_step(f, params, xb, yb, lr, label_kind, create_graph=True, shard=shard)
-        check_memory(f"unroll step {i}")
-    return param_distance(params, start, target)
+             shard: tuple[int, int] = (0, 1), memory: str = "autograd", chunk: int = 0,
+             exact: bool = True, micro_batch: int = 0) -> torch.Tensor:
+    """MTT's matching loss after unrolling the student through :func:`distill_apps.inner.unroll`.
+
+    ``memory`` chooses how its gradient is computed (``autograd``: the whole graph; ``adjoint``: exact, one
+    student step's graph at a time; ``checkpoint``: chunks of ``chunk`` steps); ``exact=False`` with
+    ``adjoint`` is TESLA's decomposition; ``micro_batch`` splits every student step's minibatch in the
+    recomputing modes. With ``shard=(rank, world)`` every student step's minibatch is split across the ranks (see
+    ``sgd_step``).
+    """
+    start = {k: v.detach() for k, v in start.items()}
+    end = unroll(f, start, x, y, len(plan), lr, label_kind=label_kind, plan=plan, dsa=dsa, memory=memory,
+                 chunk=chunk, exact=exact, micro_batch=micro_batch, shard=shard)
+    return param_distance(end, start, target)
 
 
 def tesla_gradients(f, start: Params, target: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor,
                     plan: UnrollPlan, dsa: DSA | None = None, label_kind: str = "hard",
                     mode: str = "tesla") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The matching loss and its gradients w.r.t. ``x``, ``y`` (when it requires grad) and ``lr``, one step's graph
-    at a time. ``mode="tesla"``: TESLA's decomposition (the explicit term of each step); ``"exact"``: the adjoint
-    pass, equal to autograd through the unroll (:func:`mtt_loss`). Returns ``(loss, {"x", "y", "lr": grad})``.
+    at a time (:func:`mtt_loss` with ``memory="adjoint"``). ``mode="tesla"``: TESLA's decomposition (the explicit
+    term of each step); ``"exact"``: the adjoint pass, equal to autograd through the unroll. Returns
+    ``(loss, {"x", "y", "lr": grad})``.
     """
     if mode not in ("tesla", "exact"):
         raise ConfigError(f"grad_mode must be 'tesla' (the paper's) or 'exact'; got {mode!r}.")
-    beta = lr.detach()
-    names = list(start)
-    wrt = {k: t for k, t in (("x", x), ("y", y)) if t.requires_grad}
-    xd, yd = x.detach(), y.detach()
-    # pass 1: the student's trajectory without a graph
-    theta = {k: v.detach() for k, v in start.items()}
-    snaps: list[Params] = []
-    gsum = [torch.zeros_like(v) for v in theta.values()]
-    for i in range(len(plan)):
-        if mode == "exact":
-            snaps.append(theta)
-        p = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
-        gi = _loss_grad(f, p, *plan.batch(i, xd, yd, dsa), label_kind, False)
-        gsum = [a + b for a, b in zip(gsum, gi)]
-        theta = {k: theta[k] - beta * gr for k, gr in zip(names, gi)}
-        check_memory(f"unroll step {i}")
-    with torch.no_grad():
-        den = sum(((start[k] - target[k]) ** 2).sum() for k in names).clamp_min(1e-12)
-        loss = sum(((theta[k] - target[k]) ** 2).sum() for k in names) / den
-        lam = [2 * (theta[k] - target[k]) / den for k in names]
-    grads = {k: torch.zeros_like(t) for k, t in wrt.items()}
-    glr = torch.zeros_like(beta)
-    order = range(len(plan)) if mode == "tesla" else reversed(range(len(plan)))
-    theta = {k: v.detach() for k, v in start.items()}
-    for i in order:
-        base = theta if mode == "tesla" else snaps[i]
-        p = {k: v.detach().requires_grad_(True) for k, v in base.items()}
-        gi = _loss_grad(f, p, *plan.batch(i, x, y, dsa), label_kind, True)
-        with torch.no_grad():
-            glr -= sum((a * b).sum() for a, b in zip(lam, gi))
-        s = -beta * sum((a * b).sum() for a, b in zip(lam, gi))
-        inputs = list(wrt.values()) + (list(p.values()) if mode == "exact" else [])
-        outs = torch.autograd.grad(s, inputs, allow_unused=True)
-        for k, o in zip(wrt, outs):
-            if o is not None:
-                grads[k] += o
-        if mode == "exact":  # lam_i = lam_{i+1} - beta * H_i lam_{i+1}
-            lam = [a if o is None else a + o for a, o in zip(lam, outs[len(wrt):])]
-        else:
-            theta = {k: theta[k] - beta * gr.detach() for k, gr in zip(names, gi)}
-        check_memory(f"backward unroll step {i}")
-    if mode == "tesla":  # the explicit dependence of theta_N on beta (the g_i held fixed)
-        with torch.no_grad():
-            glr = -sum((a * b).sum() for a, b in zip(lam, gsum))
-    grads["lr"] = glr
-    return loss.detach(), grads
+    lr = lr if lr.requires_grad else lr.detach().requires_grad_(True)
+    wrt = {k: t for k, t in (("x", x), ("y", y), ("lr", lr)) if t.requires_grad}
+    loss = mtt_loss(f, start, target, x, y, lr, plan, dsa, label_kind, memory="adjoint", exact=mode == "exact")
+    grads = torch.autograd.grad(loss, list(wrt.values()), allow_unused=True)
+    out = {k: torch.zeros_like(t) if gr is None else gr for (k, t), gr in zip(wrt.items(), grads)}
+    return loss.detach(), out
 
 
 class SavedTensorMeter:
@@ -225,7 +156,11 @@ class MTTConfig(MethodConfig):
     expert_dir: str = ""  # "" = $DISTILL_APPS_CACHE/experts or ~/.cache/distill_apps/experts
     eager_experts: bool = False  # False: train each expert the first time it is sampled
     unroll_memory: str = "autograd"  # autograd: the whole unroll's graph; adjoint: one step's graph at a time
-    #   (the same gradient, activation memory flat in syn_steps; one parameter copy per step is kept)
+    #   (the same gradient, activation memory flat in syn_steps; one parameter copy per step is kept);
+    #   checkpoint: chunks of unroll_chunk steps recomputed (inner.unroll)
+    unroll_chunk: int = 0  # steps per chunk for unroll_memory=checkpoint
+    unroll_micro_batch: int = 0  # recomputing modes: examples per micro-batch (0: whole minibatches; exact
+    #   without batch statistics), so memory is flat in the inner batch size too
 
 
 @dataclass
@@ -316,33 +251,21 @@ class MTT(Distiller):
                                self.real.image_shape[1:])
         return start, target, plan, aug
 
+    def unroll_kw(self) -> dict:
+        """How the student unroll is differentiated (``unroll_memory``/``unroll_chunk``; TESLA: ``grad_mode``)."""
+        return unroll_options(self.cfg)
+
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         start, target, plan, aug = self.draw(state, g)
-        if self.cfg.unroll_memory == "adjoint":
-            return self.step_stepwise(state, start, target, plan, aug, "exact")
-        if self.cfg.unroll_memory != "autograd":
-            raise ConfigError(f"unroll_memory must be 'autograd' or 'adjoint'; got {self.cfg.unroll_memory!r}.")
         with self.autocast():
             loss = mtt_loss(self.student(), start, target, state.params["x"], self.targets(state),
-                            state.params["lr"], plan, aug, self.label_kind, (self.rank, self.world_size))
+                            state.params["lr"], plan, aug, self.label_kind, (self.rank, self.world_size),
+                            **self.unroll_kw())
         # each student step's batch is split across ranks and its gradient all-reduced inside the unroll, so
         # every rank holds the same loss; each back-propagates 1/world of it, and the summed image and lr
         # gradients (Distiller.update) equal the single-process gradient
         self.update(state, loss / self.world_size)
         return {"loss": float(loss.detach()), "syn_lr": float(state.params["lr"].detach())}
-
-    def step_stepwise(self, state: DistillState, start, target, plan, aug, mode: str) -> dict[str, float]:
-        """A step whose gradient is computed one student step at a time (:func:`tesla_gradients`): ``exact``
-        (the adjoint pass, MTT's gradient) or ``tesla`` (the paper's decomposition). Ranks replicate the work."""
-        x, lr, t = state.params["x"], state.params["lr"], self.targets(state)
-        with self.autocast():
-            loss, grads = tesla_gradients(self.student(), start, target, x, t, lr, plan, aug, self.label_kind, mode)
-        # a surrogate whose gradient is the one computed above; (loss - loss) carries a NaN loss into the skip check
-        surrogate = (x * grads["x"]).sum() + lr * grads["lr"]
-        if "y" in grads:
-            surrogate = surrogate + (t * grads["y"]).sum()
-        self.update(state, surrogate / self.world_size + (loss - loss))
-        return {"loss": float(loss), "syn_lr": float(lr.detach())}
 
     def export(self, state: DistillState):
         lr = float(state.params["lr"].detach())
@@ -390,9 +313,15 @@ class TESLA(MTT):
     def targets(self, state: DistillState) -> torch.Tensor:
         return state.params["soft"]
 
-    def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
-        start, target, plan, aug = self.draw(state, g)
-        return self.step_stepwise(state, start, target, plan, aug, self.cfg.grad_mode)
+    def unroll_kw(self) -> dict:
+        """TESLA always recomputes step by step: ``grad_mode`` tesla (the paper's decomposition) or exact
+        (the adjoint, MTT's gradient; ``unroll_memory="checkpoint"`` recomputes chunks instead)."""
+        if self.cfg.grad_mode not in ("tesla", "exact"):
+            raise ConfigError(f"grad_mode must be 'tesla' (the paper's) or 'exact'; got {self.cfg.grad_mode!r}.")
+        kw = unroll_options(self.cfg)
+        if self.cfg.grad_mode == "tesla":
+            return {"memory": "adjoint", "exact": False, "micro_batch": kw["micro_batch"]}
+        return kw if kw["memory"] == "checkpoint" else {**kw, "memory": "adjoint"}
 
     def export(self, state: DistillState):
         lr = float(state.params["lr"].detach())
