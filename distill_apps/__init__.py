@@ -20,9 +20,10 @@ from .errors import DistillError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
 from .nets import build_model, list_models  # noqa: E402
 from .summary import SyntheticSet  # noqa: E402
+from .teachers import Teacher, load_teacher, train_teacher  # noqa: E402
 
 __all__ = [
     "__version__", "DSA", "MethodConfig", "RealData", "list_datasets", "load_dataset", "METHODS", "Distiller",
     "DistillState", "distill", "list_methods", "register_method", "DistillError", "EvalResult", "evaluate",
-    "build_model", "list_models", "SyntheticSet",
+    "build_model", "list_models", "SyntheticSet", "Teacher", "train_teacher", "load_teacher",
 ]

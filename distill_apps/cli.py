@@ -1,4 +1,4 @@
-"""``distill-apps`` command line: distill, evaluate, methods, datasets, recipe.
+"""``distill-apps`` command line: distill, evaluate, teacher, methods, datasets, recipe.
 
 Every user error prints one paragraph and exits with status 2; nothing prints a traceback for bad input.
 """
@@ -18,6 +18,7 @@ RECIPES = {
     "nas-proxy": "nas_proxy",
     "private-sharing": "private_sharing",
     "medical": "medical_sharing",
+    "robustness": "robustness",
 }
 
 
@@ -59,9 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="convnet")
     e.add_argument("--runs", type=int, default=3)
     e.add_argument("--epochs", type=int, default=None)
-    e.add_argument("--protocol", default="train", help="train (from scratch), krr (kernel methods) or schedule (DD)")
-    e.add_argument("--augment", default="auto", help="auto, dsa or none")
+    e.add_argument("--protocol", default="train",
+                   help="train (from scratch), softlabel (teacher relabels each batch), krr (kernel methods) or "
+                        "schedule (DD)")
+    e.add_argument("--augment", default="auto", help="auto, dsa or none (softlabel: also crop, cutmix, crop_cutmix)")
+    e.add_argument("--teacher", default=None, metavar="PATH", help="teacher file for --protocol softlabel")
+    e.add_argument("--metrics", choices=("accuracy", "fair"), default="accuracy",
+                   help="fair: also a random subset at the same IPC, and DD-Ranking's HLR, IOR, LRS, ARS")
+    e.add_argument("--full-data-acc", type=float, default=None, metavar="ACC",
+                   help="--metrics fair: full-data accuracy in [0, 1] (default: train --model on all data, cached)")
+    e.add_argument("--attack", choices=("fgsm", "pgd"), default=None, help="attack the trained students")
+    e.add_argument("--eps", type=float, nargs="+", default=None, metavar="E",
+                   help="attack budgets, L-infinity in pixel units [0, 1] (e.g. 0.1 0.3 for MNIST)")
+    e.add_argument("--pgd-steps", type=int, default=10, help="PGD steps (step size eps/4)")
+    e.add_argument("--attack-n", type=int, default=1000, help="test images attacked (0: all)")
     _common(e)
+
+    t = sub.add_parser("teacher", help="train (or check) a teacher for sre2l, rded and the softlabel protocol")
+    t.add_argument("--dataset", default=None, help="default digits (with --teacher: check it is for this dataset)")
+    t.add_argument("--model", default="convnet-bn", help="e.g. convnet-bn, convnet-w64-bn, resnet18-bn")
+    t.add_argument("--epochs", type=int, default=None, help="passes over the real training split (default 2)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--teacher", default=None, metavar="PATH", help="load and check this teacher file instead")
+    t.add_argument("--out", default=None, help="also write the teacher here (refuses to overwrite)")
+    t.add_argument("--retrain", action="store_true", help="train again even if the cache holds this teacher")
+    t.add_argument("--no-progress", action="store_true")
+    _common(t)
 
     m = sub.add_parser("methods", help="list every registered method")
     m.add_argument("--json", action="store_true")
@@ -150,9 +174,79 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     summary = SyntheticSet.load(a.path)
     aug = None if a.augment == "none" else a.augment
-    res = evaluate(summary, a.dataset, model=a.model, runs=a.runs, epochs=a.epochs, augment=aug,
-                   protocol=a.protocol, device=a.device, data_root=a.data_root, progress=not a.json)
-    _emit(res.as_dict(), a.json, lambda: f"{a.path}: {res}")
+    kw: dict[str, Any] = {"teacher": a.teacher} if a.teacher else {}
+    if a.teacher and a.protocol != "softlabel":
+        raise DistillError(f"--teacher is for --protocol softlabel; the protocol here is {a.protocol!r}.")
+    if (a.attack is None) != (a.eps is None):
+        raise DistillError("--attack and --eps go together: e.g. --attack pgd --eps 0.1 0.3.")
+    common = dict(model=a.model, runs=a.runs, epochs=a.epochs, augment=aug, protocol=a.protocol, device=a.device,
+                  data_root=a.data_root, progress=not a.json, **kw)
+    if a.attack:
+        from .robustness import robust_evaluate
+
+        res = robust_evaluate(summary, a.dataset, attack=a.attack, eps=a.eps, steps=a.pgd_steps,
+                              n=a.attack_n or None, **common)
+    else:
+        res = evaluate(summary, a.dataset, **common)
+    if a.metrics == "fair":
+        from .data import load_dataset
+        from .fair import fair_scores
+
+        real = load_dataset(a.dataset or summary.meta.get("dataset"), a.data_root)
+        res.extra["fair"] = fair_scores(summary, real, protocol=a.protocol, teacher=a.teacher, model=a.model,
+                                        runs=a.runs, epochs=a.epochs, device=a.device,
+                                        full_data_acc=a.full_data_acc, progress=not a.json, base=res)
+
+    def text() -> str:
+        lines = [f"{a.path}: {res}"]
+        if "robust" in res.extra:
+            r = res.extra["robust"]
+            how = f"{r['steps']} steps of {r['step_size']}" if a.attack == "pgd" else "one step"
+            lines.append(f"robust accuracy under {a.attack} ({how}, {r['n_test']} test images): " + ", ".join(
+                f"eps {e}: {100 * v:.2f} %" for e, v in r["accuracy"].items()))
+        if "fair" in res.extra:
+            f = res.extra["fair"]
+            acc = f["accuracy"]
+            lines.append(f"random subset (ipc {f['ipc']}, {f['protocol']}): {100 * acc['random']:.2f} %; hard labels: "
+                         f"summary {100 * acc['syn_hard']:.2f} %, random {100 * acc['random_hard']:.2f} %, full data "
+                         f"{100 * acc['full_data_hard']:.2f} %")
+            lines.append(f"HLR {100 * f['hlr']:.2f}  IOR {100 * f['ior']:.2f}  (points)   LRS {f['lrs']:.4f}  "
+                         f"ARS {f['ars']:.4f}  (DD-Ranking, w = 0.5)")
+        return "\n".join(lines)
+
+    _emit(res.as_dict(), a.json, text)
+    return 0
+
+
+def cmd_teacher(a: argparse.Namespace) -> int:
+    import shutil
+
+    from .teachers import load_teacher, train_teacher
+
+    if a.teacher:
+        t = load_teacher(a.teacher, a.dataset, device="cpu", data_root=a.data_root)
+    else:
+        t = train_teacher(a.dataset or "digits", a.model, epochs=a.epochs, seed=a.seed, device=a.device, data_root=a.data_root,
+                          progress=not (a.no_progress or a.json), retrain=a.retrain)
+    out = None
+    if a.out:
+        out = Path(a.out)
+        if out.exists():
+            raise DistillError(f"{out} exists; refusing to overwrite it. Choose another --out or delete it first.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.copyfile(t.path, tmp)
+        tmp.replace(out)
+    m = t.meta
+    result = {"path": str(t.path), "copy": str(out) if out else None, "sha256": t.sha256, "dataset": m["dataset"],
+              "model": m["model"], "seed": m["seed"], "epochs": m["train"]["epochs"],
+              "test_accuracy": m["test_accuracy"], "train_seconds": m.get("train_seconds"), "cached": t.cached,
+              "batchnorm": t.has_batchnorm()}
+    _emit(result, a.json, lambda: (
+        f"teacher {m['model']} on {m['dataset']} (seed {m['seed']}, {m['train']['epochs']} epochs): test accuracy "
+        f"{100 * m['test_accuracy']:.2f} %, trained in {m.get('train_seconds')} s"
+        f"{' (from the cache)' if t.cached else ''}\n{t.path}\nsha256 {t.sha256}"
+        + (f"\ncopied to {out}" if out else "")))
     return 0
 
 
@@ -204,7 +298,7 @@ def cmd_recipe(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handlers = {"distill": cmd_distill, "evaluate": cmd_evaluate, "methods": cmd_methods,
+    handlers = {"distill": cmd_distill, "evaluate": cmd_evaluate, "teacher": cmd_teacher, "methods": cmd_methods,
                 "datasets": cmd_datasets, "recipe": cmd_recipe}
     try:
         return handlers[a.command](a)

@@ -81,6 +81,7 @@ class Distiller(ABC):
     modality: ClassVar[str] = "image"
     multilabel: ClassVar[bool] = False  # True where the method trains on multi-hot targets (per-label loss)
     max_skipped: ClassVar[int] = 20
+    total_steps: int | None = None  # the run's step count, set by the engine before init (for lr schedules)
 
     def __init__(self, real: RealData, ipc: int, cfg: MethodConfig, device: torch.device, model: str = "convnet",
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
@@ -329,6 +330,7 @@ def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0,
         eval_every: int = 0, callbacks=(), progress: bool = True, time_limit: float | None = None,
         max_memory_gb: float | None = None) -> SyntheticSet:
     """Drive ``d`` for ``total`` steps (see :func:`distill`)."""
+    d.total_steps = total
     state = d.init(generator("init", d.seed))
     if resume:
         if checkpoint is None:

@@ -85,7 +85,9 @@ def evaluate(summary: SyntheticSet, dataset: RealData | str | None = None, *, mo
 @register_protocol("train")
 def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, runs: int, epochs: int | None,
                        lr: float | None, batch_size: int, augment: str | None, seed: int, device: torch.device,
-                       progress: bool = False, amp: bool = True) -> EvalResult:
+                       progress: bool = False, amp: bool = True,
+                       on_student: Callable[[torch.nn.Module, int], Any] | None = None) -> EvalResult:
+    """``on_student(net, run)`` is called with every trained model (e.g. to attack it, see robustness.py)."""
     t0 = time.perf_counter()
     m = summary.materialize()
     if augment == "auto":
@@ -109,5 +111,7 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
         fit(net, m.x.to(device), target.to(device), epochs=epochs, lr=lr_used, batch_size=batch_size,
             label_kind=m.label_kind, augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g, amp=amp)
         accs.append(accuracy(net, x_test, y_test))
+        if on_student is not None:
+            on_student(net, r)
     return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "train",
                       epochs, augment, lr_used, time.perf_counter() - t0)
