@@ -103,20 +103,28 @@ def fair_scores(summary: SyntheticSet, real: RealData, *, protocol: str = "train
                 model: str = "convnet", runs: int = 1, epochs: int | None = None, seed: int = 0,
                 device: str = "auto", full_data_acc: float | None = None, full_data_epochs: int = 2,
                 weight: float = DEFAULT_WEIGHT, aug_weight: float = DEFAULT_WEIGHT, progress: bool = False,
-                base: Any = None) -> dict[str, Any]:
+                base: Any = None, attack: str | None = None, eps=(), attack_n: int | None = 1000,
+                cache: dict | None = None) -> dict[str, Any]:
     """Accuracy of ``summary`` and of a random subset at its IPC under ``protocol`` (with and without the
     protocol's augmentation) and with hard labels, and DD-Ranking's HLR, IOR, LRS and ARS from them.
 
     ``teacher`` is passed to the softlabel protocol for both the summary and the random subset (default: the
     summary's own teacher). ``base``: an :class:`~distill_apps.evaluate.EvalResult` of ``summary`` under
-    ``protocol`` already computed (reused as the with-augmentation accuracy).
+    ``protocol`` already computed (reused as the with-augmentation accuracy). With ``attack`` (``fgsm``/``pgd``)
+    and ``eps``, the students of the with-augmentation and hard-label evaluations are also attacked
+    (:mod:`distill_apps.robustness`). ``cache``: a dict shared between calls (e.g. several methods at one IPC)
+    in which the random subset's evaluations are kept, so they run once.
     """
     from .evaluate import evaluate
+    from .robustness import check_eps, robust_evaluate
 
     _check_weight(weight)
     _check_weight(aug_weight)
+    if attack is not None:
+        eps = check_eps(eps)
     kw: dict[str, Any] = dict(model=model, runs=runs, epochs=epochs, seed=seed, device=device, progress=progress)
     pkw: dict[str, Any] = {}
+    t_sha = None
     if protocol == "softlabel":
         from .runtime import pick_device
         from .softlabel import teacher_for
@@ -125,17 +133,37 @@ def fair_scores(summary: SyntheticSet, real: RealData, *, protocol: str = "train
         if t is None:
             raise ConfigError("Fair scores under the softlabel protocol need a teacher for the random subset too: "
                               "pass --teacher PATH (or evaluate a summary that names one).")
-        pkw["teacher"] = t
+        pkw["teacher"], t_sha = t, t.sha256
     elif teacher is not None:
         raise ConfigError(f"A teacher only applies to protocol 'softlabel', not {protocol!r}.")
+    cache = {} if cache is None else cache
     rnd = random_subset(real, summary.ipc, seed, summary.meta.get("eval_augment"))
+    is_random = summary.meta.get("method") == "random" and summary.meta.get("train_index") == rnd.meta["train_index"]
     hard = hard_label_view(summary)
-    syn_aug = base if base is not None else evaluate(summary, real, protocol=protocol, **kw, **pkw)
-    rnd_aug = evaluate(rnd, real, protocol=protocol, **kw, **pkw)
-    syn_noaug = evaluate(summary, real, protocol=protocol, augment=None, **kw, **pkw)
-    rnd_noaug = evaluate(rnd, real, protocol=protocol, augment=None, **kw, **pkw)
-    syn_hard = evaluate(hard, real, protocol="train", augment=None, **kw)
-    rnd_hard = evaluate(rnd, real, protocol="train", augment=None, **kw)
+    seconds = {"total": 0.0}
+
+    def ev(which: str, s: SyntheticSet, proto: str, augment: Any, attacked: bool):
+        key = ("random", real.name, summary.ipc, seed, model, runs, epochs, proto, augment, t_sha, attacked,
+               attack, tuple(eps) if attacked else ())
+        if (which == "random" or is_random) and key in cache:
+            return cache[key]
+        extra = pkw if proto == "softlabel" else {}
+        aug_kw = {} if augment == "default" else {"augment": augment}
+        if attacked and attack is not None:
+            r = robust_evaluate(s, real, attack=attack, eps=eps, protocol=proto, n=attack_n, **kw, **extra, **aug_kw)
+        else:
+            r = evaluate(s, real, protocol=proto, **kw, **extra, **aug_kw)
+        seconds["total"] += r.seconds
+        if which == "random" or is_random:
+            cache[key] = r
+        return r
+
+    syn_aug = base if base is not None and attack is None else ev("syn", summary, protocol, "default", True)
+    rnd_aug = ev("random", rnd, protocol, "default", True)
+    syn_noaug = ev("syn", summary, protocol, None, False)
+    rnd_noaug = ev("random", rnd, protocol, None, False)
+    syn_hard = ev("syn", hard, "train", None, True)
+    rnd_hard = ev("random", rnd, "train", None, True)
     if full_data_acc is None:
         full_data_acc = full_data_accuracy(real, model, full_data_epochs, seed, device, progress)
         full_src = f"{model} trained on all {len(real.y_train)} training images for {full_data_epochs} epochs"
@@ -143,7 +171,7 @@ def fair_scores(summary: SyntheticSet, real: RealData, *, protocol: str = "train
         full_src = "given"
     h = hlr(full_data_acc, syn_hard.accuracy_mean)
     i = ior(syn_aug.accuracy_mean, rnd_aug.accuracy_mean)
-    return {
+    out = {
         "protocol": protocol, "ipc": summary.ipc, "weights": {"lrs_w": weight, "ars_gamma": aug_weight},
         "accuracy": {"syn": syn_aug.accuracy_mean, "random": rnd_aug.accuracy_mean,
                      "syn_noaug": syn_noaug.accuracy_mean, "random_noaug": rnd_noaug.accuracy_mean,
@@ -153,7 +181,13 @@ def fair_scores(summary: SyntheticSet, real: RealData, *, protocol: str = "train
         "hlr": h, "ior": i, "lrs": lrs(h, i, weight),
         "ars": ars(syn_aug.accuracy_mean, rnd_aug.accuracy_mean, syn_noaug.accuracy_mean, rnd_noaug.accuracy_mean,
                    aug_weight),
-        "full_data_source": full_src, "runs": runs, "model": model,
+        "full_data_source": full_src, "runs": runs, "model": model, "eval_seconds": round(seconds["total"], 1),
         "notes": "DD-Ranking scores on accuracies in [0, 1]; no lr search; hard labels trained with protocol "
                  "'train' without augmentation; random subset drawn with the same seed and IPC.",
     }
+    if attack is not None:
+        out["robust"] = {"attack": attack, "eps": list(eps), **{
+            name: r.extra["robust"]["accuracy"] for name, r in
+            (("syn", syn_aug), ("random", rnd_aug), ("syn_hard", syn_hard), ("random_hard", rnd_hard))},
+            **{k: v for k, v in syn_hard.extra["robust"].items() if k in ("steps", "step_size", "n_test", "norm")}}
+    return out

@@ -78,3 +78,45 @@ def test_evaluate_cli_fair_and_attack_json(tmp_path, capsys, digits):
     assert f["ior"] == pytest.approx(f["accuracy"]["syn"] - f["accuracy"]["random"])
     assert 0 <= f["lrs"] <= 1 and 0 <= f["ars"] <= 1
     assert r["attack"] == "fgsm" and set(r["accuracy"]) == {"0.05", "0.2"} and r["n_test"] == len(digits.y_test)
+
+
+def test_robustness_recipe_writes_report_and_plot(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DISTILL_APPS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "rob"
+    assert main(["recipe", "robustness", "--methods", "dm", "rded", "--ipc", "1", "--eps", "0.1", "0.3",
+                 "--attack-n", "60", "--eval-epochs", "3", "--steps", "2", "--model", "convnet-d2-w16", "--teacher-model",
+                 "convnet-d2-w16-bn", "--teacher-epochs", "1", "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    got = {(r["method"], r["protocol"]) for r in res["rows"]}
+    assert got == {("dm", "train"), ("rded", "softlabel"), ("random", "train"), ("random", "softlabel")}
+    for r in res["rows"]:
+        assert set(r["robust"]) == {"fgsm", "pgd"} and set(r["robust"]["pgd"]) == {"0.1", "0.3"}
+    assert (out / "report.md").exists() and (out / "robustness.png").stat().st_size > 0
+    assert "PGD 10 steps of eps/4" in (out / "report.md").read_text()
+
+
+def test_budget_table_goes_between_the_readme_markers(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "budget_table", Path(__file__).resolve().parents[1] / "benchmarks" / "budget_table.py")
+    bt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bt)
+    base = {"dataset": "mnist", "ipc": 10, "model": "convnet", "epochs": 300, "machine": "test"}
+    rows = [{**base, "method": "random", "protocol": "train", "distill_seconds": 0.0, "prep_seconds": None,
+             "prep_kind": None, "accuracy": 0.95},
+            {**base, "method": "rded", "protocol": "softlabel", "distill_seconds": 30.0, "prep_seconds": 230.0,
+             "prep_kind": "teacher", "accuracy": 0.975},
+            {**base, "method": "dm", "protocol": "train", "distill_seconds": 200.0, "prep_seconds": None,
+             "prep_kind": None, "accuracy": 0.96}]
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\nintro\n")
+    body = bt.table(rows, [60, 300])
+    bt.update_readme(readme, body, "x.json")
+    bt.update_readme(readme, body, "x.json")  # idempotent: replaces the block, never duplicates it
+    text = readme.read_text()
+    assert text.count(bt.BEGIN) == 1 and text.startswith("# title\n\nintro\n")
+    lines = [ln for ln in text.splitlines() if ln.startswith("| 60 s") or ln.startswith("| 5.0 min")]
+    assert "random (train)" in lines[0] and "rded (softlabel)" in lines[0].split("|")[5]  # teacher already there
+    assert "rded (softlabel)" in lines[1].split("|")[2]  # 30 s + 230 s teacher fits in 300 s

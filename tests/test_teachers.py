@@ -1,4 +1,5 @@
 """Teachers, SRe2L, RDED and the soft-label protocol: each test checks the defining mechanism on digits."""
+import json
 from dataclasses import replace
 
 import pytest
@@ -143,3 +144,27 @@ def test_softlabel_protocol_checks_the_summarys_teacher(digits, teacher, tmp_pat
         da.evaluate(da.distill("random", digits, 1, progress=False), digits, protocol="softlabel", runs=1, epochs=1)
     res = da.evaluate(s, digits, protocol="softlabel", runs=1, epochs=2, model="convnet-d2-w16")
     assert res.extra["teacher"]["sha256"] == teacher.sha256
+
+
+def test_teacher_cli_trains_loads_and_refuses_bad_files(tmp_path, capsys, monkeypatch):
+    from distill_apps.cli import main
+
+    monkeypatch.setenv("DISTILL_APPS_CACHE", str(tmp_path / "cache"))
+    args = ["teacher", "--dataset", "digits", "--model", TINY, "--epochs", "2", "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["cached"] is False and first["batchnorm"] and first["dataset"] == "digits"
+    assert main(args + ["--out", str(tmp_path / "t.safetensors")]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["cached"] is True and second["sha256"] == first["sha256"]
+    assert main(["teacher", "--teacher", second["copy"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sha256"] == first["sha256"]
+    assert main(args + ["--out", str(tmp_path / "t.safetensors")]) == 2  # never overwrites
+    assert "refusing to overwrite" in capsys.readouterr().err
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a teacher")
+    for bad in (["teacher", "--teacher", str(junk)], ["teacher", "--dataset", "digits", "--epochs", "0"],
+                ["distill", "--method", "sre2l", "--ipc", "1", "--steps", "1", "--set", "teacher_model=convnet"]):
+        assert main(bad) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
