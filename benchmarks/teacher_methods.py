@@ -56,7 +56,7 @@ def run_ipc(real, ipc: int, a: argparse.Namespace, teacher, full_acc: float, ful
                "hard_acc": acc["syn_hard"], "soft_acc": acc["syn"], "random_hard_acc": acc["random_hard"],
                "random_soft_acc": acc["random"], "soft_noaug_acc": acc["syn_noaug"],
                "random_soft_noaug_acc": acc["random_noaug"], "full_data_acc": full_acc,
-               "full_data_seconds": full_seconds, "hlr": f["hlr"], "ior": f["ior"], "lrs": f["lrs"], "ars": f["ars"],
+               "full_data_seconds": full_seconds, "full_data_source": a.full_source, "hlr": f["hlr"], "ior": f["ior"], "lrs": f["lrs"], "ars": f["ars"],
                "robust_soft": rob["syn"], "robust_hard": rob["syn_hard"], "robust_random_soft": rob["random"],
                "attack": {"name": "pgd", "steps": rob["steps"], "step_size": rob["step_size"], "n": rob["n_test"]},
                "model": a.model, "epochs": a.epochs, "runs": a.runs, "machine": machine()}
@@ -83,7 +83,7 @@ def markdown(rows: list[dict]) -> str:
         lines += ["", f"HLR and IOR in accuracy points; LRS/ARS in [0, 1] (DD-Ranking, w = 0.5). Teacher "
                   f"`{r['teacher']['model']}` ({r['teacher']['epochs']} epoch(s), test accuracy "
                   f"{100 * r['teacher']['test_accuracy']:.2f} %); full-data hard-label accuracy "
-                  f"{100 * r['full_data_acc']:.2f} % (`{r['model']}`). Students `{r['model']}`, {r['epochs']} "
+                  f"{100 * r['full_data_acc']:.2f} % ({r.get('full_data_source', '')}). Students `{r['model']}`, {r['epochs']} "
                   f"epochs, {r['runs']} run(s). PGD: {r['attack']['steps']} steps of {r['attack']['step_size']}, "
                   f"L-inf in pixel units, first {r['attack']['n']} test images. Machine: {r['machine']}."]
     return "\n".join(lines) + "\n"
@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1])
     ap.add_argument("--attack-n", type=int, default=1000)
     ap.add_argument("--full-data-epochs", type=int, default=2)
-    ap.add_argument("--full-data-acc", type=float, default=None)
+    ap.add_argument("--full-data-acc", type=float, default=None,
+                    help="full real data hard-label accuracy in [0, 1] (default: train --model, cached)")
+    ap.add_argument("--full-data-source", default=None, help="where --full-data-acc comes from (stated in the table)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/teacher_methods.json")
     ap.add_argument("--markdown", default=None, help="write the table here too (default: --out with .md)")
@@ -114,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     rows = json.loads(out.read_text()) if out.exists() else []
     teacher = train_teacher(real, a.teacher_model, epochs=a.teacher_epochs, seed=a.seed, progress=not a.quiet)
-    full_acc, full_seconds = a.full_data_acc, None
+    full_acc, full_seconds, full_source = a.full_data_acc, None, a.full_data_source or "given"
     if full_acc is None:  # the same cached model fair.full_data_accuracy reads
         full = train_teacher(real, a.model, epochs=a.full_data_epochs, seed=a.seed, progress=not a.quiet)
         full_acc, full_seconds = full.test_accuracy, full.train_seconds
+        full_source = f"{a.model} trained on the full training split for {a.full_data_epochs} epochs (measured)"
+    a.full_source = full_source
     for ipc in a.ipcs:
         for row in run_ipc(real, ipc, a, teacher, full_acc, full_seconds):
             rows = [r for r in rows if (r["method"], r["dataset"], r["ipc"]) != (row["method"], row["dataset"], ipc)]

@@ -146,10 +146,14 @@ def cmd_distill(a: argparse.Namespace) -> int:
         # CPU minutes; --budget paper (or --eval-epochs) runs the full protocol (1000 epochs with DSA)
         epochs = a.eval_epochs if a.eval_epochs is not None else (300 if a.budget == "quick" else None)
         a.eval_epochs = epochs
-        res = evaluate(summary, real, runs=a.eval_runs, epochs=epochs, device=a.device, model=a.model)
+        # teacher-based summaries are evaluated with the soft-label protocol, the random baseline with the same teacher
+        pkw = {"protocol": summary.meta.get("eval_protocol", "train")}
+        res = evaluate(summary, real, runs=a.eval_runs, epochs=epochs, device=a.device, model=a.model, **pkw)
         rnd = _d("random", real, a.ipc, seed=a.seed, device=a.device, progress=False)
         rnd.meta["eval_augment"] = summary.meta.get("eval_augment")  # same protocol for the baseline
-        base = evaluate(rnd, real, runs=a.eval_runs, epochs=a.eval_epochs, device=a.device, model=a.model)
+        if pkw["protocol"] == "softlabel":
+            pkw["teacher"] = summary.meta["teacher"]["path"]
+        base = evaluate(rnd, real, runs=a.eval_runs, epochs=a.eval_epochs, device=a.device, model=a.model, **pkw)
         result.update({"accuracy_mean": res.accuracy_mean, "accuracy_std": res.accuracy_std, "runs": res.runs,
                        "model": res.model, "protocol": res.protocol, "epochs": res.epochs,
                        "random_accuracy_mean": base.accuracy_mean, "random_accuracy_std": base.accuracy_std})
@@ -158,7 +162,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
         lines = [f"saved {out} ({summary.meta.get('steps')} steps) and {out.with_suffix('.png')}"]
         if not a.no_eval:
             lines.append(f"{a.method:>8} ipc {a.ipc}: {100 * result['accuracy_mean']:.2f} +- "
-                         f"{100 * result['accuracy_std']:.2f} % on {real.name} test ({result['runs']} runs, "
+                         f"{100 * result['accuracy_std']:.2f} % on {real.name} test ({result['protocol']} protocol, "
+                         f"{result['runs']} runs, "
                          f"{result['model']}, {result['epochs']} epochs)")
             lines.append(f"{'random':>8} ipc {a.ipc}: {100 * result['random_accuracy_mean']:.2f} +- "
                          f"{100 * result['random_accuracy_std']:.2f} % (same protocol)")

@@ -168,3 +168,20 @@ def test_teacher_cli_trains_loads_and_refuses_bad_files(tmp_path, capsys, monkey
         assert main(bad) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_distill_cli_evaluates_teacher_methods_with_the_softlabel_protocol(tmp_path, capsys, monkeypatch):
+    from distill_apps.cli import main
+
+    monkeypatch.setenv("DISTILL_APPS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "rded.safetensors"
+    assert main(["distill", "--method", "rded", "--ipc", "1", "--model", "convnet-d2-w16", "--set",
+                 f"teacher_model={TINY}", "--set", "teacher_epochs=1", "--set", "mipc=10", "--eval-runs", "1",
+                 "--eval-epochs", "2", "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["protocol"] == "softlabel" and "random_accuracy_mean" in res
+    assert main(["evaluate", str(out), "--protocol", "softlabel", "--epochs", "2", "--runs", "1", "--model",
+                 "convnet-d2-w16", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["protocol"] == "softlabel" and ev["extra"]["teacher"]["sha256"] == da.SyntheticSet.load(out).meta[
+        "teacher"]["sha256"]
