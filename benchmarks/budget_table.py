@@ -2,7 +2,7 @@
 
     python benchmarks/budget_table.py benchmarks/results/time_to_accuracy_mnist.json --readme README.md
 
-For every wall-clock budget (``--budgets``, seconds) and dataset/IPC in the JSON, the table names the most accurate
+For every budget (``--budgets``, CPU seconds of the single-threaded run, as ``time_to_accuracy.py`` measures) and dataset/IPC in the JSON, the table names the most accurate
 method whose *total* time (distillation plus its teacher or expert training) fits the budget, with its accuracy,
 its protocol and the split of its time, and the best method when teacher/expert training is not counted (a
 teacher or experts you already have). The table goes between ``<!-- time-to-accuracy:begin -->`` and
@@ -27,7 +27,8 @@ def table(rows: list[dict], budgets: list[float]) -> str:
     for (ds, ipc) in sorted({(r["dataset"], r["ipc"]) for r in rows}):
         rs = [r for r in rows if r["dataset"] == ds and r["ipc"] == ipc]
         machine = rs[0].get("machine", "")
-        lines += [f"**{ds}, IPC {ipc}** (students `{rs[0]['model']}`, {rs[0]['epochs']} epochs; {machine})", "",
+        lines += [f"**{ds}, IPC {ipc}** (CPU time of one thread; students `{rs[0]['model']}`, {rs[0]['epochs']} "
+                  f"epochs; {machine})", "",
                   "| budget | best within the budget, all training counted | accuracy | time (distil + teacher/experts) "
                   "| best if the teacher/experts already exist | accuracy |", "|---|---|---|---|---|---|"]
         for b in budgets:

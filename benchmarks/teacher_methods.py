@@ -1,7 +1,7 @@
 """Teacher-based methods under fair scores: method x IPC with hard- and soft-label accuracy, a random subset under
 each, DD-Ranking's HLR / IOR / LRS / ARS, PGD robust accuracy, and the time of teacher, distillation, evaluation.
 
-    OMP_NUM_THREADS=1 python benchmarks/teacher_methods.py --dataset mnist --methods sre2l rded random \
+    OMP_NUM_THREADS=1 python benchmarks/teacher_methods.py --dataset mnist --methods random sre2l rded \
         --ipcs 1 10 --teacher-model convnet-bn --teacher-epochs 1 --out benchmarks/results/teacher_mnist.json
 
 One teacher (cached, :mod:`distill_apps.teachers`) serves every method and the soft-label protocol. Soft-label
@@ -42,17 +42,21 @@ def run_ipc(real, ipc: int, a: argparse.Namespace, teacher, full_acc: float, ful
     rows, cache = [], {}
     for method in a.methods:
         cfg = {"teacher": str(teacher.path)} if method in ("sre2l", "rded") else None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         s = da.distill(method, real, ipc, steps=a.sre2l_steps if method == "sre2l" else None, seed=a.seed,
                        config=cfg, progress=not a.quiet)
-        t_distill = time.perf_counter() - t0
+        t_distill, c_distill = time.perf_counter() - t0, time.process_time() - c0
+        c1 = time.process_time()
         f = fair_scores(s, real, protocol="softlabel", teacher=teacher, model=a.model, runs=a.runs, epochs=a.epochs,
                         seed=a.seed, full_data_acc=full_acc, attack="pgd", eps=a.eps, attack_n=a.attack_n,
                         cache=cache, progress=not a.quiet)
+        c_eval = time.process_time() - c1
         acc, rob = f["accuracy"], f["robust"]
         row = {"method": method, "dataset": real.name, "ipc": ipc, "steps": s.meta.get("steps"),
                "teacher": teacher.reference(), "teacher_seconds": teacher.train_seconds,
-               "distill_seconds": round(t_distill, 1), "eval_seconds": f["eval_seconds"],
+               "teacher_cpu_seconds": teacher.train_cpu_seconds, "distill_seconds": round(t_distill, 1),
+               "distill_cpu_seconds": round(c_distill, 1), "eval_seconds": f["eval_seconds"],
+               "eval_cpu_seconds": round(c_eval, 1), "load_average": os.getloadavg(),
                "hard_acc": acc["syn_hard"], "soft_acc": acc["syn"], "random_hard_acc": acc["random_hard"],
                "random_soft_acc": acc["random"], "soft_noaug_acc": acc["syn_noaug"],
                "random_soft_noaug_acc": acc["random_noaug"], "full_data_acc": full_acc,
@@ -66,18 +70,23 @@ def run_ipc(real, ipc: int, a: argparse.Namespace, teacher, full_acc: float, ful
     return rows
 
 
+def _t(r: dict, what: str) -> str:
+    wall, cpu = r.get(f"{what}_seconds"), r.get(f"{what}_cpu_seconds")
+    return f"{wall:.0f}" + (f" ({cpu:.0f})" if cpu is not None else "") if wall is not None else "-"
+
+
 def markdown(rows: list[dict]) -> str:
     eps = sorted({e for r in rows for e in r["robust_soft"]}, key=float)
     head = ("| method | IPC | hard % | soft % | random hard % | random soft % | HLR | IOR | LRS | ARS | "
-            + " | ".join(f"PGD {e} soft / hard %" for e in eps) + " | teacher s | distil s | eval s |")
+            + " | ".join(f"PGD {e} soft / hard %" for e in eps) + " | teacher s (CPU) | distil s (CPU) | eval s (CPU) |")
     lines = [head, "|" + "---|" * (13 + len(eps))]
     for r in rows:
         pgd = " | ".join(f"{100 * r['robust_soft'][e]:.1f} / {100 * r['robust_hard'][e]:.1f}" for e in eps)
         lines.append(
             f"| {r['method']} | {r['ipc']} | {100 * r['hard_acc']:.2f} | {100 * r['soft_acc']:.2f} | "
             f"{100 * r['random_hard_acc']:.2f} | {100 * r['random_soft_acc']:.2f} | {100 * r['hlr']:.2f} | "
-            f"{100 * r['ior']:.2f} | {r['lrs']:.4f} | {r['ars']:.4f} | {pgd} | {r['teacher_seconds']:.0f} | "
-            f"{r['distill_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+            f"{100 * r['ior']:.2f} | {r['lrs']:.4f} | {r['ars']:.4f} | {pgd} | {_t(r, 'teacher')} | "
+            f"{_t(r, 'distill')} | {_t(r, 'eval')} |")
     if rows:
         r = rows[0]
         lines += ["", f"HLR and IOR in accuracy points; LRS/ARS in [0, 1] (DD-Ranking, w = 0.5). Teacher "
@@ -85,7 +94,9 @@ def markdown(rows: list[dict]) -> str:
                   f"{100 * r['teacher']['test_accuracy']:.2f} %); full-data hard-label accuracy "
                   f"{100 * r['full_data_acc']:.2f} % ({r.get('full_data_source', '')}). Students `{r['model']}`, {r['epochs']} "
                   f"epochs, {r['runs']} run(s). PGD: {r['attack']['steps']} steps of {r['attack']['step_size']}, "
-                  f"L-inf in pixel units, first {r['attack']['n']} test images. Machine: {r['machine']}."]
+                  f"L-inf in pixel units, first {r['attack']['n']} test images. Times: wall-clock seconds, CPU seconds of "
+                  f"the process in brackets (the machine is shared: load average {r['load_average'][0]:.1f} when "
+                  f"the first row was written). Machine: {r['machine']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -93,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--methods", nargs="+", default=["sre2l", "rded", "random"])
+    ap.add_argument("--methods", nargs="+", default=["random", "sre2l", "rded"],
+                    help="random first: the random subset's evaluations are then charged to its own row")
     ap.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--teacher-model", default="convnet-bn")
     ap.add_argument("--teacher-epochs", type=int, default=1)
