@@ -100,16 +100,21 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
     return correct / max(1, len(x))
 
 
-def robust_evaluate(summary, dataset=None, *, attack: str = "pgd", eps=(0.1,), protocol: str = "train",
-                    n: int | None = 1000, steps: int = 10, step_size: float | None = None, seed: int = 0,
-                    **evaluate_kw):
+def robust_evaluate(summary, dataset=None, *, attack: str | tuple[str, ...] | list[str] = "pgd", eps=(0.1,),
+                    protocol: str = "train", n: int | None = 1000, steps: int = 10, step_size: float | None = None,
+                    seed: int = 0, **evaluate_kw):
     """:func:`~distill_apps.evaluate.evaluate` plus the robust accuracy of every trained student under
-    ``attack`` at each ``eps`` (pixel units), on the first ``n`` test images (all when None)."""
+    ``attack`` at each ``eps`` (pixel units), on the first ``n`` test images (all when None).
+
+    ``extra["robust"]`` holds the attack's figures; with several attacks (a list), ``extra["robust"]`` maps each
+    attack's name to its figures, the students being trained once and attacked by each."""
     from .data import load_dataset
     from .evaluate import PROTOCOLS, evaluate
 
     eps_list = check_eps(eps)
-    ATTACKS.get(attack)
+    attacks = [attack] if isinstance(attack, str) else list(attack)
+    for name in attacks:
+        ATTACKS.get(name)
     if "on_student" not in inspect.signature(PROTOCOLS.get(protocol)).parameters:
         raise ConfigError(f"Protocol {protocol!r} does not hand out the models it trains, so they cannot be "
                           "attacked: use --protocol train or softlabel with --attack.")
@@ -119,19 +124,23 @@ def robust_evaluate(summary, dataset=None, *, attack: str = "pgd", eps=(0.1,), p
         dataset = summary.meta.get("dataset")
     real = load_dataset(dataset, evaluate_kw.get("data_root")) if isinstance(dataset, str) else dataset
     x_t, y_t = real.x_test[:n], real.y_test[:n]
-    per_run: list[dict[str, float]] = []
+    per_run: dict[str, list[dict[str, float]]] = {name: [] for name in attacks}
 
     def attack_student(net: nn.Module, run: int) -> None:
-        kw = {"steps": steps, "step_size": step_size} if attack == "pgd" else {}
-        per_run.append({str(e): robust_accuracy(net, x_t, y_t, attack=attack, eps=e, mean=real.mean, std=real.std,
-                                                seed=seed + run, **kw) for e in eps_list})
+        for name in attacks:
+            kw = {"steps": steps, "step_size": step_size} if name == "pgd" else {}
+            per_run[name].append({str(e): robust_accuracy(net, x_t, y_t, attack=name, eps=e, mean=real.mean,
+                                                          std=real.std, seed=seed + run, **kw) for e in eps_list})
 
     res = evaluate(summary, real, protocol=protocol, seed=seed, on_student=attack_student, **evaluate_kw)
-    acc = {e: float(np.mean([r[e] for r in per_run])) for e in per_run[0]} if per_run else {}
-    std = {e: float(np.std([r[e] for r in per_run])) for e in per_run[0]} if per_run else {}
-    info: dict[str, Any] = {"attack": attack, "eps": eps_list, "accuracy": acc, "accuracy_std": std,
-                            "per_run": per_run, "n_test": len(x_t), "norm": "linf, pixel units [0, 1]"}
-    if attack == "pgd":
-        info.update(steps=steps, step_size=step_size if step_size is not None else "eps/4", random_start=True)
-    res.extra["robust"] = info
+    infos: dict[str, dict[str, Any]] = {}
+    for name, runs in per_run.items():
+        acc = {e: float(np.mean([r[e] for r in runs])) for e in runs[0]} if runs else {}
+        std = {e: float(np.std([r[e] for r in runs])) for e in runs[0]} if runs else {}
+        info: dict[str, Any] = {"attack": name, "eps": eps_list, "accuracy": acc, "accuracy_std": std,
+                                "per_run": runs, "n_test": len(x_t), "norm": "linf, pixel units [0, 1]"}
+        if name == "pgd":
+            info.update(steps=steps, step_size=step_size if step_size is not None else "eps/4", random_start=True)
+        infos[name] = info
+    res.extra["robust"] = infos[attacks[0]] if isinstance(attack, str) else infos
     return res

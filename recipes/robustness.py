@@ -127,14 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                                  time.perf_counter() - t0)
         s, secs = summaries[method]
         kw = {"teacher": teacher} if protocol == "softlabel" else {}
-        robust: dict[str, dict[str, float]] = {}
-        clean = None
-        for attack in a.attacks:
-            res = robust_evaluate(s, real, attack=attack, eps=a.eps, protocol=protocol, n=a.attack_n,
-                                  steps=a.pgd_steps, seed=a.seed, model=a.model, runs=a.runs,
-                                  epochs=a.eval_epochs, device=dev, **kw)
-            robust[attack] = res.extra["robust"]["accuracy"]
-            clean = res.accuracy_mean if clean is None else clean
+        res = robust_evaluate(s, real, attack=list(a.attacks), eps=a.eps, protocol=protocol, n=a.attack_n,
+                              steps=a.pgd_steps, seed=a.seed, model=a.model, runs=a.runs, epochs=a.eval_epochs,
+                              device=dev, **kw)
+        robust = {attack: info["accuracy"] for attack, info in res.extra["robust"].items()}
+        clean = res.accuracy_mean
         rows.append({"method": method, "protocol": protocol, "steps": s.meta.get("steps"),
                      "distill_seconds": secs, "clean": clean,
                      "robust": robust})
