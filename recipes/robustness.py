@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--attack-n", type=int, default=500, help="test images attacked per student")
     ap.add_argument("--budget", choices=("quick", "paper"), default="quick", help="distillation budget per method")
     ap.add_argument("--steps", type=int, default=None, help="distillation steps of every method (overrides --budget)")
+    ap.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                    help="an option of one method, e.g. mtt:num_experts=2 (repeatable)")
     ap.add_argument("--model", default="convnet", help="network for distillation and the students")
     ap.add_argument("--eval-epochs", type=int, default=300, help="epochs of student training")
     ap.add_argument("--runs", type=int, default=1, help="students per summary")
@@ -49,6 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="out/robustness", help="folder for report.md, robustness.png, results.json")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return ap
+
+
+def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["mtt:num_experts=2", ...]`` -> ``{"mtt": {"num_experts": 2}}`` (values read as YAML scalars)."""
+    import yaml
+
+    from distill_apps.errors import ConfigError
+
+    out: dict[str, dict[str, Any]] = {}
+    for it in items:
+        if ":" not in it or "=" not in it.split(":", 1)[1]:
+            raise ConfigError(f"--set expects METHOD:KEY=VALUE (e.g. mtt:num_experts=2); got {it!r}.")
+        method, kv = it.split(":", 1)
+        k, v = kv.split("=", 1)
+        out.setdefault(method.strip(), {})[k.strip()] = yaml.safe_load(v)
+    return out
 
 
 def _plot(rows: list[dict[str, Any]], attacks: list[str], eps: list[float], path: Path) -> Path:
@@ -106,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in a.methods if m not in da.list_methods()]
     if unknown:
         raise ConfigError(f"Unknown method(s) {unknown}; see `distill-apps methods`.")
+    per_method = _parse_sets(a.set)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = str(pick_device(a.device))
@@ -120,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     summaries: dict[str, Any] = {}
     for method, protocol in plan:
         if method not in summaries:
-            cfg = {"teacher": str(teacher.path)} if method in TEACHER else None
+            cfg = {**({"teacher": str(teacher.path)} if method in TEACHER else {}), **per_method.get(method, {})}
             t0 = time.perf_counter()
             summaries[method] = (da.distill(method, real, a.ipc, steps=a.steps, budget=a.budget, model=a.model, seed=a.seed,
-                                            device=dev, config=cfg, progress=not a.json),
+                                            device=dev, config=cfg or None, progress=not a.json),
                                  time.perf_counter() - t0)
         s, secs = summaries[method]
         kw = {"teacher": teacher} if protocol == "softlabel" else {}

@@ -84,7 +84,7 @@ def test_robustness_recipe_writes_report_and_plot(tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("DISTILL_APPS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "rob"
     assert main(["recipe", "robustness", "--methods", "dm", "rded", "--ipc", "1", "--eps", "0.1", "0.3",
-                 "--attack-n", "60", "--eval-epochs", "3", "--steps", "2", "--model", "convnet-d2-w16", "--teacher-model",
+                 "--attack-n", "60", "--eval-epochs", "3", "--steps", "2", "--set", "rded:mipc=10", "--model", "convnet-d2-w16", "--teacher-model",
                  "convnet-d2-w16-bn", "--teacher-epochs", "1", "--out", str(out), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     got = {(r["method"], r["protocol"]) for r in res["rows"]}
