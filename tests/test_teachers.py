@@ -185,3 +185,28 @@ def test_distill_cli_evaluates_teacher_methods_with_the_softlabel_protocol(tmp_p
     ev = json.loads(capsys.readouterr().out)
     assert ev["protocol"] == "softlabel" and ev["extra"]["teacher"]["sha256"] == da.SyntheticSet.load(out).meta[
         "teacher"]["sha256"]
+
+
+def test_fit_cosine_schedule_and_per_batch_targets(digits):
+    """fit's additions: cosine decay to ~0 over the run, and targets computed from each (augmented) batch."""
+    import math
+
+    from distill_apps.train import fit
+
+    net = da.build_model("convnet-d2-w16", 1, 10, (8, 8))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    seen = []
+
+    def target_fn(xb):
+        seen.append(xb.shape[0])
+        return torch.zeros(xb.shape[0], 10).index_fill_(1, torch.tensor([7]), 10.0)
+
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    fit(net, x, y, steps=20, batch_size=32, optimizer=opt, schedule="cosine", label_kind="logits",
+        target_fn=target_fn)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    assert seen == [32] * 20
+    net.eval()
+    assert (net(digits.x_test).argmax(1) == 7).float().mean() > 0.9, "trained on the target_fn's labels, not y"
+    with pytest.raises(ValueError, match="schedule"):
+        fit(net, x, y, steps=1, schedule="linear")
