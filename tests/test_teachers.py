@@ -44,6 +44,20 @@ def test_teacher_for_another_dataset_or_shape_refused(digits, teacher):
         load_teacher(teacher.path, renamed)
 
 
+def test_methods_refuse_a_teacher_of_another_shape(digits, tmp_path, capsys):
+    from distill_apps.cli import main
+
+    big = lambda x: F.interpolate(x, size=(16, 16))  # noqa: E731
+    larger = replace(digits, name="digits16", x_train=big(digits.x_train), x_test=big(digits.x_test))
+    other = train_teacher(larger, TINY, epochs=1, cache_dir=tmp_path, progress=False)
+    for method in ("sre2l", "rded"):
+        assert main(["distill", "--method", method, "--ipc", "1", "--steps", "1", "--no-eval",
+                     "--set", f"teacher={other.path}", "--out", str(tmp_path / f"{method}.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert "trained on 'digits16'" in err and "distill-apps teacher --dataset digits" in err
+        assert not (tmp_path / f"{method}.safetensors").exists()
+
+
 def test_foreign_or_corrupt_teacher_file_refused(digits, teacher, tmp_path):
     summary = da.distill("random", digits, 1, progress=False)
     p = summary.save(tmp_path / "summary.safetensors")
