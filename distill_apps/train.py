@@ -2,7 +2,8 @@
 
 Targets may be hard class ids, soft-label logits (trained with soft cross-entropy, as TESLA/Sucholutsky) or
 regression targets (MSE, as KIP/RFAD/FRePO labels). The field's schedule is built in: SGD with momentum and
-weight decay, learning rate x0.1 at half of the epochs.
+weight decay, learning rate x0.1 at half of the epochs; a cosine schedule, any optimiser, and targets computed
+per minibatch by a teacher (the soft-label protocol of SRe2L/RDED) are options of the same loop.
 """
 from __future__ import annotations
 
