@@ -38,8 +38,9 @@ def machine() -> str:
             f"bf16 {'fast (AMX/AVX-512-BF16, autocast on)' if bf16_fast('cpu') else 'emulated (autocast off)'}")
 
 
-def run_ipc(real, ipc: int, a: argparse.Namespace, teacher, full_acc: float, full_seconds: float) -> list[dict]:
-    rows, cache = [], {}
+def run_ipc(real, ipc: int, a: argparse.Namespace, teacher, full_acc: float, full_seconds: float):
+    """Yield one row per method at ``ipc`` (the random subset's evaluations shared through one cache)."""
+    cache: dict = {}
     for method in a.methods:
         cfg = {"teacher": str(teacher.path)} if method in ("sre2l", "rded") else None
         t0, c0 = time.perf_counter(), time.process_time()
@@ -64,10 +65,9 @@ def run_ipc(real, ipc: int, a: argparse.Namespace, teacher, full_acc: float, ful
                "robust_soft": rob["syn"], "robust_hard": rob["syn_hard"], "robust_random_soft": rob["random"],
                "attack": {"name": "pgd", "steps": rob["steps"], "step_size": rob["step_size"], "n": rob["n_test"]},
                "model": a.model, "epochs": a.epochs, "runs": a.runs, "machine": machine()}
-        rows.append(row)
         print(json.dumps({k: row[k] for k in ("method", "ipc", "hard_acc", "soft_acc", "random_soft_acc", "hlr",
                                               "ior", "distill_seconds", "eval_seconds")}), flush=True)
-    return rows
+        yield row
 
 
 def _t(r: dict, what: str) -> str:
