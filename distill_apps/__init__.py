@@ -28,6 +28,7 @@ from .cross_arch import CrossArchResult, evaluate_cross_arch  # noqa: E402
 from .nets import build_model, list_models  # noqa: E402
 from .summaries import Privacy, Summary, load_summary  # noqa: E402
 from .summary import SyntheticSet  # noqa: E402
+from .teachers import Teacher, load_teacher, train_teacher  # noqa: E402
 
 __all__ = [
     "__version__", "DSA", "MethodConfig", "RealData", "list_datasets", "load_dataset", "from_folder", "from_tensors",
@@ -35,6 +36,7 @@ __all__ = [
     "DistillState", "distill", "list_methods", "register_method", "DistillError", "EvalResult", "evaluate",
     "build_model", "list_models", "SyntheticSet", "Summary", "load_summary", "Privacy",
     "CrossArchResult", "evaluate_cross_arch",
+    "Teacher", "train_teacher", "load_teacher",
 ]
 
 #: Public submodules and the names they offer besides ``__all__`` (None: the submodule's own ``__all__``).
@@ -53,5 +55,8 @@ PUBLIC_SUBMODULES: dict[str, tuple[str, ...] | None] = {
     "options": None,  # the --set KEY=VALUE / METHOD.KEY=VALUE option syntax of the CLI and recipes
     "summary": ("SyntheticSet",),
     "summaries": ("Summary", "Privacy", "load_summary"),
+    "teachers": ("Teacher", "train_teacher", "load_teacher", "resolve_teacher"),  # cached teacher networks
+    "robustness": ("robust_evaluate", "robust_accuracy", "check_eps", "fgsm", "pgd"),  # FGSM/PGD on students
+    "fair": ("fair_scores", "hlr", "ior", "lrs", "ars"),  # DD-Ranking's label- and augmentation-robust scores
     "recipes.reporting": None,  # the shared ending of a recipe (results.json, report.md, data cards)
 }

@@ -1,4 +1,4 @@
-"""``distill-apps`` command line: distill, evaluate, methods, datasets, recipe.
+"""``distill-apps`` command line: distill, evaluate, teacher, methods, datasets, recipe.
 
 Every user error prints one paragraph and exits with status 2; nothing prints a traceback for bad input.
 """
@@ -20,6 +20,7 @@ RECIPES = {
     "nas-proxy": "nas_proxy",
     "private-sharing": "private_sharing",
     "medical": "medical_sharing",
+    "robustness": "robustness",
 }
 
 
@@ -100,18 +101,41 @@ def build_parser() -> argparse.ArgumentParser:
                    "their own (gcn, inf-ae, textcnn)")
     e.add_argument("--runs", type=int, default=3)
     e.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
-    e.add_argument("--protocol", default=None, help="images: train (from scratch, default), krr (kernel methods) or "
-                   "schedule (DD); graphs and text: train; interactions: krr (the closed-form ∞-AE)")
+    e.add_argument("--protocol", default=None, help="images: train (from scratch; the default), softlabel (a teacher "
+                   "relabels each batch; the default of sre2l/rded summaries), krr (kernel methods) or schedule (DD); "
+                   "graphs and text: train; interactions: krr (the closed-form ∞-AE)")
     e.add_argument("--models", default=None, metavar="M1,M2,...",
                    help="images: a cross-architecture table over comma-separated models (e.g. convnet,mlp,lenet,"
                         "alexnet,vgg11,resnet18), each also trained on a random real subset of the same size")
     e.add_argument("--no-baseline", action="store_true", help="with --models: skip the random-subset baseline")
     e.add_argument("--augment", default=None,
-                   help="images: evaluation augmentation: auto (the summary's paper's, default), dc, dsa or none")
+                   help="images: evaluation augmentation: auto (the summary's paper's, default), dc, dsa or none "
+                        "(softlabel: none, crop, cutmix or crop_cutmix)")
     e.add_argument("--force-dataset", action="store_true",
                    help="evaluate on --dataset even when the summary was distilled from another one (warns)")
     _data_options(e, distill=False)
+    e.add_argument("--teacher", default=None, metavar="PATH", help="teacher file for --protocol softlabel")
+    e.add_argument("--metrics", choices=("accuracy", "fair"), default="accuracy",
+                   help="fair: also a random subset at the same IPC, and DD-Ranking's HLR, IOR, LRS, ARS")
+    e.add_argument("--full-data-acc", type=float, default=None, metavar="ACC",
+                   help="--metrics fair: full-data accuracy in [0, 1] (default: train --model on all data, cached)")
+    e.add_argument("--attack", choices=("fgsm", "pgd"), default=None, help="attack the trained students")
+    e.add_argument("--eps", type=float, nargs="+", default=None, metavar="E",
+                   help="attack budgets, L-infinity in pixel units [0, 1] (e.g. 0.1 0.3 for MNIST)")
+    e.add_argument("--pgd-steps", type=int, default=10, help="PGD steps (step size eps/4)")
+    e.add_argument("--attack-n", type=int, default=1000, help="test images attacked (0: all)")
     _common(e)
+    t = sub.add_parser("teacher", help="train (or check) a teacher for sre2l, rded and the softlabel protocol")
+    t.add_argument("--dataset", default=None, help="default digits (with --teacher: check it is for this dataset)")
+    t.add_argument("--model", default="convnet-bn", help="e.g. convnet-bn, convnet-w64-bn, resnet18-bn")
+    t.add_argument("--epochs", type=int, default=None, help="passes over the real training split (default 2)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--teacher", default=None, metavar="PATH", help="load and check this teacher file instead")
+    t.add_argument("--out", default=None, help="also write the teacher here (refuses to overwrite)")
+    t.add_argument("--retrain", action="store_true", help="train again even if the cache holds this teacher")
+    t.add_argument("--no-progress", action="store_true")
+    _common(t)
+
 
     m = sub.add_parser("methods", help="list every registered method: family, modality, default dataset, paper, "
                        "and what --ipc counts in each modality")
@@ -255,7 +279,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
         epochs = a.eval_epochs if a.eval_epochs is not None else (
             modality.quick_eval_epochs if a.budget == "quick" else None)
         opts = {"runs": a.eval_runs, "epochs": epochs, "device": a.device, "model": a.model}
-        res = evaluate(summary, real, **opts)
+        res = evaluate(summary, real, **opts)  # teacher-based summaries: their softlabel protocol and teacher
+        if res.protocol == "softlabel":
+            opts.update(protocol="softlabel", teacher=summary.meta["teacher"]["path"])
         if res.augment is not None:
             opts["augment"] = res.augment  # the baseline is scored under the very same protocol
         base = evaluate(modality.baseline(real, summary, a.ipc, a.seed, a.device), real, **opts)
@@ -271,7 +297,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
             lines.append(f"privacy: {summary.privacy}")
         if not a.no_eval:
             lines.append(f"{a.method:>8} ipc {a.ipc}: {res.score()} on {real.name} test ({res.runs} runs, "
-                         f"{res.model}" + (f", {res.epochs} epochs" if res.epochs is not None else "")
+                         f"{res.protocol} protocol, {res.model}" + (f", {res.epochs} epochs" if res.epochs is not None else "")
                          + (f", augment {res.augment})" if res.augment else ")"))
             lines.append(f"{'random':>8} ipc {a.ipc}: {base.score()} (same protocol)")
         return "\n".join(lines)
@@ -293,7 +319,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     summary = load_summary(a.path)  # any kind: SyntheticSet, CondensedGraph, GraphSet, ...
     opts = {k: v for k, v in {"model": a.model, "protocol": a.protocol, "epochs": a.epochs}.items() if v is not None}
     if a.augment is not None:
-        opts["augment"] = check_augment(a.augment)
+        opts["augment"] = a.augment if a.protocol == "softlabel" else check_augment(a.augment)
+    if a.teacher:
+        if (a.protocol or summary.meta.get("eval_protocol")) != "softlabel":
+            raise DistillError(f"--teacher is for --protocol softlabel; the protocol here is {a.protocol or 'train'!r}.")
+        opts["teacher"] = a.teacher
+    if (a.attack is None) != (a.eps is None):
+        raise DistillError("--attack and --eps go together: e.g. --attack pgd --eps 0.1 0.3.")
+    if (a.attack or a.metrics == "fair") and not isinstance(summary, SyntheticSet):
+        raise ConfigError(f"--attack and --metrics fair score image summaries; {a.path} is a {summary.kind} summary.")
     if a.force_dataset:
         opts["force_dataset"] = True
     data = a.dataset
@@ -319,11 +353,73 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                                     progress=not a.json, force_dataset=a.force_dataset)
         _emit({"path": a.path, **table.as_dict()}, a.json, lambda: f"{a.path}\n{table.table()}")
         return 0
-    res = evaluate(summary, data, runs=a.runs, device=a.device, data_root=a.data_root, progress=not a.json,
-                   **opts)
+    common = dict(runs=a.runs, device=a.device, data_root=a.data_root, progress=not a.json, **opts)
+    if a.attack:
+        from .robustness import robust_evaluate
+
+        res = robust_evaluate(summary, data, attack=a.attack, eps=a.eps, steps=a.pgd_steps, n=a.attack_n or None,
+                              **common)
+    else:
+        res = evaluate(summary, data, **common)
+    if a.metrics == "fair":
+        from .data import data_for_summary
+        from .fair import fair_scores
+
+        real = data_for_summary(summary, data, a.data_root)
+        res.extra["fair"] = fair_scores(summary, real, protocol=res.protocol, teacher=a.teacher, model=a.model,
+                                        runs=a.runs, epochs=a.epochs, device=a.device,
+                                        full_data_acc=a.full_data_acc, progress=not a.json, base=res)
     privacy = summary.privacy
-    text = f"{a.path}: {res}" + ("" if privacy is None else f"\nprivacy: {privacy}")
-    _emit({**res.as_dict(), "summary": summary.describe(), "privacy": _privacy(summary)}, a.json, lambda: text)
+
+    def text() -> str:
+        lines = [f"{a.path}: {res}"]
+        if "robust" in res.extra:
+            r = res.extra["robust"]
+            how = f"{r['steps']} steps of {r['step_size']}" if a.attack == "pgd" else "one step"
+            lines.append(f"robust accuracy under {a.attack} ({how}, {r['n_test']} test images): " + ", ".join(
+                f"eps {e}: {100 * v:.2f} %" for e, v in r["accuracy"].items()))
+        if "fair" in res.extra:
+            f = res.extra["fair"]
+            acc = f["accuracy"]
+            lines.append(f"random subset (ipc {f['ipc']}, {f['protocol']}): {100 * acc['random']:.2f} %; hard labels: "
+                         f"summary {100 * acc['syn_hard']:.2f} %, random {100 * acc['random_hard']:.2f} %, full data "
+                         f"{100 * acc['full_data_hard']:.2f} %")
+            lines.append(f"HLR {100 * f['hlr']:.2f}  IOR {100 * f['ior']:.2f}  (points)   LRS {f['lrs']:.4f}  "
+                         f"ARS {f['ars']:.4f}  (DD-Ranking, w = 0.5)")
+        if privacy is not None:
+            lines.append(f"privacy: {privacy}")
+        return "\n".join(lines)
+
+    _emit({**res.as_dict(), "summary": summary.describe(), "privacy": _privacy(summary)}, a.json, text)
+    return 0
+
+
+def cmd_teacher(a: argparse.Namespace) -> int:
+    from .teachers import load_teacher, train_teacher
+
+    if a.teacher:
+        t = load_teacher(a.teacher, a.dataset, device="cpu", data_root=a.data_root)
+    else:
+        t = train_teacher(a.dataset or "digits", a.model, epochs=a.epochs, seed=a.seed, device=a.device, data_root=a.data_root,
+                          progress=not (a.no_progress or a.json), retrain=a.retrain)
+    out = None
+    if a.out:
+        from .safe_io import write_bytes
+
+        out = Path(a.out)
+        if out.exists():
+            raise DistillError(f"{out} exists; refusing to overwrite it. Choose another --out or delete it first.")
+        write_bytes(out, Path(t.path).read_bytes())  # atomically, with the usual file mode
+    m = t.meta
+    result = {"path": str(t.path), "copy": str(out) if out else None, "sha256": t.sha256, "dataset": m["dataset"],
+              "model": m["model"], "seed": m["seed"], "epochs": m["train"]["epochs"],
+              "test_accuracy": m["test_accuracy"], "train_seconds": m.get("train_seconds"), "cached": t.cached,
+              "batchnorm": t.has_batchnorm()}
+    _emit(result, a.json, lambda: (
+        f"teacher {m['model']} on {m['dataset']} (seed {m['seed']}, {m['train']['epochs']} epochs): test accuracy "
+        f"{100 * m['test_accuracy']:.2f} %, trained in {m.get('train_seconds')} s"
+        f"{' (from the cache)' if t.cached else ''}\n{t.path}\nsha256 {t.sha256}"
+        + (f"\ncopied to {out}" if out else "")))
     return 0
 
 
@@ -389,7 +485,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handlers = {"distill": cmd_distill, "evaluate": cmd_evaluate, "methods": cmd_methods,
+    handlers = {"distill": cmd_distill, "evaluate": cmd_evaluate, "teacher": cmd_teacher, "methods": cmd_methods,
                 "datasets": cmd_datasets, "recipe": cmd_recipe}
     shown = warnings.showwarning
     warnings.showwarning = _show_warning

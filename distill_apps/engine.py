@@ -84,6 +84,7 @@ class Distiller(ABC):
     modality: ClassVar[str] = "image"
     multilabel: ClassVar[bool] = False  # True where the method trains on multi-hot targets (per-label loss)
     max_skipped: ClassVar[int] = 20
+    total_steps: int | None = None  # the run's step count, set by the engine before init (for lr schedules)
 
     def __init__(self, real: RealData, ipc: int, cfg: MethodConfig, device: torch.device, model: str = "convnet",
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
@@ -417,6 +418,7 @@ def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0,
         time_limit: float | None = None, max_memory_gb: float | None = None) -> Summary:
     """Drive ``d`` for ``total`` steps (see :func:`distill`)."""
     _check_run_args(total, checkpoint_every, eval_every, time_limit, max_memory_gb, resume)
+    d.total_steps = total
     state = d.init(generator("init", d.seed))
     writer = None
     if checkpoint is not None:

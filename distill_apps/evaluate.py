@@ -100,8 +100,9 @@ def evaluate(summary: Summary, dataset: Any = None, *, model: str | None = None,
         return summary.evaluate(dataset, model=model, runs=runs, epochs=epochs, lr=lr, augment=augment,
                                 protocol=protocol, seed=seed, device=device, data_root=data_root, progress=progress,
                                 **kw)
-    model, protocol = model or "convnet", protocol or "train"
-    augment = check_augment(augment)
+    model, protocol = model or "convnet", protocol or summary.meta.get("eval_protocol") or "train"
+    if protocol != "softlabel":  # the soft-label protocol has its own augmentations (crop, cutmix)
+        augment = check_augment(augment)
     dev = pick_device(device)
     if dataset is not None:
         check_modality("image", dataset, f"An image summary ({summary.meta.get('method', 'unknown method')})")
@@ -119,7 +120,9 @@ def evaluate(summary: Summary, dataset: Any = None, *, model: str | None = None,
 @register_protocol("train")
 def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, runs: int, epochs: int | None,
                        lr: float | None, batch_size: int, augment: str | None, seed: int, device: torch.device,
-                       progress: bool = False, amp: bool = True) -> EvalResult:
+                       progress: bool = False, amp: bool = True,
+                       on_student: Callable[[torch.nn.Module, int], Any] | None = None) -> EvalResult:
+    """``on_student(net, run)`` is called with every trained model (e.g. to attack it, see robustness.py)."""
     t0 = time.perf_counter()
     x_train, target, label_kind = summary.training_data(device)  # factorised: decoded in chunks or per minibatch
     lr_used = lr if lr is not None else (summary.lr or 0.01)
@@ -141,5 +144,7 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
         fit(net, x_train, target, epochs=epochs, lr=lr_used, batch_size=batch_size,
             label_kind=label_kind, augment=aug.transform, generator=g, amp=amp)
         accs.append(accuracy(net, x_test, y_test))
+        if on_student is not None:
+            on_student(net, r)
     return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "train",
                       epochs, aug.name, lr_used, time.perf_counter() - t0, extra={"augment_detail": aug.detail})

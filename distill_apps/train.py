@@ -2,10 +2,12 @@
 
 Targets may be hard class ids, soft-label logits (trained with soft cross-entropy, as TESLA/Sucholutsky) or
 regression targets (MSE, as KIP/RFAD/FRePO labels). The field's schedule is built in: SGD with momentum and
-weight decay, learning rate x0.1 at half of the epochs.
+weight decay, learning rate x0.1 at half of the epochs; a cosine schedule, any optimiser, and targets computed
+per minibatch by a teacher (the soft-label protocol of SRe2L/RDED) are options of the same loop.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -15,14 +17,19 @@ from torch import nn
 from .runtime import autocast
 
 
-def target_loss(logits: torch.Tensor, target: torch.Tensor, label_kind: str = "hard") -> torch.Tensor:
+def target_loss(logits: torch.Tensor, target: torch.Tensor, label_kind: str = "hard",
+                temperature: float = 1.0) -> torch.Tensor:
     """Cross-entropy for hard ids, soft cross-entropy for logit targets, MSE for regression targets, and the
-    per-label binary cross-entropy for multi-hot ``multilabel`` targets."""
+    per-label binary cross-entropy for multi-hot ``multilabel`` targets.
+
+    ``temperature`` divides both the student's and the target logits of ``logits`` targets (knowledge
+    distillation's temperature; soft cross-entropy equals the KL divergence up to a constant)."""
     logits = logits.float()
     if label_kind == "hard":
         return F.cross_entropy(logits, target)
     if label_kind == "logits":
-        return -(F.softmax(target.float(), dim=1) * F.log_softmax(logits, dim=1)).sum(1).mean()
+        t = float(temperature)
+        return -(F.softmax(target.float() / t, dim=1) * F.log_softmax(logits / t, dim=1)).sum(1).mean()
     if label_kind == "regression":
         return F.mse_loss(logits, target.float())
     if label_kind == "multilabel":
@@ -34,13 +41,19 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | Non
         lr: float = 0.01, batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 5e-4,
         label_kind: str = "hard", augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         generator: torch.Generator | None = None, decay_at_half: bool = True, amp: bool = True,
-        optimizer: torch.optim.Optimizer | None = None, progress: bool = False) -> nn.Module:
+        optimizer: torch.optim.Optimizer | None = None, progress: bool = False,
+        schedule: str | None = None, target_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        temperature: float = 1.0) -> nn.Module:
     """Train ``model`` on tensors ``(x, y)`` for ``epochs`` passes or ``steps`` minibatches; returns the model.
 
     ``x`` may also be an image *source*: any object with ``len(x)``, ``x[idx] -> images`` for a LongTensor of
     indices, and ``x.to(device)`` (e.g. :class:`distill_apps.summary.DecodedImages`, which decodes each minibatch
     of a factorised summary on demand). ``augment(xb, generator)`` is applied to every minibatch (e.g. DSA with a
     fresh draw per image).
+    ``schedule``: ``"step"`` (lr x0.1 at half, the field's default), ``"cosine"`` (cosine decay to 0 over the
+    run, as SRe2L/RDED's students) or ``"none"``; ``None`` follows ``decay_at_half``. ``target_fn(xb)``, when
+    given, computes the targets of each (augmented) minibatch instead of reading ``y`` (FKD-style relabelling
+    by a teacher); ``temperature`` is passed to :func:`target_loss`.
     """
     if (epochs is None) == (steps is None):
         raise ValueError("give exactly one of epochs or steps")
@@ -52,6 +65,10 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | Non
     per_epoch = max(1, -(-n // bs))
     total = steps if steps is not None else epochs * per_epoch
     opt = optimizer or torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    schedule = schedule or ("step" if decay_at_half else "none")
+    if schedule not in ("step", "cosine", "none"):
+        raise ValueError(f"unknown schedule {schedule!r}: use step, cosine or none")
+    base_lrs = [group["lr"] for group in opt.param_groups]
     model.train()
     order = torch.randperm(n, generator=g)
     pos = 0
@@ -61,9 +78,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | Non
 
         it = tqdm(it, desc="train", leave=False)
     for step in it:
-        if decay_at_half and step == total // 2 and total > 1:
+        if schedule == "step" and step == total // 2 and total > 1:
             for group in opt.param_groups:
                 group["lr"] *= 0.1
+        elif schedule == "cosine":
+            for group, base in zip(opt.param_groups, base_lrs):
+                group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * step / total))
         if pos + bs > n:
             order, pos = torch.randperm(n, generator=g), 0
         idx = order[pos:pos + bs].to(dev)
@@ -71,9 +91,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | Non
         xb, yb = x[idx], y[idx]
         if augment is not None:
             xb = augment(xb, g)
+        if target_fn is not None:
+            yb = target_fn(xb)
         with autocast(dev, amp):
             out = model(xb)
-        loss = target_loss(out, yb, label_kind)
+        loss = target_loss(out, yb, label_kind, temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

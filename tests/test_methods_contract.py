@@ -20,7 +20,9 @@ _TRAJ = {"num_experts": 2, "expert_train_epochs": 2, "expert_epochs": 1, "max_st
 SMOKE = {"itgan": {"gan_steps": 20, "invert_steps": 10}, "mtt": _TRAJ, "tesla": _TRAJ, "haba": _TRAJ,
          "linba": {"unroll_steps": 5}, "idc": {"outer_loop": 2}, "idc-i": {"outer_loop": 2},
          "dp-dm": {"releases": 4}, "dp-dc": {"releases": 4}, "dd": {"inner_steps": 3, "inner_epochs": 1},
-         "frepo": {"pool_size": 2}, "rfad": {"n_models": 2}}
+         "frepo": {"pool_size": 2}, "rfad": {"n_models": 2},
+         "sre2l": {"teacher_model": "convnet-d2-w16-bn", "teacher_epochs": 1},
+         "rded": {"teacher_model": "convnet-d2-w16-bn", "teacher_epochs": 1, "mipc": 20}}
 _GRAPH = {"outer_loop": 1, "inner_loop": 1, "hidden": 16, "pge_hidden": 8}
 SMOKE.update({"gcond": _GRAPH, "gcond-x": _GRAPH, "doscond": {"hidden": 16, "pge_hidden": 8},
               "gcdm": {"hidden": 16, "pge_hidden": 8}, "doscond-gc": {"batch_real": 8, "hidden": 16},
