@@ -56,7 +56,9 @@ def teacher_for(summary: SyntheticSet, real: RealData, teacher: str | Teacher | 
         return None
     path = ref.get("path")
     try:
-        return load_teacher(path, real, device=device, expect_sha256=want)
+        from .trusted_paths import resolve_trusted
+
+        return load_teacher(resolve_trusted(path, "teacher"), real, device=device, expect_sha256=want)
     except SummaryFormatError as exc:
         if path and not __import__("os").path.isfile(path):
             raise SummaryFormatError(

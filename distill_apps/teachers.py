@@ -32,7 +32,7 @@ from torch import nn
 
 from . import safe_io
 from .data import RealData, load_dataset
-from .errors import ConfigError, DataError, SummaryFormatError
+from .errors import ConfigError, DataError, DistillError, SummaryFormatError
 from .runtime import autocast, generator, pick_device
 
 KIND = "teacher"
@@ -227,6 +227,32 @@ def train_teacher(dataset: str | RealData = "digits", model: str = "convnet-bn",
     return Teacher(net, meta, digest, p, cached=False)
 
 
+def _validated_meta(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """The teacher header's fields, each checked by type and range (a damaged or edited file is refused)."""
+    from .nets import check_model_name
+    from .validation import HeaderFields
+
+    top = HeaderFields(path, KIND, header)
+    meta = top.dict("teacher")
+    f = HeaderFields(path, KIND, meta)
+    f.str("model")
+    f.str("dataset")
+    f.int("seed", 0)
+    f.int("num_classes", 1, 1_000_000)
+    shape = f.ints("image_shape", 1, 65_536, min_len=3, max_len=3)
+    f.floats("mean")
+    f.floats("std", None, 0.0, lo_open=True)
+    if len(f.raw("mean")) not in (1, shape[0]) or len(f.raw("std")) != len(f.raw("mean")):
+        raise f.fail("mean", f"one value or one per channel ({shape[0]}), as many as std", f.raw("mean"))
+    f.float("test_accuracy", 0.0, 1.0)
+    f.dict("train")
+    try:
+        check_model_name(meta["model"])
+    except DistillError as exc:
+        raise f.fail("model", "a registered network name", meta["model"]) from exc
+    return meta
+
+
 def load_teacher(path: str | os.PathLike, dataset: str | RealData | None = None, *,
                  device: str | torch.device = "cpu", data_root: str | None = None,
                  expect_sha256: str | None = None) -> Teacher:
@@ -234,11 +260,8 @@ def load_teacher(path: str | os.PathLike, dataset: str | RealData | None = None,
     shape than ``dataset`` (when given), or whose hash is not ``expect_sha256`` (when given)."""
     path = Path(path)
     tensors, header = safe_io.read(path, KIND, FORMAT_VERSION)
-    meta = header.get("teacher")
-    try:
-        model_name, shape, k = meta["model"], tuple(meta["image_shape"]), int(meta["num_classes"])
-    except (KeyError, TypeError) as exc:
-        raise SummaryFormatError(f"{path}: its teacher header lacks {exc}; the file is corrupt.") from exc
+    meta = _validated_meta(path, header)
+    model_name, shape, k = meta["model"], tuple(meta["image_shape"]), int(meta["num_classes"])
     digest = header["sha256"]
     if expect_sha256 is not None and digest != expect_sha256:
         raise SummaryFormatError(

@@ -23,12 +23,6 @@ TRUST_ENV = "DISTILL_APPS_TRUSTED_PATHS"
 _ALLOWED: list[Path] = []
 
 
-def cache_root() -> Path:
-    """``$DISTILL_APPS_CACHE`` or ``~/.cache/distill_apps``."""
-    root = os.environ.get("DISTILL_APPS_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "distill_apps"
-
-
 def allow(path: str | os.PathLike) -> None:
     """Trust ``path`` (a file or a folder) for this process: the user passed it."""
     p = Path(path).expanduser().resolve()
@@ -37,7 +31,7 @@ def allow(path: str | os.PathLike) -> None:
 
 
 def trusted_roots() -> list[Path]:
-    from .data.registry import data_root
+    from .data.registry import cache_root, data_root
 
     roots = [data_root(), cache_root()]
     roots += [Path(p).expanduser() for p in os.environ.get(TRUST_ENV, "").split(os.pathsep) if p.strip()]

@@ -1,5 +1,6 @@
 """Teachers, SRe2L, RDED and the soft-label protocol: each test checks the defining mechanism on digits."""
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -146,8 +147,13 @@ def test_softlabel_protocol_learns_the_teachers_outputs(digits, tmp_path):
     assert res.extra["optimizer"] == "adamw" and res.extra["schedule"].startswith("cosine")
 
 
-def test_softlabel_protocol_checks_the_summarys_teacher(digits, teacher, tmp_path):
+def test_softlabel_protocol_checks_the_summarys_teacher(digits, teacher, tmp_path, monkeypatch):
     s = da.distill("rded", digits, 1, progress=False, config={"teacher": str(teacher.path), "mipc": 10})
+    # the teacher lives outside the data and cache roots: a path read from a summary is not opened there ...
+    with pytest.raises(SummaryFormatError, match="outside the data root and the cache root"):
+        da.evaluate(s, digits, protocol="softlabel", runs=1, epochs=1)
+    # ... unless the user trusts its folder (or passes the file: teacher=PATH)
+    monkeypatch.setenv("DISTILL_APPS_TRUSTED_PATHS", os.pathsep.join([str(teacher.path.parent), str(tmp_path)]))
     other = train_teacher(digits, TINY, epochs=1, seed=7, cache_dir=tmp_path, progress=False)
     with pytest.raises(SummaryFormatError, match="not the (one|teacher) the summary was made with|is not the one"):
         da.evaluate(s, digits, protocol="softlabel", teacher=str(other.path), runs=1, epochs=1)
