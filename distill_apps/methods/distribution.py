@@ -14,6 +14,7 @@ from ..augment import DSA, DEFAULT_STRATEGY
 from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..matching import mean_embedding_distance
+from ..parameterisation import pixel_state
 
 
 @dataclass
@@ -37,7 +38,7 @@ class DM(Distiller):
 
     def init(self, g: torch.Generator) -> DistillState:
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
-        return self.init_images(g, self.cfg.init)
+        return pixel_state(self, g, self.cfg.init)
 
     def embeddings(self, net, g: torch.Generator, x_syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Real (K, B, d) and synthetic (K, ipc, d) embeddings of this rank's classes under one DSA draw per class."""

@@ -28,6 +28,7 @@ from torch import nn
 from ..augment import DEFAULT_STRATEGY, DSA
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
+from ..parameterisation import pixel_state
 from ..train import fit
 from .gradient import BilevelConfig
 from .gradient import schedule_for
@@ -89,7 +90,7 @@ class CAFE(Distiller):
 
     def init(self, g: torch.Generator) -> DistillState:
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
-        return self.init_images(g, self.cfg.init)
+        return pixel_state(self, g, self.cfg.init)
 
     def loss(self, net: nn.Module, x_syn: torch.Tensor, g: torch.Generator,
              beta: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,6 +35,7 @@ from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError, SummaryFormatError
 from ..matching import mean_embedding_distance
+from ..parameterisation import draw_real
 from ..runtime import derive_seed, seeded_global_rng
 from ..summary import ChunkedDecoder, SyntheticSet, register_decoder
 
@@ -328,7 +329,7 @@ class ITGAN(Distiller):
     def init(self, g: torch.Generator) -> DistillState:
         self._gen, self._gen_path = self.generator()
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
-        x, y = self.init_from_real(g)
+        x, y, _ = draw_real(self.real, self.ipc, g, self.device)
         z = invert(self._gen, x, self.cfg.invert_steps, self.cfg.invert_lr, g).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=self.cfg.lr_latent)
         return DistillState(params={"z": z}, optimizers={"syn": opt}, buffers={"y": y, "x_inv": x})
@@ -363,8 +364,5 @@ class ITGAN(Distiller):
     def export(self, state: DistillState) -> SyntheticSet:
         spec = {"path": str(self._gen_path), "sha256": file_sha256(self._gen_path), "arch": self.arch(),
                 "num_classes": self.real.num_classes, "per_class": self.ipc}
-        return SyntheticSet(x=None, y=state.buffers["y"].detach().long().cpu().clone(),
-                            num_classes=self.real.num_classes, image_shape=self.real.image_shape,
-                            mean=self.real.mean, std=self.real.std,
-                            params={"z": state.params["z"].detach().float().cpu().clone()}, decoder="itgan",
-                            decoder_spec=spec, meta=self.meta(state, generator=str(self._gen_path)))
+        return self.synthetic(state, None, state.buffers["y"], params={"z": state.params["z"]}, decoder="itgan",
+                              decoder_spec=spec, meta={"generator": str(self._gen_path)})

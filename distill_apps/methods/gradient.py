@@ -16,6 +16,7 @@ from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..matching import gradient_distance, loss_gradients
+from ..parameterisation import pixel_state, training_targets
 from ..train import fit
 
 # (outer_loop, inner_loop) by images per class, from the DC paper's released settings
@@ -69,7 +70,7 @@ class DC(Distiller):
         return None
 
     def init(self, g: torch.Generator) -> DistillState:
-        return self.init_images(g, self.cfg.init)
+        return pixel_state(self, g, self.cfg.init)
 
     def match_loss(self, net, x_syn: torch.Tensor, y_syn: torch.Tensor, g: torch.Generator,
                    t_syn: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,7 +171,7 @@ class DC(Distiller):
         cfg = self.cfg
         outer, inner = schedule_for(self.ipc)
         outer, inner = cfg.outer_loop or outer, cfg.inner_loop or inner
-        x, y, t = state.params["x"], state.buffers["y"], self.targets(state)
+        x, y, t = state.params["x"], state.buffers["y"], training_targets(state)
         net = self.new_net(g)
         aug = self.dsa()
         total = 0.0

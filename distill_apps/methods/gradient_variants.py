@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..engine import DistillState, register_method
 from ..errors import ConfigError, DataError
 from ..matching import gradient_distance, loss_gradients
+from ..parameterisation import init_pixels
 from ..summary import ChunkedDecoder, SyntheticSet, register_decoder
 from ..train import fit
 from .gradient import DSAConfig, DSAMethod
@@ -150,9 +151,7 @@ class IDC(DSAMethod):
     def init(self, g: torch.Generator) -> DistillState:
         """Each stored image starts as a grid of ``factor^2`` downsampled real images of its class."""
         f = self.factor()
-        x, y = self.init_from_real(g, ipc=self.ipc * f * f)  # class by class, ipc * f^2 each
-        if self.cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
+        x, y, _ = init_pixels(self.real, self.ipc * f * f, g, self.device, self.cfg.init, self.name)  # ipc*f^2 each
         h, w = x.shape[-2:]
         if f > 1:
             multiformation(x[:1], f)  # checks divisibility with a clear error
@@ -190,12 +189,11 @@ class IDC(DSAMethod):
         f = self.factor()
         if f == 1:
             return self.synthetic(state, state.params["x"], state.buffers["y"], meta={"factor": 1})
-        y = state.buffers["y"].detach().long().cpu().clone()
-        return SyntheticSet(
-            x=None, y=y, num_classes=self.real.num_classes, image_shape=self.real.image_shape, mean=self.real.mean,
-            std=self.real.std, params={"x": state.params["x"].detach().float().cpu().clone()}, decoder=DECODER,
-            decoder_spec={"factor": f, "mode": self.cfg.decode, "labels": y.tolist()},
-            meta=self.meta(state, factor=f, stored_images=int(y.numel()), decoded_images=int(y.numel()) * f * f))
+        y = state.buffers["y"]
+        return self.synthetic(state, None, y, params={"x": state.params["x"]}, decoder=DECODER,
+                              decoder_spec={"factor": f, "mode": self.cfg.decode, "labels": y.long().tolist()},
+                              meta={"factor": f, "stored_images": int(y.numel()),
+                                    "decoded_images": int(y.numel()) * f * f})
 
 
 @register_method("idc-i")

@@ -32,6 +32,7 @@ from ..engine import Distiller, DistillState, register_method
 from ..evaluate import EvalResult, register_protocol
 from ..errors import ConfigError
 from ..inner import Params, functional, unroll, unroll_options
+from ..parameterisation import init_pixels
 from ..train import fit, target_loss
 
 
@@ -94,9 +95,7 @@ class DD(Distiller):
             raise ConfigError("dd needs inner_steps >= 1 and inner_epochs >= 1.")
         if cfg.lr_init <= 0:
             raise ConfigError(f"dd lr_init must be > 0; got {cfg.lr_init}.")
-        x, y = self.init_from_real(g)
-        if cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
+        x, y, _ = init_pixels(self.real, self.ipc, g, self.device, cfg.init, self.name)
         x.requires_grad_(True)
         log_lr = torch.full((cfg.inner_steps,), math.log(cfg.lr_init), device=self.device, requires_grad=True)
         opt = torch.optim.Adam([{"params": [x], "lr": cfg.lr_img}, {"params": [log_lr], "lr": cfg.lr_lr}])
@@ -196,9 +195,7 @@ class _KernelDistiller(Distiller):
         cfg = self.cfg
         if cfg.reg < 0:
             raise ConfigError(f"{self.name} reg must be >= 0; got {cfg.reg}.")
-        x, y = self.init_from_real(g)
-        if cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
+        x, y, _ = init_pixels(self.real, self.ipc, g, self.device, cfg.init, self.name)
         x.requires_grad_(True)
         ys = K.regression_targets(y, self.real.num_classes).to(self.device)
         groups = [{"params": [x], "lr": cfg.lr_img}]

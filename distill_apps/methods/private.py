@@ -32,6 +32,7 @@ from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..matching import gradient_distance, loss_gradients
+from ..parameterisation import init_pixels
 from ..privacy.accounting import PrivacyBudget, calibrate_noise
 from ..runtime import generator
 from ..train import fit
@@ -189,9 +190,10 @@ class _Private(Distiller):
         b = state.info["privacy"].get("budget")
         return None if b is None else PrivacyBudget(b["target_epsilon"], b["delta"], b["accountant"], b["history"])
 
-    def poisson_batch(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each training image independently with probability ``q`` (the sampling RDP/PRV accounting assumes)."""
-        q = self.state_q
+    def poisson_batch(self, state: DistillState, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each training image independently with probability ``q`` (the run's sample rate, kept in the state's
+        privacy record): the sampling RDP/PRV accounting assumes."""
+        q = state.info["privacy"]["sample_rate"]
         if q >= 1.0:
             return self.real.images(device=self.device), self.real.labels(device=self.device)
         mask = torch.rand(self.real.size("train"), generator=g) < q
@@ -202,17 +204,13 @@ class _Private(Distiller):
         """Expected per-class batch sizes ``q * N_c`` (class sizes are treated as public, as in DP-MERF)."""
         return (torch.tensor(self.real.class_counts(), dtype=torch.float32) * q).clamp(min=1.0).to(self.device)
 
-    def init_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.init_from_real(g)
-        if self.cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
-        return x.requires_grad_(True), y
-
     def base_state(self, g: torch.Generator) -> DistillState:
+        """Noise images (real ones only for ``non_private`` runs), Adam on them, and the privacy record
+        (``info["privacy"]``: sample rate, noise, releases made, the accountant's history), the whole run state."""
         priv = self.setup_privacy()
-        self.state_q = priv["sample_rate"]
         check_private_net(self.new_net(generator("dp-check", self.seed)))
-        x, y = self.init_images(g)
+        x, y, _ = init_pixels(self.real, self.ipc, g, self.device, self.cfg.init, self.name)
+        x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=self.cfg.lr_img)
         return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y}, info={"privacy": priv})
 
@@ -224,10 +222,7 @@ class _Private(Distiller):
         if p["non_private"]:
             return {**out, "epsilon": float("inf"), "delta": 0.0, "accountant": None}
         budget = self.budget(state)
-        key = (p["released"], p["noise_multiplier"], p["sample_rate"])
-        if getattr(self, "_eps_cache", (None, None))[0] != key:
-            self._eps_cache = (key, budget.spent())
-        return {**out, "epsilon": self._eps_cache[1], "delta": budget.delta, "accountant": budget.accountant,
+        return {**out, "epsilon": budget.spent(), "delta": budget.delta, "accountant": budget.accountant,
                 "target_epsilon": budget.epsilon, "history": budget.history}
 
     def export(self, state: DistillState):
@@ -266,14 +261,13 @@ class DPDM(_Private):
 
     def release(self, state: DistillState, r: int, g: torch.Generator) -> None:
         p = state.info["privacy"]
-        xr, yr = self.poisson_batch(g)
+        xr, yr = self.poisson_batch(state, g)
         net = self.release_net(r)
         sums = clipped_class_embedding_sums(net, xr, yr, self.real.num_classes, p["clip"])
         sums = sums + gaussian_noise(sums.shape, p["noise_multiplier"] * p["clip"], g, self.device)
         state.buffers["targets"][r] = sums / self.expected_counts(p["sample_rate"])[:, None]
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
-        self.state_q = state.info["privacy"]["sample_rate"]
         released = state.info["privacy"]["released"]
         if self.try_release(state):
             r = released
@@ -328,7 +322,7 @@ class DPDC(_Private):
 
     def noisy_class_grads(self, state: DistillState, net: nn.Module, g: torch.Generator) -> list[torch.Tensor]:
         p = state.info["privacy"]
-        xr, yr = self.poisson_batch(g)
+        xr, yr = self.poisson_batch(state, g)
         sums = clipped_class_grad_sums(net, xr, yr, self.real.num_classes, p["clip"], self.cfg.grad_chunk)
         std = p["noise_multiplier"] * p["clip"]
         counts = self.expected_counts(p["sample_rate"])
@@ -337,7 +331,6 @@ class DPDC(_Private):
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         cfg = self.cfg
-        self.state_q = state.info["privacy"]["sample_rate"]
         if state.info["privacy"]["exhausted"]:
             return {"budget_exhausted": 1.0}
         outer, inner = self.loops()

@@ -84,7 +84,6 @@ class RDED(TeacherMethod):
             raise ConfigError("rded: need 0 < crop_min_scale <= crop_max_scale <= 1; got "
                               f"{cfg.crop_min_scale}, {cfg.crop_max_scale}.")
         self.load_teacher()
-        self._factor = f
         cell = (h // f, w // f)
         need = self.ipc * f * f
         xs, cells = [], []

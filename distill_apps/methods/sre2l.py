@@ -27,6 +27,7 @@ from torch import nn
 from ..crops import jitter, resized_crops
 from ..engine import DistillState, register_method
 from ..errors import ConfigError
+from ..parameterisation import pixel_state
 from ..teachers import has_batchnorm
 from .teacher_based import TeacherMethod, TeacherOptions
 
@@ -88,7 +89,7 @@ class SRe2L(TeacherMethod):
         t = self.load_teacher()
         if not t.has_batchnorm():
             raise ConfigError(self._no_bn_message(t.meta.get("model")))
-        state = self.init_images(g, "noise")
+        state = pixel_state(self, g, "noise")
         state.optimizers["syn"] = torch.optim.Adam([state.params["x"]], lr=cfg.lr_img, betas=(0.5, 0.9), eps=1e-8)
         mean = torch.tensor(self.real.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.real.std, device=self.device).view(1, -1, 1, 1)

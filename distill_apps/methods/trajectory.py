@@ -33,6 +33,7 @@ from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..experts import ExpertBuffer, ExpertConfig, get_or_train_experts
 from ..inner import Params, UnrollPlan, functional, unroll, unroll_options
+from ..parameterisation import init_pixels, training_targets
 from ..runtime import generator
 
 __all__ = ["UnrollPlan", "param_distance", "mtt_loss", "tesla_gradients", "SavedTensorMeter", "MTT", "TESLA"]
@@ -212,12 +213,9 @@ class MTT(Distiller):
         return DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy) if self.cfg.dsa else None
 
     # ---------------------------------------------------------------- Distiller
-    def init_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.init_from_real(g)
-        if self.cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
-        elif self.cfg.init != "real":
-            raise ConfigError(f"init must be 'real' or 'noise'; got {self.cfg.init!r}.")
+    def initial_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthetic images' start (``cfg.init``: real images or noise, :func:`init_pixels`) and class ids."""
+        x, y, _ = init_pixels(self.real, self.ipc, g, self.device, self.cfg.init, self.name)
         return x, y
 
     def param_groups(self, state: DistillState) -> list[dict]:
@@ -228,7 +226,7 @@ class MTT(Distiller):
 
     def init(self, g: torch.Generator) -> DistillState:
         self.experts()
-        x, y = self.init_images(g)
+        x, y = self.initial_images(g)
         state = DistillState(params={"x": x.requires_grad_(True),
                                      "lr": torch.tensor(float(self.cfg.lr_teacher), device=self.device,
                                                         requires_grad=True)},
@@ -239,9 +237,6 @@ class MTT(Distiller):
 
     def add_labels(self, state: DistillState, g: torch.Generator) -> None:
         """Hook for learnable labels (TESLA); MTT trains on hard labels."""
-
-    def targets(self, state: DistillState) -> torch.Tensor:
-        return state.buffers["y"]
 
     def draw(self, state: DistillState, g: torch.Generator):
         syn_steps, max_start, _, _ = self.settings()
@@ -258,7 +253,7 @@ class MTT(Distiller):
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
         start, target, plan, aug = self.draw(state, g)
         with self.autocast():
-            loss = mtt_loss(self.student(), start, target, state.params["x"], self.targets(state),
+            loss = mtt_loss(self.student(), start, target, state.params["x"], training_targets(state),
                             state.params["lr"], plan, aug, self.label_kind, (self.rank, self.world_size),
                             **self.unroll_kw())
         # each student step's batch is split across ranks and its gradient all-reduced inside the unroll, so
@@ -279,10 +274,10 @@ class TESLA(MTT):
     Config = TESLAConfig
     label_kind = "logits"
 
-    def init_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def initial_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Real images, preferring those the label expert classifies correctly (TESLA's initialisation)."""
         if self.cfg.init != "real":
-            return super().init_images(g)
+            return super().initial_images(g)
         r, k = self.real, self.ipc
         pool = max(k, min(k * self.cfg.label_pool, min(r.class_counts())))
         idx = r.sample_balanced(pool, g).view(r.num_classes, pool)
@@ -309,9 +304,6 @@ class TESLA(MTT):
     def param_groups(self, state: DistillState) -> list[dict]:
         return super().param_groups(state) + [
             {"params": [state.params["soft"]], "lr": self.cfg.lr_y, "momentum": self.cfg.momentum_y}]
-
-    def targets(self, state: DistillState) -> torch.Tensor:
-        return state.params["soft"]
 
     def unroll_kw(self) -> dict:
         """TESLA always recomputes step by step: ``grad_mode`` tesla (the paper's decomposition) or exact
