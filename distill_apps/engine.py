@@ -59,6 +59,7 @@ class _EmbedView(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped network's embedding of ``x``."""
         return self.net.embed(x)
 
 

@@ -19,6 +19,7 @@ from ..parameterisation import pixel_state
 
 @dataclass
 class DMConfig(MethodConfig):
+    """Options of DM (Zhao & Bilen, WACV 2023): image learning rate, real batch per class, init, DSA strategy."""
     steps: int = 20000
     quick_steps: int = 200
     lr_img: float = 1.0
@@ -30,6 +31,7 @@ class DMConfig(MethodConfig):
 
 @register_method("dm")
 class DM(Distiller):
+    """DM (Zhao & Bilen, WACV 2023): per-class mean embeddings of random networks, synthetic vs real."""
     family = "distribution"
     paper = "Zhao & Bilen, WACV 2023, Dataset Condensation with Distribution Matching"
     Config = DMConfig
@@ -37,6 +39,7 @@ class DM(Distiller):
     multilabel = True  # per-label means of the images positive for each label
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Learnable images from real ones (or noise) and the DSA augmenter shared by both sides."""
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
         return pixel_state(self, g, self.cfg.init)
 
@@ -54,6 +57,7 @@ class DM(Distiller):
         return er, es
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One random network; the synthetic images move toward the real per-class mean embeddings."""
         net = self.new_net(g)
         for p in net.parameters():
             p.requires_grad_(False)
@@ -63,4 +67,5 @@ class DM(Distiller):
         return {"loss": float(loss.detach())}
 
     def export(self, state: DistillState):
+        """The synthetic images and their class ids."""
         return self.synthetic(state, state.params["x"], state.buffers["y"])

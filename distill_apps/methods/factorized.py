@@ -67,6 +67,7 @@ class StoragePlan:
 
     @property
     def total(self) -> int:
+        """Stored floats of every tensor of the plan together."""
         return sum(math.prod(s) for s in self.shapes.values())
 
 
@@ -160,6 +161,7 @@ def hallucinate(codes: torch.Tensor, p: dict[str, torch.Tensor], image_hw: tuple
 
 
 def hallucinated_images(params: dict[str, torch.Tensor], spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every network of ``params`` applied to every code, with the codes' class labels (network-major)."""
     codes = params[spec["code"]]
     img = tuple(spec["image_shape"])
     x = hallucinate(codes, params, img[1:])
@@ -297,6 +299,7 @@ class Hallucinated(Factorised):
 # ====================================================================== LinBa
 @dataclass
 class LinBaConfig(MethodConfig):
+    """Options of LinBa (Deng & Russakovsky, NeurIPS 2022): recall slots, unroll, step sizes, Adam rates."""
     steps: int = 5000
     quick_steps: int = 30
     amp: bool = False  # second-order gradients through the unroll stay in float32
@@ -318,12 +321,14 @@ class LinBaConfig(MethodConfig):
 
 @register_method("linba")
 class LinBa(Distiller):
+    """LinBa (Deng & Russakovsky, NeurIPS 2022): shared bases with linear addressing, learned through unrolls."""
     family = "factorized"
     paper = ("Deng & Russakovsky, NeurIPS 2022, Remember the Past: Distilling Datasets into Addressable "
              "Memories for Neural Networks")
     Config = LinBaConfig
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Bases from real images, addressing by least squares onto them, a learnable inner step size."""
         r = self.real
         recalls = self.cfg.images_per_class or 2 * self.ipc
         plan = plan_linba(r.num_classes, r.image_shape, self.ipc, recalls)
@@ -358,17 +363,20 @@ class LinBa(Distiller):
             return target_loss(f(p, xr), yr)
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One unrolled training of a fresh network on the decoded images; real-data loss back to the factors."""
         loss = self.loss(state, g)
         self.update(state, loss)
         return {"loss": float(loss.detach()), "syn_lr": float(state.params["log_lr"].detach().exp())}
 
     def export(self, state: DistillState) -> SyntheticSet:
+        """The bases and addressing matrices with the ``linba`` decoder and the learned step size."""
         return self.factors.export(self, state, lr=float(state.params["log_lr"].detach().exp()))
 
 
 # ====================================================================== KFS
 @dataclass
 class KFSConfig(MethodConfig):
+    """Options of KFS (Lee et al., 2022): decoders, latent resolution, Adam rates and the two regulariser weights."""
     steps: int = 20000
     quick_steps: int = 200
     decoders: int = 4
@@ -405,12 +413,14 @@ def class_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @register_method("kfs")
 class KFS(Distiller):
+    """KFS (Lee et al., 2022): latent codes per class and shared decoders, trained by distribution matching."""
     family = "factorized"
     paper = "Lee et al., 2022, Dataset Condensation with Latent Space Knowledge Factorization and Sharing"
     Config = KFSConfig
     eval_augment = "dsa"
 
     def make_plan(self) -> StoragePlan:
+        """The storage plan: latents at ``1/latent_scale`` (or coarser) and ``decoders`` decoder networks."""
         c = self.cfg
         r = self.real
         if c.decoders < 1 or c.latent_scale < 1:
@@ -420,6 +430,7 @@ class KFS(Distiller):
                                  c.latent_channels or r.image_shape[0], scales, False, "latents")
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Latents from downsampled real images and near-identity decoders (:class:`Hallucinated`), Adam on both."""
         self.factors = Hallucinated(self.make_plan(), self.real, "latents")
         state = DistillState(params=self.factors.init_params(self.real, g, self.device))
         nets = [v for k, v in state.params.items() if k != "latents"]
@@ -456,17 +467,20 @@ class KFS(Distiller):
         return loss
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One update of latents and decoders on :meth:`loss`."""
         loss = self.loss(state, g)
         self.update(state, loss)
         return {"loss": float(loss.detach())}
 
     def export(self, state: DistillState) -> SyntheticSet:
+        """The latents and decoder weights with the ``hallucinator`` decoder."""
         return self.factors.export(self, state)
 
 
 # ====================================================================== HaBa
 @dataclass
 class HaBaConfig(MTTConfig):
+    """Options of HaBa (Liu et al., NeurIPS 2022): MTT's plus hallucinators, basis scales, the adversary."""
     hallucinators: int = 5
     hallucinator_channels: int = 3
     basis_scales: str = "1,2,4"  # resolutions tried, in order, when full-size bases do not fit the budget
@@ -481,12 +495,14 @@ class HaBaConfig(MTTConfig):
 
 @register_method("haba")
 class HaBa(MTT):
+    """HaBa (Liu et al., NeurIPS 2022): bases and hallucinators trained by trajectory matching plus an adversary."""
     family = "factorized"
     paper = "Liu et al., NeurIPS 2022, Dataset Distillation via Factorization"
     Config = HaBaConfig
     eval_augment = "dsa"
 
     def make_plan(self) -> StoragePlan:
+        """The storage plan: bases at the first of ``basis_scales`` that fits, and ``hallucinators`` networks."""
         c, r = self.cfg, self.real
         try:
             scales = tuple(int(s) for s in str(c.basis_scales).split(",") if s.strip())
@@ -498,6 +514,7 @@ class HaBa(MTT):
                                  c.hallucinator_channels, r.image_shape[0], scales, True, "bases")
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Bases from real images and hallucinators (:class:`Hallucinated`), MTT's step size, the feature extractor."""
         self.experts()
         self.factors = Hallucinated(self.make_plan(), self.real, "bases")
         state = DistillState(params=self.factors.init_params(self.real, g, self.device))
@@ -543,6 +560,7 @@ class HaBa(MTT):
         return l_mtt + self.cfg.lambda_con * sim, l_mtt, sim
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """Bases, hallucinators and step size on :meth:`loss`, then one step of the adversarial feature extractor."""
         state.optimizers["hal"].zero_grad(set_to_none=True)
         loss, l_mtt, sim = self.loss(state, g)
         if self.update(state, loss / self.world_size):
@@ -569,6 +587,7 @@ class HaBa(MTT):
         return {"loss": float(l_mtt.detach()), "sim": float(sim.detach()), "syn_lr": float(state.params["lr"].detach())}
 
     def export(self, state: DistillState) -> SyntheticSet:
+        """The bases and hallucinator weights with the ``hallucinator`` decoder and the learned step size."""
         lr = float(state.params["lr"].detach())
         return self.factors.export(self, state, lr=lr if lr > 0 else None)
 

@@ -35,11 +35,13 @@ DECODER = "idc-multiformation"
 # ---------------------------------------------------------------------- DCC
 @dataclass
 class DCCConfig(DSAConfig):
+    """Options of DCC (Lee et al., ICML 2022): DSA's."""
     pass
 
 
 @register_method("dcc")
 class DCC(DSAMethod):
+    """DCC (Lee et al., ICML 2022): DSA matching the gradient of the loss over all classes jointly."""
     paper = "Lee et al., ICML 2022, Dataset Condensation with Contrastive Signals"
     Config = DCCConfig
     multilabel = False
@@ -115,6 +117,7 @@ decode_multiformation = register_decoder(DECODER)(ChunkedDecoder(_multiformation
 
 @dataclass
 class IDCConfig(DSAConfig):
+    """Options of IDC (Kim et al., ICML 2022): multi-formation factor, real-data network training, MSE distance."""
     steps: int = 2000
     quick_steps: int = 4
     factor: int = 2
@@ -133,16 +136,19 @@ class IDCConfig(DSAConfig):
 
 @dataclass
 class IDCIConfig(IDCConfig):
+    """Options of IDC-I: IDC's with factor 1 (no multi-formation)."""
     factor: int = 1
 
 
 @register_method("idc")
 class IDC(DSAMethod):
+    """IDC (Kim et al., ICML 2022): multi-formation images, gradient matching on networks trained on real data."""
     paper = "Kim et al., ICML 2022, Dataset Condensation via Efficient Synthetic-Data Parameterization"
     Config = IDCConfig
     multilabel = False
 
     def factor(self) -> int:
+        """The multi-formation factor (tiles per side), checked."""
         f = int(self.cfg.factor)
         if f < 1:
             raise ConfigError(f"IDC factor must be >= 1; got {f}.")
@@ -162,10 +168,12 @@ class IDC(DSAMethod):
         return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y})
 
     def decoded(self, state: DistillState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoded training images and their labels, differentiable in the stored images."""
         f = self.factor()
         return multiformation(state.params["x"], f, self.cfg.decode), state.buffers["y"].repeat_interleave(f * f)
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One network: ``outer_loop`` updates of the stored images, ``net_steps`` real-data SGD steps between."""
         cfg = self.cfg
         net = self.new_net(g)
         opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=0.9, weight_decay=5e-4)
@@ -186,6 +194,7 @@ class IDC(DSAMethod):
         return {"loss": total / cfg.outer_loop}
 
     def export(self, state: DistillState) -> SyntheticSet:
+        """The stored images with the ``idc-multiformation`` decoder (plain images at factor 1)."""
         f = self.factor()
         if f == 1:
             return self.synthetic(state, state.params["x"], state.buffers["y"], meta={"factor": 1})
@@ -198,5 +207,6 @@ class IDC(DSAMethod):
 
 @register_method("idc-i")
 class IDCI(IDC):
+    """IDC-I (Kim et al., ICML 2022): IDC without multi-formation."""
     paper = "Kim et al., ICML 2022 (IDC-I: IDC without multi-formation)"
     Config = IDCIConfig

@@ -107,6 +107,7 @@ def gaussian_noise(shape, std: float, g: torch.Generator, device) -> torch.Tenso
 # ---------------------------------------------------------------------- shared private machinery
 @dataclass
 class PrivateConfig(MethodConfig):
+    """Options shared by dp-dm and dp-dc: the (epsilon, delta) target, accountant, clipping, sampling."""
     epsilon: float = 10.0
     delta: float = 1e-5
     accountant: str = "rdp"  # rdp | prv (Opacus)
@@ -127,9 +128,11 @@ class _Private(Distiller):
     eval_augment = None
 
     def planned_releases(self) -> int:
+        """How many releases the noise is calibrated for."""
         return int(self.cfg.releases)
 
     def setup_privacy(self) -> dict:
+        """Check the options and calibrate the noise: the privacy record the state starts with."""
         cfg, n = self.cfg, self.real.size("train")
         if cfg.init not in ("noise", "real"):
             raise ConfigError(f"init must be noise or real; got {cfg.init!r}.")
@@ -215,6 +218,7 @@ class _Private(Distiller):
         return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y}, info={"privacy": priv})
 
     def privacy_meta(self, state: DistillState) -> dict:
+        """The summary's ``meta["privacy"]``: mechanism, sampling, noise, releases and spent epsilon."""
         p = state.info["privacy"]
         out = {"mechanism": self.mechanism, "sampling": p["sampling"], "sample_rate": p["sample_rate"],
                "clip": p["clip"], "noise_multiplier": p["noise_multiplier"], "releases": p["released"],
@@ -226,6 +230,7 @@ class _Private(Distiller):
                 "target_epsilon": budget.epsilon, "history": budget.history}
 
     def export(self, state: DistillState):
+        """The synthetic images with the privacy record of the run."""
         return self.synthetic(state, state.params["x"], state.buffers["y"],
                               meta={"privacy": self.privacy_meta(state)})
 
@@ -233,6 +238,7 @@ class _Private(Distiller):
 # ---------------------------------------------------------------------- dp-dm
 @dataclass
 class DPDMConfig(PrivateConfig):
+    """Options of dp-dm (DP-MERF, Harder et al., AISTATS 2021; NDPDC, Zheng & Li 2023)."""
     steps: int = 2000
     quick_steps: int = 200
     releases: int = 100
@@ -240,6 +246,7 @@ class DPDMConfig(PrivateConfig):
 
 @register_method("dp-dm")
 class DPDM(_Private):
+    """dp-dm: DP distribution matching on noisy means of clipped embeddings (DP-MERF, Harder et al., AISTATS 2021)."""
     family = "private"
     paper = ("Harder et al., AISTATS 2021 (DP-MERF); Zheng & Li 2023 (NDPDC): DP distribution matching with "
              "clipped, noised mean embeddings")
@@ -254,12 +261,14 @@ class DPDM(_Private):
         return net
 
     def init(self, g: torch.Generator) -> DistillState:
+        """The private start (:meth:`base_state`) and room for every release's noisy class means."""
         state = self.base_state(g)
         d = self.release_net(0).embed(self.real.images(slice(0, 1), device=self.device)).flatten(1).shape[1]
         state.buffers["targets"] = torch.zeros(self.cfg.releases, self.real.num_classes, d, device=self.device)
         return state
 
     def release(self, state: DistillState, r: int, g: torch.Generator) -> None:
+        """Release ``r``: noisy per-class means of clipped embeddings of a Poisson batch (random net ``r``)."""
         p = state.info["privacy"]
         xr, yr = self.poisson_batch(state, g)
         net = self.release_net(r)
@@ -268,6 +277,7 @@ class DPDM(_Private):
         state.buffers["targets"][r] = sums / self.expected_counts(p["sample_rate"])[:, None]
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """Release while the budget allows (else reuse a released target); match the images' means to it."""
         released = state.info["privacy"]["released"]
         if self.try_release(state):
             r = released
@@ -289,6 +299,7 @@ class DPDM(_Private):
 # ---------------------------------------------------------------------- dp-dc
 @dataclass
 class DPDCConfig(PrivateConfig):
+    """Options of dp-dc (PSG, Chen, Kerkouche & Fritz, NeurIPS 2022): DC's loop on private gradients."""
     steps: int = 200
     quick_steps: int = 10
     releases: int = 0  # 0: steps x outer_loop (the paper's full run)
@@ -303,6 +314,7 @@ class DPDCConfig(PrivateConfig):
 
 @register_method("dp-dc")
 class DPDC(_Private):
+    """dp-dc (PSG, Chen, Kerkouche & Fritz, NeurIPS 2022): gradient matching on clipped, noised real gradients."""
     family = "private"
     paper = ("Chen, Kerkouche & Fritz, NeurIPS 2022, Private Set Generation with Discriminative Information "
              "(PSG): DP gradient matching")
@@ -311,16 +323,20 @@ class DPDC(_Private):
     mechanism = "gaussian: noisy per-class sum of clipped per-sample loss gradients (DP-SGD style)"
 
     def loops(self) -> tuple[int, int]:
+        """``(outer_loop, inner_loop)``: configured, or DC's schedule for the IPC."""
         outer, inner = schedule_for(self.ipc)
         return self.cfg.outer_loop or outer, self.cfg.inner_loop or inner
 
     def planned_releases(self) -> int:
+        """``releases``, or one per outer round of every step (``steps x outer_loop``)."""
         return int(self.cfg.releases or self.cfg.steps * self.loops()[0])
 
     def init(self, g: torch.Generator) -> DistillState:
+        """The private start (:meth:`base_state`)."""
         return self.base_state(g)
 
     def noisy_class_grads(self, state: DistillState, net: nn.Module, g: torch.Generator) -> list[torch.Tensor]:
+        """One release: per-class sums of clipped per-sample gradients plus noise, over expected counts."""
         p = state.info["privacy"]
         xr, yr = self.poisson_batch(state, g)
         sums = clipped_class_grad_sums(net, xr, yr, self.real.num_classes, p["clip"], self.cfg.grad_chunk)
@@ -330,6 +346,7 @@ class DPDC(_Private):
                 for s in sums]
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One network: per round, a release and an image update; the network trains on the images between."""
         cfg = self.cfg
         if state.info["privacy"]["exhausted"]:
             return {"budget_exhausted": 1.0}
