@@ -10,6 +10,7 @@ import torch
 
 import distill_apps as da
 from distill_apps.engine import METHODS, Distiller, make_distiller
+from distill_apps.errors import ConfigError
 from distill_apps.methods.factorized import HaBa, Hallucinated
 from distill_apps.methods.trajectory import MTT
 from distill_apps.runtime import generator
@@ -71,3 +72,12 @@ def test_dp_run_resumed_from_a_checkpoint_equals_the_uninterrupted_run(method, c
     p, q = resumed.meta["privacy"], straight.meta["privacy"]
     assert p == q, "releases, noise, sample rate, accountant history and epsilon all resume exactly"
     assert p["releases"] >= 1 and p["epsilon"] <= config["epsilon"]
+
+
+@pytest.mark.parametrize("method", ["dm", "dd", "kip", "idc", "mtt"])
+def test_every_pixel_method_refuses_an_unknown_init(method, digits):
+    """One image-tensor start for all (parameterisation.init_pixels): dd, kip and idc used to take any other
+    ``init`` silently as ``real``."""
+    d = make_distiller(method, digits, 1, {"init": "zeros"}, device="cpu", model="convnet-d2-w16")
+    with pytest.raises(ConfigError, match=f"{method}: init must be 'real' or 'noise'; got 'zeros'"):
+        d.init(generator("init", 0)) if method != "mtt" else d.initial_images(generator("init", 0))
