@@ -47,6 +47,7 @@ def register_method(name: str):
 
 
 def list_methods(family: str | None = None) -> list[str]:
+    """Registered method names, all of them or those of one ``family`` (``"gradient"``, ``"trajectory"``, ...)."""
     return [n for n in METHODS.names() if family is None or METHODS.get(n).family == family]
 
 
@@ -58,6 +59,7 @@ class _EmbedView(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped network's embedding of ``x``."""
         return self.net.embed(x)
 
 
@@ -74,7 +76,14 @@ class DistillState:
 
 
 class Distiller(ABC):
-    """Base class of every method. Subclasses set ``Config``, ``family``, ``paper`` and write 3 methods."""
+    """Base class of every method. Subclasses set ``Config``, ``family``, ``paper`` and write 3 methods.
+
+    The contract is ``init``/``step``/``export``; everything else here is a service methods call and never
+    override (the real batches, fresh networks, the guarded update, the summary's metadata). How a method stores
+    its synthetic set is composed, not inherited: :mod:`distill_apps.parameterisation` (image tensors) and the
+    parameterisations next to their methods (factorised bases, multi-formation, generator latents). Every
+    piece of run state lives in the :class:`DistillState` that ``init`` returns, so a checkpoint holds it.
+    """
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
@@ -130,6 +139,7 @@ class Distiller(ABC):
         return xr, aug.apply(xs, params, cls.repeat_interleave(self.ipc))
 
     def new_net(self, g: torch.Generator, model: str | None = None, **kw) -> nn.Module:
+        """A fresh network (``model``, default the run's) for this data, initialised from ``g``, on the device."""
         from .nets import build_model
 
         r = self.real
@@ -137,6 +147,7 @@ class Distiller(ABC):
                                          generator=g, device=self.device, **kw), self.device)
 
     def autocast(self):
+        """The mixed-precision context of this run (``cfg.amp``; see :func:`distill_apps.runtime.autocast`)."""
         return autocast(self.device, self.cfg.amp)
 
     def check_memory(self, where: str = "") -> None:
@@ -159,38 +170,6 @@ class Distiller(ABC):
                 lambda state, x: functional_call(template, state, (x,)), dynamic=False)
         state = {f"net.{k}": v for k, v in [*net.named_parameters(), *net.named_buffers()]}
         return lambda x: self._compiled_embed(state, x)
-
-    def init_from_real(self, g: torch.Generator, ipc: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Synthetic images initialised from random real images of every class (all ranks agree), with their
-        class ids in class order; :meth:`init_images` also keeps their multi-hot rows for multi-label data."""
-        x, y, _ = self._draw_real(g, ipc or self.ipc)
-        return x, y
-
-    def _draw_real(self, g: torch.Generator, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = self.real.sample_balanced(k, g)
-        y = torch.arange(self.real.num_classes).repeat_interleave(k)  # == y_train[idx] for single-label data
-        return (self.real.images(idx, device=self.device), y.to(self.device),
-                self.real.labels(idx, device=self.device).clone())
-
-    def init_images(self, g: torch.Generator, init: str = "real", lr: float | None = None,
-                    momentum: float | None = None) -> DistillState:
-        """The usual start of an image method: synthetic images from real images of every class (or Gaussian
-        noise), learnable, with an SGD optimiser ``"syn"`` at ``cfg.lr_img`` / ``cfg.momentum_img``."""
-        if init not in ("real", "noise"):
-            raise ConfigError(f"{self.name}: init must be 'real' or 'noise'; got {init!r}.")
-        x, y, rows = self._draw_real(g, self.ipc)
-        if init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
-        x.requires_grad_(True)
-        lr = self.cfg.lr_img if lr is None else lr
-        momentum = getattr(self.cfg, "momentum_img", 0.5) if momentum is None else momentum
-        opt = torch.optim.SGD([x], lr=lr, momentum=momentum)
-        buffers = {"y": y, "multi_hot": rows.float()} if self.real.multilabel else {"y": y}
-        return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers=buffers)
-
-    def targets(self, state: DistillState) -> torch.Tensor:
-        """What the synthetic images are trained to predict: class ids, or multi-hot rows for multi-label data."""
-        return state.buffers.get("multi_hot", state.buffers["y"])
 
     def update(self, state: DistillState, loss: torch.Tensor, opt: str = "syn") -> bool:
         """Backward, all-reduce the synthetic gradient across ranks, skip non-finite steps, optimiser step.
@@ -223,6 +202,7 @@ class Distiller(ABC):
         return True
 
     def meta(self, state: DistillState, **extra) -> dict[str, Any]:
+        """The summary's metadata: method, paper, data, budget, steps, seed, model, config, versions, ``extra``."""
         return {"method": self.name, "family": self.family, "paper": self.paper, "dataset": self.real.name,
                 "ipc": self.ipc, "steps": state.step, "seed": self.seed, "model": self.model,
                 "config": self.cfg.as_dict(), "eval_augment": self.eval_augment, "versions": library_versions(),
@@ -233,12 +213,17 @@ class Distiller(ABC):
         prov = getattr(self.real, "provenance", None)
         return {"data": prov()} if callable(prov) else {}
 
-    def synthetic(self, state: DistillState, x: torch.Tensor, y: torch.Tensor, **kw) -> SyntheticSet:
-        """Shorthand for ``export``: a plain-image SyntheticSet with this run's metadata."""
+    def synthetic(self, state: DistillState, x: torch.Tensor | None, y: torch.Tensor, **kw) -> SyntheticSet:
+        """Shorthand for ``export``: the SyntheticSet of images ``x`` and class ids ``y`` (detached CPU copies) with
+        this run's metadata. A decoded parameterisation passes ``x=None`` with its stored ``params`` (copied the
+        same way), ``decoder`` and ``decoder_spec`` (factorised bases, multi-formation, generator latents)."""
         meta = self.meta(state, **kw.pop("meta", {}))
         if self.real.multilabel and "soft" not in kw and "multi_hot" in state.buffers:
             kw.update(soft=state.buffers["multi_hot"].detach().float().cpu().clone(), label_kind="multilabel")
-        return SyntheticSet(x=x.detach().float().cpu().clone(), y=y.detach().long().cpu().clone(),
+        if kw.get("params") is not None:
+            kw["params"] = {k: v.detach().float().cpu().clone() for k, v in kw["params"].items()}
+        x = None if x is None else x.detach().float().cpu().clone()
+        return SyntheticSet(x=x, y=y.detach().long().cpu().clone(),
                             num_classes=self.real.num_classes, image_shape=self.real.image_shape,
                             mean=self.real.mean, std=self.real.std, meta=meta, **kw)
 

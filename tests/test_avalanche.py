@@ -16,6 +16,7 @@ from avalanche.training.supervised import ER_ACE, Naive  # noqa: E402
 import distill_apps as da  # noqa: E402
 from distill_apps.engine import METHODS, Distiller, DistillState, register_method  # noqa: E402
 from distill_apps.errors import ConfigError, DataError  # noqa: E402
+from distill_apps.parameterisation import draw_real  # noqa: E402
 from distill_apps.integrations.avalanche import (  # noqa: E402
     DistilledBuffer, DistilledReplayPlugin, make_memory, split_digits, tensor_dataset)
 
@@ -138,7 +139,7 @@ class _SoftLabel(Distiller):
     paper = "test fixture"
 
     def init(self, g):
-        x, y = self.init_from_real(g)
+        x, y, _ = draw_real(self.real, self.ipc, g, self.device)
         return DistillState(buffers={"x": x, "y": y})
 
     def step(self, state, g):

@@ -81,7 +81,7 @@ def test_gradients_reach_every_factor(method, digits, cfg):
     state = d.init(generator("init", 0))
     out = d.loss(state, generator("step", 0, 0))
     loss = out[0] if isinstance(out, tuple) else out
-    stored = d.stored(state)
+    stored = d.factors.stored(state.params)
     if method == "linba":
         stored["log_lr"] = state.params["log_lr"]
     if method == "haba":
@@ -118,17 +118,17 @@ def test_haba_student_batch_defaults_to_the_raw_set_size(batch_syn, expected, di
 def test_haba_contrastive_constraint_pushes_hallucinations_apart(digits, cfg):
     d = make_distiller("haba", digits, 1, cfg("haba"), device="cpu", model=MODEL)
     state = d.init(generator("init", 0))
-    x, _ = d.images(state)
+    x, _ = d.factors.images(state.params)
     sim = d.hallucinator_similarity(state.modules["feat"], x)
     g = _grads(sim, {k: state.params[k] for k in ("enc_w", "dec_w", "mod_scale")})
     assert all(v > 0 for v in g.values()), g
     # one step of the hallucinators on the similarity alone lowers it (the side they play)
     hal = [state.params[k] for k in ("enc_w", "enc_b", "dec_w", "dec_b", "mod_scale", "mod_shift", "bases")]
-    gs = torch.autograd.grad(d.hallucinator_similarity(state.modules["feat"], d.images(state)[0]), hal)
+    gs = torch.autograd.grad(d.hallucinator_similarity(state.modules["feat"], d.factors.images(state.params)[0]), hal)
     with torch.no_grad():
         for p, gr in zip(hal, gs):
             p -= 0.05 * gr
-    after = d.hallucinator_similarity(state.modules["feat"], d.images(state)[0])
+    after = d.hallucinator_similarity(state.modules["feat"], d.factors.images(state.params)[0])
     assert after < sim
 
 

@@ -20,6 +20,7 @@ from ..train import fit
 
 @dataclass
 class CoresetConfig(MethodConfig):
+    """Options of the coreset baselines: the feature space (``embedding``) and how its network is trained."""
     steps: int = 0
     quick_steps: int = 0
     embedding: str = "trained"  # trained | random | pixels
@@ -62,6 +63,7 @@ class _Coreset(Distiller):
         return embed
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Select ``ipc`` training images of every class once (:meth:`select` on :meth:`features`)."""
         feats = self.features(g)
         chosen = []
         for c in range(self.real.num_classes):
@@ -75,9 +77,11 @@ class _Coreset(Distiller):
         return state
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """Nothing to optimise: a coreset is chosen at ``init``."""
         return {}
 
     def export(self, state: DistillState):
+        """The chosen real images, their training indices in ``meta["train_index"]``."""
         idx = state.buffers["index"]
         return self.synthetic(state, self.real.images(idx), state.buffers["y"], meta={"train_index": idx.tolist()})
 
@@ -89,17 +93,21 @@ class RandomSubset(_Coreset):
     paper = "random class-balanced subset"
 
     def features(self, g):
+        """No features: a random subset needs none."""
         return lambda ix: torch.zeros(len(ix), 1)
 
     def select(self, feats, k, g):
+        """``k`` indices uniformly at random without replacement."""
         return torch.randperm(len(feats), generator=g)[:k]
 
 
 @register_method("herding")
 class Herding(_Coreset):
+    """Herding (Welling 2009; iCaRL, Rebuffi et al. 2017): greedy matching of the class mean in feature space."""
     paper = "Welling 2009, Herding dynamical weights; Rebuffi et al. 2017 (iCaRL)"
 
     def select(self, feats, k, g):
+        """Greedily the sample that brings the running mean of the chosen features closest to the class mean."""
         mu = feats.mean(0)
         picked: list[int] = []
         running = torch.zeros_like(mu)
@@ -116,9 +124,11 @@ class Herding(_Coreset):
 
 @register_method("kcenter")
 class KCenter(_Coreset):
+    """K-center (Sener & Savarese, ICLR 2018): the greedy 2-approximation of the minimax facility location."""
     paper = "Sener & Savarese 2018, Active Learning for CNNs: A Core-Set Approach"
 
     def select(self, feats, k, g):
+        """From the most central sample, repeatedly the sample farthest from those already chosen."""
         first = int(((feats - feats.mean(0)) ** 2).sum(1).argmin())  # start at the most central sample
         picked = [first]
         dist = ((feats - feats[first]) ** 2).sum(1)

@@ -14,10 +14,12 @@ from ..augment import DSA, DEFAULT_STRATEGY
 from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..matching import mean_embedding_distance
+from ..parameterisation import pixel_state
 
 
 @dataclass
 class DMConfig(MethodConfig):
+    """Options of DM (Zhao & Bilen, WACV 2023): image learning rate, real batch per class, init, DSA strategy."""
     steps: int = 20000
     quick_steps: int = 200
     lr_img: float = 1.0
@@ -29,6 +31,7 @@ class DMConfig(MethodConfig):
 
 @register_method("dm")
 class DM(Distiller):
+    """DM (Zhao & Bilen, WACV 2023): per-class mean embeddings of random networks, synthetic vs real."""
     family = "distribution"
     paper = "Zhao & Bilen, WACV 2023, Dataset Condensation with Distribution Matching"
     Config = DMConfig
@@ -36,8 +39,9 @@ class DM(Distiller):
     multilabel = True  # per-label means of the images positive for each label
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Learnable images from real ones (or noise) and the DSA augmenter shared by both sides."""
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
-        return self.init_images(g, self.cfg.init)
+        return pixel_state(self, g, self.cfg.init)
 
     def embeddings(self, net, g: torch.Generator, x_syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Real (K, B, d) and synthetic (K, ipc, d) embeddings of this rank's classes under one DSA draw per class."""
@@ -53,6 +57,7 @@ class DM(Distiller):
         return er, es
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One random network; the synthetic images move toward the real per-class mean embeddings."""
         net = self.new_net(g)
         for p in net.parameters():
             p.requires_grad_(False)
@@ -62,4 +67,5 @@ class DM(Distiller):
         return {"loss": float(loss.detach())}
 
     def export(self, state: DistillState):
+        """The synthetic images and their class ids."""
         return self.synthetic(state, state.params["x"], state.buffers["y"])

@@ -43,6 +43,7 @@ from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..inner import functional, momentum_unroll, unroll_options
 from ..matching import mean_embedding_distance
+from ..parameterisation import draw_real
 from ..summary import DECODERS, ChunkedDecoder, SyntheticSet, register_decoder
 from ..train import target_loss
 from .trajectory import MTT, MTTConfig, UnrollPlan, mtt_loss
@@ -66,6 +67,7 @@ class StoragePlan:
 
     @property
     def total(self) -> int:
+        """Stored floats of every tensor of the plan together."""
         return sum(math.prod(s) for s in self.shapes.values())
 
 
@@ -159,6 +161,7 @@ def hallucinate(codes: torch.Tensor, p: dict[str, torch.Tensor], image_hw: tuple
 
 
 def hallucinated_images(params: dict[str, torch.Tensor], spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every network of ``params`` applied to every code, with the codes' class labels (network-major)."""
     codes = params[spec["code"]]
     img = tuple(spec["image_shape"])
     x = hallucinate(codes, params, img[1:])
@@ -241,62 +244,62 @@ def _codes_from_real(x: torch.Tensor, code_shape: tuple[int, ...]) -> torch.Tens
     return F.interpolate(x, size=tuple(code_shape[1:]), mode="area") if tuple(x.shape[-2:]) != tuple(code_shape[1:]) else x
 
 
-class FactorisedMixin:
-    """Shared export for the factorised methods: params + decoder, ``y`` = the decoded labels."""
+class Factorised:
+    """Factorised bases, the parameterisation the factorised methods compose: the stored tensors a
+    :class:`StoragePlan` names, decoded by a registered decoder (``linba``, ``hallucinator``). ``export`` writes
+    only those tensors with the decoder's name and spec, so the summary stores what the plan counts."""
 
-    decoder_name: str = ""
+    def __init__(self, plan: StoragePlan, decoder: str, real, **spec: Any) -> None:
+        self.plan, self.decoder = plan, decoder
+        self.num_classes, self.image_shape, self.extra = real.num_classes, tuple(real.image_shape), spec
 
-    def stored(self, state: DistillState) -> dict[str, torch.Tensor]:
-        return {k: state.params[k] for k in self.plan.shapes}
+    def stored(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The stored tensors among a state's ``params`` (a learned step size is not one)."""
+        return {k: params[k] for k in self.plan.shapes}
 
     def spec(self) -> dict[str, Any]:
-        return {"num_classes": self.real.num_classes, "image_shape": list(self.real.image_shape),
-                "storage": {"budget": self.plan.budget, "total": self.plan.total, **self.plan.settings}}
+        """The decoder spec: classes, image shape, the storage plan and the decoder's own fields."""
+        return {"num_classes": self.num_classes, "image_shape": list(self.image_shape),
+                "storage": {"budget": self.plan.budget, "total": self.plan.total, **self.plan.settings},
+                **self.extra}
 
-    def export(self, state: DistillState) -> SyntheticSet:
-        params = {k: v.detach().float().cpu().clone() for k, v in self.stored(state).items()}
-        spec = self.spec()
-        y, _ = DECODERS.get(self.decoder_name).labels(params, spec)
-        lr = self.learned_lr(state)
-        return SyntheticSet(x=None, y=y.cpu().long(), num_classes=self.real.num_classes,
-                            image_shape=self.real.image_shape, mean=self.real.mean, std=self.real.std,
-                            lr=lr, params=params, decoder=self.decoder_name, decoder_spec=spec,
-                            meta=self.meta(state, storage_floats=self.plan.total, storage_budget=self.plan.budget))
-
-    def learned_lr(self, state: DistillState) -> float | None:
-        return None
+    def export(self, d: Distiller, state: DistillState, lr: float | None = None) -> SyntheticSet:
+        """``d``'s summary of this factorisation: stored tensors, decoder, labels of the decoded images."""
+        params, spec = self.stored(state.params), self.spec()
+        y, _ = DECODERS.get(self.decoder).labels(params, spec)
+        return d.synthetic(state, None, y, lr=lr, params=params, decoder=self.decoder, decoder_spec=spec,
+                           meta={"storage_floats": self.plan.total, "storage_budget": self.plan.budget})
 
 
-class HallucinatedMixin(FactorisedMixin):
-    """Codes (bases or latents) per class + ``n`` shared networks, decoded by :func:`hallucinate` (HaBa, KFS)."""
+class Hallucinated(Factorised):
+    """Codes (``code``: bases or latents) per class + ``n`` shared networks, every (network, code) pair decoded by
+    :func:`hallucinate` into one image (HaBa, Liu et al., NeurIPS 2022; KFS, Lee et al., 2022)."""
 
-    decoder_name = "hallucinator"
-    code = "codes"
-    affine = False
+    def __init__(self, plan: StoragePlan, real, code: str) -> None:
+        super().__init__(plan, "hallucinator", real, code=code, per_class=plan.settings["per_class"])
+        self.code = code
 
-    def init_codes(self, g: torch.Generator) -> DistillState:
-        self.plan = self.make_plan()
-        per = self.plan.settings["per_class"]
+    def init_params(self, real, g: torch.Generator, device) -> dict[str, torch.Tensor]:
+        """Codes from real images resized to the code resolution (noise when the channels differ), networks
+        at :func:`_init_networks`' start; all learnable."""
         shapes = dict(self.plan.shapes)
         code_shape = shapes.pop(self.code)
-        if self.plan.settings["code_channels"] == self.real.image_shape[0]:
-            x, _ = self.init_from_real(g, per)
+        if self.plan.settings["code_channels"] == real.image_shape[0]:
+            x, _, _ = draw_real(real, self.plan.settings["per_class"], g, device)
             codes = _codes_from_real(x, code_shape[1:])
         else:
-            codes = torch.randn(code_shape, generator=g).to(self.device)
-        params = {self.code: codes.contiguous().requires_grad_(True), **_init_networks(shapes, g, self.device)}
-        return DistillState(params=params)
+            codes = torch.randn(code_shape, generator=g).to(device)
+        return {self.code: codes.contiguous().requires_grad_(True), **_init_networks(shapes, g, device)}
 
-    def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "code": self.code, "per_class": self.plan.settings["per_class"]}
-
-    def images(self, state: DistillState) -> tuple[torch.Tensor, torch.Tensor]:
-        return hallucinated_images(self.stored(state), self.spec())
+    def images(self, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoded images (network-major) and their labels, differentiable in every stored tensor."""
+        return hallucinated_images(self.stored(params), self.spec())
 
 
 # ====================================================================== LinBa
 @dataclass
 class LinBaConfig(MethodConfig):
+    """Options of LinBa (Deng & Russakovsky, NeurIPS 2022): recall slots, unroll, step sizes, Adam rates."""
     steps: int = 5000
     quick_steps: int = 30
     amp: bool = False  # second-order gradients through the unroll stay in float32
@@ -317,23 +320,25 @@ class LinBaConfig(MethodConfig):
 
 
 @register_method("linba")
-class LinBa(FactorisedMixin, Distiller):
+class LinBa(Distiller):
+    """LinBa (Deng & Russakovsky, NeurIPS 2022): shared bases with linear addressing, learned through unrolls."""
     family = "factorized"
     paper = ("Deng & Russakovsky, NeurIPS 2022, Remember the Past: Distilling Datasets into Addressable "
              "Memories for Neural Networks")
     Config = LinBaConfig
-    decoder_name = "linba"
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Bases from real images, addressing by least squares onto them, a learnable inner step size."""
         r = self.real
         recalls = self.cfg.images_per_class or 2 * self.ipc
-        self.plan = plan_linba(r.num_classes, r.image_shape, self.ipc, recalls)
-        k = self.plan.settings["bases"]
+        plan = plan_linba(r.num_classes, r.image_shape, self.ipc, recalls)
+        self.factors = Factorised(plan, "linba", r, recalls=recalls)
+        k = plan.settings["bases"]
         per = math.ceil(k / r.num_classes)
         idx = r.sample_balanced(per, g).view(r.num_classes, per).t().flatten()[:k]  # spread over classes
         bases = r.images(idx, device=self.device)
         # addressing: least-squares projection of real images of each class onto the span of the bases
-        target, _ = self.init_from_real(g, recalls)
+        target, _, _ = draw_real(r, recalls, g, self.device)
         target = target.view(r.num_classes, recalls, -1).transpose(0, 1)  # (r, C, D)
         addressing = target @ torch.linalg.pinv(bases.flatten(1))
         log_lr = torch.tensor(math.log(self.cfg.lr_init), device=self.device)
@@ -343,9 +348,6 @@ class LinBa(FactorisedMixin, Distiller):
                                 {"params": [params["addressing"]], "lr": self.cfg.lr_addressing},
                                 {"params": [params["log_lr"]], "lr": self.cfg.lr_lr}])
         return DistillState(params=params, optimizers={"syn": opt})
-
-    def spec(self) -> dict[str, Any]:
-        return {**super().spec(), "recalls": self.plan.settings["recalls"]}
 
     def loss(self, state: DistillState, g: torch.Generator) -> torch.Tensor:
         """Real-data loss of a fresh network after ``unroll_steps`` momentum-SGD steps on the decoded images."""
@@ -361,17 +363,20 @@ class LinBa(FactorisedMixin, Distiller):
             return target_loss(f(p, xr), yr)
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One unrolled training of a fresh network on the decoded images; real-data loss back to the factors."""
         loss = self.loss(state, g)
         self.update(state, loss)
         return {"loss": float(loss.detach()), "syn_lr": float(state.params["log_lr"].detach().exp())}
 
-    def learned_lr(self, state: DistillState) -> float | None:
-        return float(state.params["log_lr"].detach().exp())
+    def export(self, state: DistillState) -> SyntheticSet:
+        """The bases and addressing matrices with the ``linba`` decoder and the learned step size."""
+        return self.factors.export(self, state, lr=float(state.params["log_lr"].detach().exp()))
 
 
 # ====================================================================== KFS
 @dataclass
 class KFSConfig(MethodConfig):
+    """Options of KFS (Lee et al., 2022): decoders, latent resolution, Adam rates and the two regulariser weights."""
     steps: int = 20000
     quick_steps: int = 200
     decoders: int = 4
@@ -407,34 +412,36 @@ def class_similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @register_method("kfs")
-class KFS(HallucinatedMixin, Distiller):
+class KFS(Distiller):
+    """KFS (Lee et al., 2022): latent codes per class and shared decoders, trained by distribution matching."""
     family = "factorized"
     paper = "Lee et al., 2022, Dataset Condensation with Latent Space Knowledge Factorization and Sharing"
     Config = KFSConfig
     eval_augment = "dsa"
-    code = "latents"
-    affine = False
 
     def make_plan(self) -> StoragePlan:
+        """The storage plan: latents at ``1/latent_scale`` (or coarser) and ``decoders`` decoder networks."""
         c = self.cfg
         r = self.real
         if c.decoders < 1 or c.latent_scale < 1:
             raise ConfigError(f"kfs: decoders and latent_scale must be >= 1; got {c.decoders}, {c.latent_scale}.")
         scales = tuple(sorted({c.latent_scale, 2 * c.latent_scale, 4 * c.latent_scale}))
         return plan_hallucinated("kfs", r.num_classes, r.image_shape, self.ipc, c.decoders, c.decoder_channels,
-                                 c.latent_channels or r.image_shape[0], scales, self.affine, self.code)
+                                 c.latent_channels or r.image_shape[0], scales, False, "latents")
 
     def init(self, g: torch.Generator) -> DistillState:
-        state = self.init_codes(g)
-        nets = [v for k, v in state.params.items() if k != self.code]
-        state.optimizers["syn"] = torch.optim.Adam([{"params": [state.params[self.code]], "lr": self.cfg.lr_latent},
+        """Latents from downsampled real images and near-identity decoders (:class:`Hallucinated`), Adam on both."""
+        self.factors = Hallucinated(self.make_plan(), self.real, "latents")
+        state = DistillState(params=self.factors.init_params(self.real, g, self.device))
+        nets = [v for k, v in state.params.items() if k != "latents"]
+        state.optimizers["syn"] = torch.optim.Adam([{"params": [state.params["latents"]], "lr": self.cfg.lr_latent},
                                                     {"params": nets, "lr": self.cfg.lr_decoder}])
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
         return state
 
     def loss(self, state: DistillState, g: torch.Generator) -> torch.Tensor:
         """DM's per-class mean-embedding distance between the decoded images and a real batch (shared DSA draw)."""
-        x, y = self.images(state)
+        x, y = self.factors.images(state.params)
         k, b = len(self.classes), self.cfg.batch_real
         cls = torch.tensor(self.classes, device=y.device)
         order = torch.cat([torch.nonzero(y == c).flatten() for c in cls])  # class-major
@@ -460,14 +467,20 @@ class KFS(HallucinatedMixin, Distiller):
         return loss
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One update of latents and decoders on :meth:`loss`."""
         loss = self.loss(state, g)
         self.update(state, loss)
         return {"loss": float(loss.detach())}
+
+    def export(self, state: DistillState) -> SyntheticSet:
+        """The latents and decoder weights with the ``hallucinator`` decoder."""
+        return self.factors.export(self, state)
 
 
 # ====================================================================== HaBa
 @dataclass
 class HaBaConfig(MTTConfig):
+    """Options of HaBa (Liu et al., NeurIPS 2022): MTT's plus hallucinators, basis scales, the adversary."""
     hallucinators: int = 5
     hallucinator_channels: int = 3
     basis_scales: str = "1,2,4"  # resolutions tried, in order, when full-size bases do not fit the budget
@@ -481,15 +494,15 @@ class HaBaConfig(MTTConfig):
 
 
 @register_method("haba")
-class HaBa(HallucinatedMixin, MTT):
+class HaBa(MTT):
+    """HaBa (Liu et al., NeurIPS 2022): bases and hallucinators trained by trajectory matching plus an adversary."""
     family = "factorized"
     paper = "Liu et al., NeurIPS 2022, Dataset Distillation via Factorization"
     Config = HaBaConfig
     eval_augment = "dsa"
-    code = "bases"
-    affine = True
 
     def make_plan(self) -> StoragePlan:
+        """The storage plan: bases at the first of ``basis_scales`` that fits, and ``hallucinators`` networks."""
         c, r = self.cfg, self.real
         try:
             scales = tuple(int(s) for s in str(c.basis_scales).split(",") if s.strip())
@@ -498,22 +511,24 @@ class HaBa(HallucinatedMixin, MTT):
         if c.hallucinators < 1 or not scales or min(scales) < 1:
             raise ConfigError("haba: hallucinators >= 1 and basis_scales of integers >= 1 are needed.")
         return plan_hallucinated("haba", r.num_classes, r.image_shape, self.ipc, c.hallucinators,
-                                 c.hallucinator_channels, r.image_shape[0], scales, self.affine, self.code)
+                                 c.hallucinator_channels, r.image_shape[0], scales, True, "bases")
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Bases from real images and hallucinators (:class:`Hallucinated`), MTT's step size, the feature extractor."""
         self.experts()
-        state = self.init_codes(g)
+        self.factors = Hallucinated(self.make_plan(), self.real, "bases")
+        state = DistillState(params=self.factors.init_params(self.real, g, self.device))
         state.params["lr"] = torch.tensor(float(self.cfg.lr_teacher), device=self.device, requires_grad=True)
         _, _, lr_img, lr_lr = self.settings()
         c = self.cfg
         # a basis pixel feeds n hallucinators x scale^2 image pixels, so its gradient is that many pixel
         # gradients summed: MTT's per-pixel learning rate is divided by that fan-out (measured: without it the
         # IPC-1 bases of digits diverge within 10 steps)
-        fan_out = self.plan.settings["n"] * self.plan.settings["scale"] ** 2
+        fan_out = self.factors.plan.settings["n"] * self.factors.plan.settings["scale"] ** 2
         state.optimizers["syn"] = torch.optim.SGD(
-            [{"params": [state.params[self.code]], "lr": lr_img / fan_out, "momentum": c.momentum_img},
+            [{"params": [state.params["bases"]], "lr": lr_img / fan_out, "momentum": c.momentum_img},
              {"params": [state.params["lr"]], "lr": lr_lr, "momentum": c.momentum_lr}], lr=1.0)
-        hal = [v for k, v in state.params.items() if k not in (self.code, "lr")]
+        hal = [v for k, v in state.params.items() if k not in ("bases", "lr")]
         state.optimizers["hal"] = torch.optim.Adam(hal, lr=c.lr_hal)
         feat = self.new_net(g)
         state.modules["feat"] = feat
@@ -522,7 +537,7 @@ class HaBa(HallucinatedMixin, MTT):
 
     def hallucinator_similarity(self, feat: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Mean cosine similarity of the extractor's features of images made from one basis by different networks."""
-        n = self.plan.settings["n"]
+        n = self.factors.plan.settings["n"]
         if n < 2:
             return x.new_zeros(())
         e = F.normalize(feat.embed(x).float(), dim=1).view(n, x.shape[0] // n, -1)
@@ -531,7 +546,7 @@ class HaBa(HallucinatedMixin, MTT):
 
     def loss(self, state: DistillState, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(L_mtt + lambda * sim, L_mtt, sim)`` for one expert segment."""
-        x, y = self.images(state)
+        x, y = self.factors.images(state.params)
         syn_steps, max_start, _, _ = self.settings()
         start, target = self.experts().sample(g, self.cfg.expert_epochs, max_start)
         aug = self.augmenter()
@@ -545,6 +560,7 @@ class HaBa(HallucinatedMixin, MTT):
         return l_mtt + self.cfg.lambda_con * sim, l_mtt, sim
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """Bases, hallucinators and step size on :meth:`loss`, then one step of the adversarial feature extractor."""
         state.optimizers["hal"].zero_grad(set_to_none=True)
         loss, l_mtt, sim = self.loss(state, g)
         if self.update(state, loss / self.world_size):
@@ -559,7 +575,7 @@ class HaBa(HallucinatedMixin, MTT):
             hal.step()
         # the adversary: classify real data and make one basis's hallucinations look alike
         feat, opt = state.modules["feat"], state.optimizers["feat"]
-        x, _ = self.images(state)
+        x, _ = self.factors.images(state.params)
         xr, yr = self.real_batch(max(1, self.cfg.batch_real_feat // self.real.num_classes), g)
         with self.autocast():
             l_feat = target_loss(feat(xr), yr) - self.cfg.lambda_con * self.hallucinator_similarity(feat, x.detach())
@@ -570,9 +586,8 @@ class HaBa(HallucinatedMixin, MTT):
             p.grad = None
         return {"loss": float(l_mtt.detach()), "sim": float(sim.detach()), "syn_lr": float(state.params["lr"].detach())}
 
-    def learned_lr(self, state: DistillState) -> float | None:
+    def export(self, state: DistillState) -> SyntheticSet:
+        """The bases and hallucinator weights with the ``hallucinator`` decoder and the learned step size."""
         lr = float(state.params["lr"].detach())
-        return lr if lr > 0 else None
-
-    export = FactorisedMixin.export  # not MTT's plain-image export
+        return self.factors.export(self, state, lr=lr if lr > 0 else None)
 

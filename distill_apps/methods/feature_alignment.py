@@ -28,6 +28,7 @@ from torch import nn
 from ..augment import DEFAULT_STRATEGY, DSA
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
+from ..parameterisation import pixel_state
 from ..train import fit
 from .gradient import BilevelConfig
 from .gradient import schedule_for
@@ -74,6 +75,7 @@ def discrimination_loss(er: torch.Tensor, es: torch.Tensor, k: int) -> torch.Ten
 
 @dataclass
 class CAFEConfig(BilevelConfig):
+    """Options of CAFE (Wang et al., CVPR 2022): DC's bi-level loop plus ``beta`` and the dynamic early stop."""
     beta: float = 1.0  # weight of the discrimination loss L_d (the paper's beta; our default)
     dsa_strategy: str = DEFAULT_STRATEGY
     early_stop_patience: int = 2  # updates without an L_f improvement before moving to a fresh network; 0: off
@@ -82,14 +84,16 @@ class CAFEConfig(BilevelConfig):
 
 @register_method("cafe")
 class CAFE(Distiller):
+    """CAFE (Wang et al., CVPR 2022): layer-wise feature alignment plus a discrimination loss, bi-level updates."""
     family = "distribution"
     paper = "Wang et al., CVPR 2022, CAFE: Learning to Condense Dataset by Aligning Features"
     Config = CAFEConfig
     eval_augment = "dsa"
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Learnable images from real ones (or noise) and the DSA augmenter shared by both sides."""
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
-        return self.init_images(g, self.cfg.init)
+        return pixel_state(self, g, self.cfg.init)
 
     def loss(self, net: nn.Module, x_syn: torch.Tensor, g: torch.Generator,
              beta: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,6 +110,7 @@ class CAFE(Distiller):
         return lf + beta * ld, lf.detach(), ld.detach()
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One network: up to ``outer_loop`` image updates, training the network on the images in between."""
         cfg = self.cfg
         outer, inner = schedule_for(self.ipc)
         outer, inner = cfg.outer_loop or outer, cfg.inner_loop or inner
@@ -131,4 +136,5 @@ class CAFE(Distiller):
         return {"L_f": lf_sum / done, "L_d": ld_sum / done, "updates": done}
 
     def export(self, state: DistillState):
+        """The synthetic images and their class ids."""
         return self.synthetic(state, state.params["x"], state.buffers["y"])

@@ -35,6 +35,7 @@ from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError, SummaryFormatError
 from ..matching import mean_embedding_distance
+from ..parameterisation import draw_real
 from ..runtime import derive_seed, seeded_global_rng
 from ..summary import ChunkedDecoder, SyntheticSet, register_decoder
 
@@ -72,6 +73,7 @@ class Generator(nn.Module):
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Images ``G(z)`` in the dataset's normalised space."""
         h = self.body(self.fc(z).view(-1, self.c0, self.h0, self.w0))
         if tuple(h.shape[-2:]) != self.image_size:  # sizes not divisible by 4 (28x28 is; 30x30 would not be)
             h = F.interpolate(h, size=self.image_size, mode="bilinear", align_corners=False)
@@ -94,6 +96,7 @@ class Discriminator(nn.Module):
                 nn.utils.parametrizations.spectral_norm(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One realness score per image."""
         return self.head(self.net(x)).squeeze(1)
 
 
@@ -118,11 +121,13 @@ def check_arch(arch: Any) -> dict[str, Any]:
 
 
 def build_generator(arch: dict[str, Any]) -> Generator:
+    """A :class:`Generator` of a checked architecture (fields as :func:`check_arch` validates them)."""
     arch = check_arch(arch)
     return Generator(arch["nz"], arch["ngf"], arch["channels"], arch["image_size"], arch["mean"], arch["std"])
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -164,6 +169,7 @@ def train_generator(real, arch: dict[str, Any], steps: int, g: torch.Generator, 
 
 
 def save_generator(path: str | os.PathLike, gen: Generator, arch: dict[str, Any], info: dict[str, Any]) -> Path:
+    """Write a generator's weights and architecture atomically (:func:`distill_apps.safe_io.write`)."""
     return safe_io.write(path, gen.state_dict(), {"arch": arch, "info": info}, GEN_KIND, GEN_VERSION)
 
 
@@ -258,6 +264,7 @@ decode_itgan = register_decoder("itgan")(ChunkedDecoder(_itgan_labels, _itgan_bi
 
 @dataclass
 class ITGANConfig(MethodConfig):
+    """Options of IT-GAN (Zhao & Bilen, 2022): the generator, GAN inversion and the latent optimisation."""
     steps: int = 5000
     quick_steps: int = 100
     generator_path: str = ""  # a trained generator file; empty: train one and cache it
@@ -275,6 +282,7 @@ class ITGANConfig(MethodConfig):
 
 @register_method("itgan")
 class ITGAN(Distiller):
+    """IT-GAN (Zhao & Bilen, 2022): latents of a fixed generator, optimised by distribution matching."""
     family = "distribution"
     paper = "Zhao & Bilen, 2022, Synthesizing Informative Training Samples with GAN"
     Config = ITGANConfig
@@ -282,6 +290,7 @@ class ITGAN(Distiller):
 
     # ---------------------------------------------------------------- the generator
     def arch(self) -> dict[str, Any]:
+        """The package's own generator architecture for this dataset (checked ``nz`` and ``ngf``)."""
         r = self.real
         if self.cfg.ngf < 8 or self.cfg.ngf % 8 or self.cfg.nz < 1:
             raise ConfigError(f"itgan: ngf must be a positive multiple of 8 (GroupNorm of 8 groups) and nz >= 1; "
@@ -290,6 +299,7 @@ class ITGAN(Distiller):
                 "image_size": list(r.image_shape[1:]), "mean": list(r.mean), "std": list(r.std)}
 
     def default_generator_path(self) -> Path:
+        """Where the package's own generator for this dataset, architecture and seed is cached."""
         key = derive_seed("itgan-generator", self.real.name, sorted(self.arch().items()), self.cfg.gan_steps,
                           self.cfg.gan_batch, self.seed)
         return cache_dir() / "generators" / f"{self.real.name.replace(':', '_')}-{key:016x}.safetensors"
@@ -326,14 +336,16 @@ class ITGAN(Distiller):
 
     # ---------------------------------------------------------------- the method
     def init(self, g: torch.Generator) -> DistillState:
+        """The generator, then latents inverted from ``ipc`` real images per class (kept to regularise)."""
         self._gen, self._gen_path = self.generator()
         self._aug = DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)
-        x, y = self.init_from_real(g)
+        x, y, _ = draw_real(self.real, self.ipc, g, self.device)
         z = invert(self._gen, x, self.cfg.invert_steps, self.cfg.invert_lr, g).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=self.cfg.lr_latent)
         return DistillState(params={"z": z}, optimizers={"syn": opt}, buffers={"y": y, "x_inv": x})
 
     def loss(self, state: DistillState, net: nn.Module, g: torch.Generator) -> tuple[torch.Tensor, float, float]:
+        """``(DM loss + lambda_reg * feature reconstruction, DM loss, reconstruction)`` on one random network."""
         k, b, ipc = len(self.classes), self.cfg.batch_real, self.ipc
         cls = torch.tensor(self.classes)
         z = state.params["z"].view(self.real.num_classes, ipc, -1)[cls.to(state.params["z"].device)].flatten(0, 1)
@@ -353,6 +365,7 @@ class ITGAN(Distiller):
         return match + self.cfg.lambda_reg * reg, float(match.detach()), float(reg.detach())
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One random network; one Adam step of the latents on :meth:`loss`."""
         net = self.new_net(g)
         for p in net.parameters():
             p.requires_grad_(False)
@@ -361,10 +374,8 @@ class ITGAN(Distiller):
         return {"match": match, "reg": reg}
 
     def export(self, state: DistillState) -> SyntheticSet:
+        """The latents with the ``itgan`` decoder, pointing at the generator file by path and SHA-256."""
         spec = {"path": str(self._gen_path), "sha256": file_sha256(self._gen_path), "arch": self.arch(),
                 "num_classes": self.real.num_classes, "per_class": self.ipc}
-        return SyntheticSet(x=None, y=state.buffers["y"].detach().long().cpu().clone(),
-                            num_classes=self.real.num_classes, image_shape=self.real.image_shape,
-                            mean=self.real.mean, std=self.real.std,
-                            params={"z": state.params["z"].detach().float().cpu().clone()}, decoder="itgan",
-                            decoder_spec=spec, meta=self.meta(state, generator=str(self._gen_path)))
+        return self.synthetic(state, None, state.buffers["y"], params={"z": state.params["z"]}, decoder="itgan",
+                              decoder_spec=spec, meta={"generator": str(self._gen_path)})

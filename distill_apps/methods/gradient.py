@@ -16,6 +16,7 @@ from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..matching import gradient_distance, loss_gradients
+from ..parameterisation import pixel_state, training_targets
 from ..train import fit
 
 # (outer_loop, inner_loop) by images per class, from the DC paper's released settings
@@ -49,16 +50,19 @@ class BilevelConfig(MethodConfig):
 
 @dataclass
 class DCConfig(BilevelConfig):
+    """Options of DC (Zhao, Mopuri & Bilen, ICLR 2021): the bi-level loop and the gradient distance."""
     dis_metric: str = "ours"
 
 
 @dataclass
 class DSAConfig(DCConfig):
+    """Options of DSA (Zhao & Bilen, ICML 2021): DC's plus the Siamese augmentation strategy."""
     dsa_strategy: str = DEFAULT_STRATEGY
 
 
 @register_method("dc")
 class DC(Distiller):
+    """DC (Zhao, Mopuri & Bilen, ICLR 2021): per-class gradient matching along the network's training."""
     family = "gradient"
     paper = "Zhao, Mopuri & Bilen, ICLR 2021, Dataset Condensation with Gradient Matching"
     Config = DCConfig
@@ -66,10 +70,12 @@ class DC(Distiller):
     multilabel = True  # gradients of the per-label BCE loss, real and synthetic alike
 
     def dsa(self) -> DSA | None:
+        """The Siamese augmentation (none for DC)."""
         return None
 
     def init(self, g: torch.Generator) -> DistillState:
-        return self.init_images(g, self.cfg.init)
+        """Learnable images from real ones (or noise), SGD on them."""
+        return pixel_state(self, g, self.cfg.init)
 
     def match_loss(self, net, x_syn: torch.Tensor, y_syn: torch.Tensor, g: torch.Generator,
                    t_syn: torch.Tensor | None = None) -> torch.Tensor:
@@ -167,10 +173,11 @@ class DC(Distiller):
         return run
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One network: ``outer_loop`` image updates by gradient matching, ``inner_loop`` epochs of training between."""
         cfg = self.cfg
         outer, inner = schedule_for(self.ipc)
         outer, inner = cfg.outer_loop or outer, cfg.inner_loop or inner
-        x, y, t = state.params["x"], state.buffers["y"], self.targets(state)
+        x, y, t = state.params["x"], state.buffers["y"], training_targets(state)
         net = self.new_net(g)
         aug = self.dsa()
         total = 0.0
@@ -187,14 +194,17 @@ class DC(Distiller):
         return {"loss": total / outer}
 
     def export(self, state: DistillState):
+        """The synthetic images and their class ids (multi-hot rows for multi-label data)."""
         return self.synthetic(state, state.params["x"], state.buffers["y"])
 
 
 @register_method("dsa")
 class DSAMethod(DC):
+    """DSA (Zhao & Bilen, ICML 2021): DC with one differentiable augmentation shared by real and synthetic batches."""
     paper = "Zhao & Bilen, ICML 2021, Dataset Condensation with Differentiable Siamese Augmentation"
     Config = DSAConfig
     eval_augment = "dsa"
 
     def dsa(self) -> DSA:
+        """DSA's augmenter for this data (no flips where the data is not flip-invariant)."""
         return DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy)

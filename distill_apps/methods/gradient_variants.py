@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..engine import DistillState, register_method
 from ..errors import ConfigError, DataError
 from ..matching import gradient_distance, loss_gradients
+from ..parameterisation import init_pixels
 from ..summary import ChunkedDecoder, SyntheticSet, register_decoder
 from ..train import fit
 from .gradient import DSAConfig, DSAMethod
@@ -34,11 +35,13 @@ DECODER = "idc-multiformation"
 # ---------------------------------------------------------------------- DCC
 @dataclass
 class DCCConfig(DSAConfig):
+    """Options of DCC (Lee et al., ICML 2022): DSA's."""
     pass
 
 
 @register_method("dcc")
 class DCC(DSAMethod):
+    """DCC (Lee et al., ICML 2022): DSA matching the gradient of the loss over all classes jointly."""
     paper = "Lee et al., ICML 2022, Dataset Condensation with Contrastive Signals"
     Config = DCCConfig
     multilabel = False
@@ -114,6 +117,7 @@ decode_multiformation = register_decoder(DECODER)(ChunkedDecoder(_multiformation
 
 @dataclass
 class IDCConfig(DSAConfig):
+    """Options of IDC (Kim et al., ICML 2022): multi-formation factor, real-data network training, MSE distance."""
     steps: int = 2000
     quick_steps: int = 4
     factor: int = 2
@@ -132,16 +136,19 @@ class IDCConfig(DSAConfig):
 
 @dataclass
 class IDCIConfig(IDCConfig):
+    """Options of IDC-I: IDC's with factor 1 (no multi-formation)."""
     factor: int = 1
 
 
 @register_method("idc")
 class IDC(DSAMethod):
+    """IDC (Kim et al., ICML 2022): multi-formation images, gradient matching on networks trained on real data."""
     paper = "Kim et al., ICML 2022, Dataset Condensation via Efficient Synthetic-Data Parameterization"
     Config = IDCConfig
     multilabel = False
 
     def factor(self) -> int:
+        """The multi-formation factor (tiles per side), checked."""
         f = int(self.cfg.factor)
         if f < 1:
             raise ConfigError(f"IDC factor must be >= 1; got {f}.")
@@ -150,9 +157,7 @@ class IDC(DSAMethod):
     def init(self, g: torch.Generator) -> DistillState:
         """Each stored image starts as a grid of ``factor^2`` downsampled real images of its class."""
         f = self.factor()
-        x, y = self.init_from_real(g, ipc=self.ipc * f * f)  # class by class, ipc * f^2 each
-        if self.cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
+        x, y, _ = init_pixels(self.real, self.ipc * f * f, g, self.device, self.cfg.init, self.name)  # ipc*f^2 each
         h, w = x.shape[-2:]
         if f > 1:
             multiformation(x[:1], f)  # checks divisibility with a clear error
@@ -163,10 +168,12 @@ class IDC(DSAMethod):
         return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y})
 
     def decoded(self, state: DistillState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoded training images and their labels, differentiable in the stored images."""
         f = self.factor()
         return multiformation(state.params["x"], f, self.cfg.decode), state.buffers["y"].repeat_interleave(f * f)
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One network: ``outer_loop`` updates of the stored images, ``net_steps`` real-data SGD steps between."""
         cfg = self.cfg
         net = self.new_net(g)
         opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=0.9, weight_decay=5e-4)
@@ -187,18 +194,19 @@ class IDC(DSAMethod):
         return {"loss": total / cfg.outer_loop}
 
     def export(self, state: DistillState) -> SyntheticSet:
+        """The stored images with the ``idc-multiformation`` decoder (plain images at factor 1)."""
         f = self.factor()
         if f == 1:
             return self.synthetic(state, state.params["x"], state.buffers["y"], meta={"factor": 1})
-        y = state.buffers["y"].detach().long().cpu().clone()
-        return SyntheticSet(
-            x=None, y=y, num_classes=self.real.num_classes, image_shape=self.real.image_shape, mean=self.real.mean,
-            std=self.real.std, params={"x": state.params["x"].detach().float().cpu().clone()}, decoder=DECODER,
-            decoder_spec={"factor": f, "mode": self.cfg.decode, "labels": y.tolist()},
-            meta=self.meta(state, factor=f, stored_images=int(y.numel()), decoded_images=int(y.numel()) * f * f))
+        y = state.buffers["y"]
+        return self.synthetic(state, None, y, params={"x": state.params["x"]}, decoder=DECODER,
+                              decoder_spec={"factor": f, "mode": self.cfg.decode, "labels": y.long().tolist()},
+                              meta={"factor": f, "stored_images": int(y.numel()),
+                                    "decoded_images": int(y.numel()) * f * f})
 
 
 @register_method("idc-i")
 class IDCI(IDC):
+    """IDC-I (Kim et al., ICML 2022): IDC without multi-formation."""
     paper = "Kim et al., ICML 2022 (IDC-I: IDC without multi-formation)"
     Config = IDCIConfig

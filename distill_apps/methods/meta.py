@@ -32,6 +32,7 @@ from ..engine import Distiller, DistillState, register_method
 from ..evaluate import EvalResult, register_protocol
 from ..errors import ConfigError
 from ..inner import Params, functional, unroll, unroll_options
+from ..parameterisation import init_pixels
 from ..train import fit, target_loss
 
 
@@ -61,6 +62,7 @@ def dd_outer_loss(f, params0: Params, x_syn: torch.Tensor, y_syn: torch.Tensor, 
 
 @dataclass
 class DDConfig(MethodConfig):
+    """Options of DD (Wang et al., 2018): the unrolled schedule, truncation window and initialisation."""
     steps: int = 1000
     quick_steps: int = 30
     inner_steps: int = 10  # distinct step sizes (the paper's 10 GD steps ...)
@@ -82,11 +84,13 @@ class DDConfig(MethodConfig):
 
 @register_method("dd")
 class DD(Distiller):
+    """DD (Wang, Zhu, Torralba & Efros, 2018): images and per-step learning rates through truncated BPTT."""
     family = "meta"
     paper = "Wang, Zhu, Torralba & Efros, 2018, Dataset Distillation"
     Config = DDConfig
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Learnable images, log step sizes at ``lr_init``, Adam on both; a fixed network for ``init_mode=fixed``."""
         cfg = self.cfg
         if cfg.init_mode not in ("random", "fixed"):
             raise ConfigError(f"dd init_mode must be 'random' or 'fixed'; got {cfg.init_mode!r}.")
@@ -94,9 +98,7 @@ class DD(Distiller):
             raise ConfigError("dd needs inner_steps >= 1 and inner_epochs >= 1.")
         if cfg.lr_init <= 0:
             raise ConfigError(f"dd lr_init must be > 0; got {cfg.lr_init}.")
-        x, y = self.init_from_real(g)
-        if cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
+        x, y, _ = init_pixels(self.real, self.ipc, g, self.device, cfg.init, self.name)
         x.requires_grad_(True)
         log_lr = torch.full((cfg.inner_steps,), math.log(cfg.lr_init), device=self.device, requires_grad=True)
         opt = torch.optim.Adam([{"params": [x], "lr": cfg.lr_img}, {"params": [log_lr], "lr": cfg.lr_lr}])
@@ -110,6 +112,7 @@ class DD(Distiller):
         return state.params["log_lr"].exp().repeat(self.cfg.inner_epochs)
 
     def outer_loss(self, state: DistillState, g: torch.Generator) -> torch.Tensor:
+        """:func:`dd_outer_loss` on a real batch of every class, from a fresh (or the fixed) network."""
         cfg = self.cfg
         net = state.modules["net0"] if cfg.init_mode == "fixed" else self.new_net(g)
         f, p0 = functional(net)
@@ -120,6 +123,7 @@ class DD(Distiller):
                                  cfg.batch_syn or x.shape[0], g, **unroll_options(cfg))
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One Adam step of images and step sizes on :meth:`outer_loss`."""
         loss = self.outer_loss(state, g)
         if self.world_size > 1:
             loss = loss / self.world_size  # every rank computes the whole loss; the update sums the ranks
@@ -127,6 +131,7 @@ class DD(Distiller):
         return {"loss": float(loss.detach()), "lr": float(state.params["log_lr"].detach().exp().mean())}
 
     def export(self, state: DistillState):
+        """The synthetic images, with the learned step sizes in ``meta["inner_lrs"]`` (the schedule protocol)."""
         lrs = [float(v) for v in state.params["log_lr"].detach().exp()]
         return self.synthetic(state, state.params["x"], state.buffers["y"],
                               meta={"inner_lrs": lrs, "inner_epochs": self.cfg.inner_epochs,
@@ -176,6 +181,7 @@ def learned_schedule_protocol(summary, real, *, model: str, runs: int, seed: int
 # ====================================================================== kernel methods: shared parts
 @dataclass
 class KernelConfig(MethodConfig):
+    """Options shared by the kernel methods (KIP, RFAD, FRePO): Adam rates, learned labels, ridge."""
     steps: int = 1000
     quick_steps: int = 30
     lr_img: float = 0.01  # Adam, as KIP
@@ -193,12 +199,11 @@ class _KernelDistiller(Distiller):
     kernel_name: str = ""
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Learnable support images and (optionally) regression labels, Adam on them."""
         cfg = self.cfg
         if cfg.reg < 0:
             raise ConfigError(f"{self.name} reg must be >= 0; got {cfg.reg}.")
-        x, y = self.init_from_real(g)
-        if cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
+        x, y, _ = init_pixels(self.real, self.ipc, g, self.device, cfg.init, self.name)
         x.requires_grad_(True)
         ys = K.regression_targets(y, self.real.num_classes).to(self.device)
         groups = [{"params": [x], "lr": cfg.lr_img}]
@@ -218,14 +223,17 @@ class _KernelDistiller(Distiller):
         """Hook for more learnable tensors (RFAD's Platt scale)."""
 
     def support(self, state: DistillState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The support images and their regression labels (learned or fixed)."""
         ys = state.params["y_soft"] if "y_soft" in state.params else state.buffers["y_soft"]
         return state.params["x"], ys
 
     def target(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A real batch of every class, the KRR target set of this step."""
         xr, yr = self.real_batch(self.cfg.batch_real, g, classes=list(range(self.real.num_classes)))
         return xr, yr
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One Adam step on the method's ``outer_loss``, then :meth:`after_update`."""
         loss, acc = self.outer_loss(state, g)
         if self.world_size > 1:
             loss = loss / self.world_size
@@ -237,6 +245,7 @@ class _KernelDistiller(Distiller):
         """Hook run after the synthetic update (FRePO's online model training)."""
 
     def export(self, state: DistillState):
+        """The support images with their learned labels (``label_kind="regression"``) and kernel."""
         x, ys = self.support(state)
         soft = ys.detach().float().cpu() if self.cfg.learn_labels else None
         return self.synthetic(state, x, state.buffers["y"], soft=soft,
@@ -245,12 +254,14 @@ class _KernelDistiller(Distiller):
                                     "kernel_reg": self.cfg.reg})
 
     def kernel_model(self) -> str:
+        """The network behind the kernel, recorded in the summary's metadata."""
         return self.model
 
 
 # ====================================================================== KIP
 @dataclass
 class KIPConfig(KernelConfig):
+    """Options of KIP (Nguyen, Chen & Lee, ICLR 2021): the kernel and its network."""
     kernel: str = "conv_entk"  # conv_entk (empirical NTK of a random ConvNet) | fc_ntk | fc_nngp | rf_nngp
     kernel_model: str = "convnet-d3-w128-nn"  # network of conv_entk: ConvNet-3 without normalisation, as KIP
     fc_depth: int = 3  # hidden layers of fc_ntk / fc_nngp
@@ -258,14 +269,17 @@ class KIPConfig(KernelConfig):
 
 @register_method("kip")
 class KIP(_KernelDistiller):
+    """KIP (Nguyen, Chen & Lee, ICLR 2021): KRR with a neural tangent kernel, support set learned through it."""
     paper = "Nguyen, Chen & Lee, ICLR 2021, Dataset Meta-Learning from Kernel Ridge-Regression"
     Config = KIPConfig
 
     @property
     def kernel_name(self) -> str:  # type: ignore[override]
+        """The configured kernel (``cfg.kernel``)."""
         return self.cfg.kernel
 
     def kernel_model(self) -> str:
+        """The network of the empirical NTK (``cfg.kernel_model``)."""
         return self.cfg.kernel_model
 
     def outer_loss(self, state: DistillState, g: torch.Generator) -> tuple[torch.Tensor, float]:
@@ -289,6 +303,7 @@ class KIP(_KernelDistiller):
 # ====================================================================== RFAD
 @dataclass
 class RFADConfig(KernelConfig):
+    """Options of RFAD (Loo et al., NeurIPS 2022): random networks, KRR form and the Platt scale."""
     learn_labels: bool = False
     n_models: int = 8  # random networks whose features approximate the NNGP
     feature_model: str = "convnet-d3-w128-nn"
@@ -299,15 +314,18 @@ class RFADConfig(KernelConfig):
 
 @register_method("rfad")
 class RFAD(_KernelDistiller):
+    """RFAD (Loo et al., NeurIPS 2022): random-feature NNGP KRR with a Platt-scaled cross-entropy loss."""
     paper = ("Loo, Hasani, Amini & Rus, NeurIPS 2022, Efficient Dataset Distillation using Random Feature "
              "Approximation")
     Config = RFADConfig
     kernel_name = "rf_nngp"
 
     def kernel_model(self) -> str:
+        """The random feature network (``cfg.feature_model``)."""
         return self.cfg.feature_model
 
     def extra_params(self, state: DistillState, groups: list) -> None:
+        """The learnable log Platt scale, in its own Adam group."""
         if self.cfg.platt_init <= 0:
             raise ConfigError(f"rfad platt_init must be > 0; got {self.cfg.platt_init}.")
         if self.cfg.n_models < 1:
@@ -333,6 +351,7 @@ class RFAD(_KernelDistiller):
 # ====================================================================== FRePO
 @dataclass
 class FRePOConfig(KernelConfig):
+    """Options of FRePO (Zhou et al., NeurIPS 2022): the online network pool and its training."""
     pool_size: int = 10  # networks in the pool
     max_online_updates: int = 100  # online training steps before a network is re-initialised
     online_steps: int = 1  # training steps of the chosen network after every outer step
@@ -343,11 +362,13 @@ class FRePOConfig(KernelConfig):
 
 @register_method("frepo")
 class FRePO(_KernelDistiller):
+    """FRePO (Zhou, Nezhadarya & Ba, NeurIPS 2022): KRR on features of networks trained online on the support."""
     paper = "Zhou, Nezhadarya & Ba, NeurIPS 2022, Dataset Distillation using Neural Feature Regression"
     Config = FRePOConfig
     kernel_name = "rf_nngp"  # KRR evaluation: the pool is gone, a random-feature ConvNet NNGP stands in
 
     def init(self, g: torch.Generator) -> DistillState:
+        """The support set plus a pool of networks with Adam optimisers and staggered ages."""
         cfg = self.cfg
         if cfg.pool_size < 1 or cfg.max_online_updates < 1 or cfg.online_steps < 1:
             raise ConfigError("frepo needs pool_size >= 1, max_online_updates >= 1 and online_steps >= 1.")
@@ -376,6 +397,7 @@ class FRePO(_KernelDistiller):
         return phi_t, phi_s
 
     def outer_loss(self, state: DistillState, g: torch.Generator) -> tuple[torch.Tensor, float]:
+        """MSE of the KRR prediction on a real batch, with features of one pool network."""
         slot = self.pick(g)
         state.info["last_slot"] = slot
         xs, ys = self.support(state)

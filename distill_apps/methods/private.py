@@ -32,6 +32,7 @@ from ..config import MethodConfig
 from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..matching import gradient_distance, loss_gradients
+from ..parameterisation import init_pixels
 from ..privacy.accounting import PrivacyBudget, calibrate_noise
 from ..runtime import generator
 from ..train import fit
@@ -106,6 +107,7 @@ def gaussian_noise(shape, std: float, g: torch.Generator, device) -> torch.Tenso
 # ---------------------------------------------------------------------- shared private machinery
 @dataclass
 class PrivateConfig(MethodConfig):
+    """Options shared by dp-dm and dp-dc: the (epsilon, delta) target, accountant, clipping, sampling."""
     epsilon: float = 10.0
     delta: float = 1e-5
     accountant: str = "rdp"  # rdp | prv (Opacus)
@@ -126,9 +128,11 @@ class _Private(Distiller):
     eval_augment = None
 
     def planned_releases(self) -> int:
+        """How many releases the noise is calibrated for."""
         return int(self.cfg.releases)
 
     def setup_privacy(self) -> dict:
+        """Check the options and calibrate the noise: the privacy record the state starts with."""
         cfg, n = self.cfg, self.real.size("train")
         if cfg.init not in ("noise", "real"):
             raise ConfigError(f"init must be noise or real; got {cfg.init!r}.")
@@ -189,9 +193,10 @@ class _Private(Distiller):
         b = state.info["privacy"].get("budget")
         return None if b is None else PrivacyBudget(b["target_epsilon"], b["delta"], b["accountant"], b["history"])
 
-    def poisson_batch(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each training image independently with probability ``q`` (the sampling RDP/PRV accounting assumes)."""
-        q = self.state_q
+    def poisson_batch(self, state: DistillState, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each training image independently with probability ``q`` (the run's sample rate, kept in the state's
+        privacy record): the sampling RDP/PRV accounting assumes."""
+        q = state.info["privacy"]["sample_rate"]
         if q >= 1.0:
             return self.real.images(device=self.device), self.real.labels(device=self.device)
         mask = torch.rand(self.real.size("train"), generator=g) < q
@@ -202,21 +207,18 @@ class _Private(Distiller):
         """Expected per-class batch sizes ``q * N_c`` (class sizes are treated as public, as in DP-MERF)."""
         return (torch.tensor(self.real.class_counts(), dtype=torch.float32) * q).clamp(min=1.0).to(self.device)
 
-    def init_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.init_from_real(g)
-        if self.cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
-        return x.requires_grad_(True), y
-
     def base_state(self, g: torch.Generator) -> DistillState:
+        """Noise images (real ones only for ``non_private`` runs), Adam on them, and the privacy record
+        (``info["privacy"]``: sample rate, noise, releases made, the accountant's history), the whole run state."""
         priv = self.setup_privacy()
-        self.state_q = priv["sample_rate"]
         check_private_net(self.new_net(generator("dp-check", self.seed)))
-        x, y = self.init_images(g)
+        x, y, _ = init_pixels(self.real, self.ipc, g, self.device, self.cfg.init, self.name)
+        x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=self.cfg.lr_img)
         return DistillState(params={"x": x}, optimizers={"syn": opt}, buffers={"y": y}, info={"privacy": priv})
 
     def privacy_meta(self, state: DistillState) -> dict:
+        """The summary's ``meta["privacy"]``: mechanism, sampling, noise, releases and spent epsilon."""
         p = state.info["privacy"]
         out = {"mechanism": self.mechanism, "sampling": p["sampling"], "sample_rate": p["sample_rate"],
                "clip": p["clip"], "noise_multiplier": p["noise_multiplier"], "releases": p["released"],
@@ -224,13 +226,11 @@ class _Private(Distiller):
         if p["non_private"]:
             return {**out, "epsilon": float("inf"), "delta": 0.0, "accountant": None}
         budget = self.budget(state)
-        key = (p["released"], p["noise_multiplier"], p["sample_rate"])
-        if getattr(self, "_eps_cache", (None, None))[0] != key:
-            self._eps_cache = (key, budget.spent())
-        return {**out, "epsilon": self._eps_cache[1], "delta": budget.delta, "accountant": budget.accountant,
+        return {**out, "epsilon": budget.spent(), "delta": budget.delta, "accountant": budget.accountant,
                 "target_epsilon": budget.epsilon, "history": budget.history}
 
     def export(self, state: DistillState):
+        """The synthetic images with the privacy record of the run."""
         return self.synthetic(state, state.params["x"], state.buffers["y"],
                               meta={"privacy": self.privacy_meta(state)})
 
@@ -238,6 +238,7 @@ class _Private(Distiller):
 # ---------------------------------------------------------------------- dp-dm
 @dataclass
 class DPDMConfig(PrivateConfig):
+    """Options of dp-dm (DP-MERF, Harder et al., AISTATS 2021; NDPDC, Zheng & Li 2023)."""
     steps: int = 2000
     quick_steps: int = 200
     releases: int = 100
@@ -245,6 +246,7 @@ class DPDMConfig(PrivateConfig):
 
 @register_method("dp-dm")
 class DPDM(_Private):
+    """dp-dm: DP distribution matching on noisy means of clipped embeddings (DP-MERF, Harder et al., AISTATS 2021)."""
     family = "private"
     paper = ("Harder et al., AISTATS 2021 (DP-MERF); Zheng & Li 2023 (NDPDC): DP distribution matching with "
              "clipped, noised mean embeddings")
@@ -259,21 +261,23 @@ class DPDM(_Private):
         return net
 
     def init(self, g: torch.Generator) -> DistillState:
+        """The private start (:meth:`base_state`) and room for every release's noisy class means."""
         state = self.base_state(g)
         d = self.release_net(0).embed(self.real.images(slice(0, 1), device=self.device)).flatten(1).shape[1]
         state.buffers["targets"] = torch.zeros(self.cfg.releases, self.real.num_classes, d, device=self.device)
         return state
 
     def release(self, state: DistillState, r: int, g: torch.Generator) -> None:
+        """Release ``r``: noisy per-class means of clipped embeddings of a Poisson batch (random net ``r``)."""
         p = state.info["privacy"]
-        xr, yr = self.poisson_batch(g)
+        xr, yr = self.poisson_batch(state, g)
         net = self.release_net(r)
         sums = clipped_class_embedding_sums(net, xr, yr, self.real.num_classes, p["clip"])
         sums = sums + gaussian_noise(sums.shape, p["noise_multiplier"] * p["clip"], g, self.device)
         state.buffers["targets"][r] = sums / self.expected_counts(p["sample_rate"])[:, None]
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
-        self.state_q = state.info["privacy"]["sample_rate"]
+        """Release while the budget allows (else reuse a released target); match the images' means to it."""
         released = state.info["privacy"]["released"]
         if self.try_release(state):
             r = released
@@ -295,6 +299,7 @@ class DPDM(_Private):
 # ---------------------------------------------------------------------- dp-dc
 @dataclass
 class DPDCConfig(PrivateConfig):
+    """Options of dp-dc (PSG, Chen, Kerkouche & Fritz, NeurIPS 2022): DC's loop on private gradients."""
     steps: int = 200
     quick_steps: int = 10
     releases: int = 0  # 0: steps x outer_loop (the paper's full run)
@@ -309,6 +314,7 @@ class DPDCConfig(PrivateConfig):
 
 @register_method("dp-dc")
 class DPDC(_Private):
+    """dp-dc (PSG, Chen, Kerkouche & Fritz, NeurIPS 2022): gradient matching on clipped, noised real gradients."""
     family = "private"
     paper = ("Chen, Kerkouche & Fritz, NeurIPS 2022, Private Set Generation with Discriminative Information "
              "(PSG): DP gradient matching")
@@ -317,18 +323,22 @@ class DPDC(_Private):
     mechanism = "gaussian: noisy per-class sum of clipped per-sample loss gradients (DP-SGD style)"
 
     def loops(self) -> tuple[int, int]:
+        """``(outer_loop, inner_loop)``: configured, or DC's schedule for the IPC."""
         outer, inner = schedule_for(self.ipc)
         return self.cfg.outer_loop or outer, self.cfg.inner_loop or inner
 
     def planned_releases(self) -> int:
+        """``releases``, or one per outer round of every step (``steps x outer_loop``)."""
         return int(self.cfg.releases or self.cfg.steps * self.loops()[0])
 
     def init(self, g: torch.Generator) -> DistillState:
+        """The private start (:meth:`base_state`)."""
         return self.base_state(g)
 
     def noisy_class_grads(self, state: DistillState, net: nn.Module, g: torch.Generator) -> list[torch.Tensor]:
+        """One release: per-class sums of clipped per-sample gradients plus noise, over expected counts."""
         p = state.info["privacy"]
-        xr, yr = self.poisson_batch(g)
+        xr, yr = self.poisson_batch(state, g)
         sums = clipped_class_grad_sums(net, xr, yr, self.real.num_classes, p["clip"], self.cfg.grad_chunk)
         std = p["noise_multiplier"] * p["clip"]
         counts = self.expected_counts(p["sample_rate"])
@@ -336,8 +346,8 @@ class DPDC(_Private):
                 for s in sums]
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One network: per round, a release and an image update; the network trains on the images between."""
         cfg = self.cfg
-        self.state_q = state.info["privacy"]["sample_rate"]
         if state.info["privacy"]["exhausted"]:
             return {"budget_exhausted": 1.0}
         outer, inner = self.loops()

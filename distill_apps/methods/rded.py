@@ -27,6 +27,7 @@ from .teacher_based import TeacherMethod, TeacherOptions
 
 @dataclass
 class RDEDConfig(TeacherOptions):
+    """Options of RDED (Sun et al., CVPR 2024): the teacher, the stitching factor and crop sampling."""
     steps: int = 0  # selection and stitching happen once, at init
     quick_steps: int = 0
     factor: int = 0  # cells per side; 0 = the paper's choice for this image size
@@ -68,10 +69,12 @@ def stitch(cells: torch.Tensor, factor: int, n: int, size: tuple[int, int]) -> t
 
 @register_method("rded")
 class RDED(TeacherMethod):
+    """RDED (Sun et al., CVPR 2024): the teacher's most confident real crops, stitched and relabelled."""
     paper = "Sun et al., CVPR 2024, On the Diversity and Realism of Distilled Dataset (RDED)"
     Config = RDEDConfig
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Select and stitch every class's crops once (no optimisation)."""
         cfg, r = self.cfg, self.real
         f = cfg.factor or paper_factor(r.image_shape)
         if f < 1 or cfg.num_crop < 1 or cfg.mipc < 1:
@@ -84,7 +87,6 @@ class RDED(TeacherMethod):
             raise ConfigError("rded: need 0 < crop_min_scale <= crop_max_scale <= 1; got "
                               f"{cfg.crop_min_scale}, {cfg.crop_max_scale}.")
         self.load_teacher()
-        self._factor = f
         cell = (h // f, w // f)
         need = self.ipc * f * f
         xs, cells = [], []
@@ -115,8 +117,10 @@ class RDED(TeacherMethod):
         return crops[chosen], meta
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """Nothing to optimise: the images are chosen at ``init``."""
         return {}
 
     def export(self, state: DistillState):
+        """The stitched images with the teacher's soft labels and every cell's provenance."""
         return self.relabelled(state, state.buffers["x"], state.buffers["y"],
                                cells=state.info["cells"], factor=state.info["factor"])

@@ -27,12 +27,14 @@ from torch import nn
 from ..crops import jitter, resized_crops
 from ..engine import DistillState, register_method
 from ..errors import ConfigError
+from ..parameterisation import pixel_state
 from ..teachers import has_batchnorm
 from .teacher_based import TeacherMethod, TeacherOptions
 
 
 @dataclass
 class SRe2LConfig(TeacherOptions):
+    """Options of SRe2L (Yin, Xing & Shen, NeurIPS 2023): recovery rate, BN weight, crops, jitter, batches."""
     steps: int = 1000  # recovery iterations (paper: 1000)
     quick_steps: int = 200
     lr_img: float = 0.25  # Adam on the pixels (paper's CIFAR setting)
@@ -77,10 +79,12 @@ def bn_matching_loss(stats, first_multiplier: float = 10.0) -> torch.Tensor:
 
 @register_method("sre2l")
 class SRe2L(TeacherMethod):
+    """SRe2L (Yin, Xing & Shen, NeurIPS 2023): noise recovered to match a BN teacher's statistics, relabelled."""
     paper = "Yin, Xing & Shen, NeurIPS 2023, Squeeze, Recover and Relabel (SRe2L)"
     Config = SRe2LConfig
 
     def init(self, g: torch.Generator) -> DistillState:
+        """The BN teacher, noise images within the valid pixel range, Adam (betas 0.5, 0.9) on them."""
         cfg = self.cfg
         if self.ipc % cfg.ipc_per_batch:
             raise ConfigError(f"sre2l: ipc ({self.ipc}) must be a multiple of ipc_per_batch ({cfg.ipc_per_batch}).")
@@ -88,7 +92,7 @@ class SRe2L(TeacherMethod):
         t = self.load_teacher()
         if not t.has_batchnorm():
             raise ConfigError(self._no_bn_message(t.meta.get("model")))
-        state = self.init_images(g, "noise")
+        state = pixel_state(self, g, "noise")
         state.optimizers["syn"] = torch.optim.Adam([state.params["x"]], lr=cfg.lr_img, betas=(0.5, 0.9), eps=1e-8)
         mean = torch.tensor(self.real.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.real.std, device=self.device).view(1, -1, 1, 1)
@@ -115,6 +119,7 @@ class SRe2L(TeacherMethod):
                 "--set teacher=PATH to a teacher trained with `distill-apps teacher --model convnet-bn`.")
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One recovery iteration: cross-entropy plus BN statistics on an augmented batch, cosine lr, clipping."""
         cfg, x = self.cfg, state.params["x"]
         total = self.total_steps or cfg.steps
         lr = cfg.lr_img * 0.5 * (1 + math.cos(math.pi * state.step / max(1, total)))
@@ -141,4 +146,5 @@ class SRe2L(TeacherMethod):
         return {"loss": float(loss.detach()), "ce": float(ce.detach()), "bn": float(bn.detach())}
 
     def export(self, state: DistillState):
+        """The recovered images with the teacher's soft labels."""
         return self.relabelled(state, state.params["x"], state.buffers["y"])

@@ -36,6 +36,7 @@ class TeacherMethod(Distiller):
     teacher: Teacher
 
     def load_teacher(self) -> Teacher:
+        """The configured teacher (a file, or the cached teacher of the dataset, trained on first use)."""
         cfg = self.cfg
         t = resolve_teacher(self.real, path=cfg.teacher or None, model=cfg.teacher_model,
                             epochs=cfg.teacher_epochs, seed=cfg.teacher_seed, device=self.device,

@@ -33,6 +33,7 @@ from ..engine import Distiller, DistillState, register_method
 from ..errors import ConfigError
 from ..experts import ExpertBuffer, ExpertConfig, get_or_train_experts
 from ..inner import Params, UnrollPlan, functional, unroll, unroll_options
+from ..parameterisation import init_pixels, training_targets
 from ..runtime import generator
 
 __all__ = ["UnrollPlan", "param_distance", "mtt_loss", "tesla_gradients", "SavedTensorMeter", "MTT", "TESLA"]
@@ -42,6 +43,7 @@ SCHEDULE = {1: (50, 2, 1000.0, 1e-7), 10: (30, 20, 1000.0, 1e-5), 50: (30, 40, 1
 
 
 def schedule_for(ipc: int) -> tuple[int, int, float, float]:
+    """MTT's ``(syn_steps, max_start_epoch, lr_img, lr_lr)`` for the IPC (the nearest smaller published one)."""
     return SCHEDULE[max(k for k in SCHEDULE if k <= max(ipc, 1))]
 
 
@@ -134,6 +136,7 @@ class _Held:
 # ---------------------------------------------------------------------- methods
 @dataclass
 class MTTConfig(MethodConfig):
+    """Options of MTT (Cazenavette et al., CVPR 2022): the unroll, expert buffer and learning rates."""
     steps: int = 5000
     quick_steps: int = 20
     amp: bool = False  # the unroll's second-order gradients are kept in float32
@@ -165,6 +168,7 @@ class MTTConfig(MethodConfig):
 
 @dataclass
 class TESLAConfig(MTTConfig):
+    """Options of TESLA (Cui et al., ICML 2023): MTT's plus soft labels and the gradient mode."""
     lr_y: float = 2.0
     momentum_y: float = 0.9
     grad_mode: str = "tesla"  # tesla (the paper's decomposition) | exact (adjoint, equals MTT's gradient)
@@ -173,6 +177,7 @@ class TESLAConfig(MTTConfig):
 
 @register_method("mtt")
 class MTT(Distiller):
+    """MTT (Cazenavette et al., CVPR 2022): images and step size matched to expert training trajectories."""
     family = "trajectory"
     paper = "Cazenavette et al., CVPR 2022, Dataset Distillation by Matching Training Trajectories"
     Config = MTTConfig
@@ -181,11 +186,13 @@ class MTT(Distiller):
 
     # ---------------------------------------------------------------- settings
     def settings(self) -> tuple[int, int, float, float]:
+        """``(syn_steps, max_start_epoch, lr_img, lr_lr)``: configured, or the schedule for the IPC."""
         c = self.cfg
         s, m, li, ll = schedule_for(self.ipc)
         return c.syn_steps or s, c.max_start_epoch or m, c.lr_img or li, c.lr_lr or ll
 
     def experts(self) -> ExpertBuffer:
+        """The expert buffer (trained and cached on first use; each expert lazily unless ``eager_experts``)."""
         if getattr(self, "_experts", None) is None:
             c = self.cfg
             ec = ExpertConfig(num_experts=c.num_experts, epochs=c.expert_train_epochs, lr=c.expert_lr,
@@ -209,26 +216,26 @@ class MTT(Distiller):
         return self._f
 
     def augmenter(self) -> DSA | None:
+        """DSA for the student steps (None with ``dsa: false``)."""
         return DSA.for_dataset(self.real.flip_invariant, strategy=self.cfg.dsa_strategy) if self.cfg.dsa else None
 
     # ---------------------------------------------------------------- Distiller
-    def init_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.init_from_real(g)
-        if self.cfg.init == "noise":
-            x = torch.randn(x.shape, generator=g).to(x)
-        elif self.cfg.init != "real":
-            raise ConfigError(f"init must be 'real' or 'noise'; got {self.cfg.init!r}.")
+    def initial_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthetic images' start (``cfg.init``: real images or noise, :func:`init_pixels`) and class ids."""
+        x, y, _ = init_pixels(self.real, self.ipc, g, self.device, self.cfg.init, self.name)
         return x, y
 
     def param_groups(self, state: DistillState) -> list[dict]:
+        """SGD groups: images at ``lr_img``, the step size at ``lr_lr`` (TESLA adds its labels)."""
         _, _, lr_img, lr_lr = self.settings()
         c = self.cfg
         return [{"params": [state.params["x"]], "lr": lr_img, "momentum": c.momentum_img},
                 {"params": [state.params["lr"]], "lr": lr_lr, "momentum": c.momentum_lr}]
 
     def init(self, g: torch.Generator) -> DistillState:
+        """The experts, the initial images, the learnable step size ``lr_teacher`` and their SGD."""
         self.experts()
-        x, y = self.init_images(g)
+        x, y = self.initial_images(g)
         state = DistillState(params={"x": x.requires_grad_(True),
                                      "lr": torch.tensor(float(self.cfg.lr_teacher), device=self.device,
                                                         requires_grad=True)},
@@ -240,10 +247,8 @@ class MTT(Distiller):
     def add_labels(self, state: DistillState, g: torch.Generator) -> None:
         """Hook for learnable labels (TESLA); MTT trains on hard labels."""
 
-    def targets(self, state: DistillState) -> torch.Tensor:
-        return state.buffers["y"]
-
     def draw(self, state: DistillState, g: torch.Generator):
+        """This step's expert segment (start, target), student minibatch plan and augmenter."""
         syn_steps, max_start, _, _ = self.settings()
         start, target = self.experts().sample(g, self.cfg.expert_epochs, max_start)
         aug = self.augmenter()
@@ -256,9 +261,10 @@ class MTT(Distiller):
         return unroll_options(self.cfg)
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One expert segment: unroll a student on the images and match its end to the expert's."""
         start, target, plan, aug = self.draw(state, g)
         with self.autocast():
-            loss = mtt_loss(self.student(), start, target, state.params["x"], self.targets(state),
+            loss = mtt_loss(self.student(), start, target, state.params["x"], training_targets(state),
                             state.params["lr"], plan, aug, self.label_kind, (self.rank, self.world_size),
                             **self.unroll_kw())
         # each student step's batch is split across ranks and its gradient all-reduced inside the unroll, so
@@ -268,21 +274,23 @@ class MTT(Distiller):
         return {"loss": float(loss.detach()), "syn_lr": float(state.params["lr"].detach())}
 
     def export(self, state: DistillState):
+        """The synthetic images with the learned step size."""
         lr = float(state.params["lr"].detach())
         return self.synthetic(state, state.params["x"], state.buffers["y"], lr=lr if lr > 0 else None)
 
 
 @register_method("tesla")
 class TESLA(MTT):
+    """TESLA (Cui et al., ICML 2023): MTT with constant-memory gradients and learned soft labels."""
     family = "trajectory"
     paper = "Cui et al., ICML 2023, Scaling Up Dataset Distillation to ImageNet-1K with Constant Memory"
     Config = TESLAConfig
     label_kind = "logits"
 
-    def init_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def initial_images(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Real images, preferring those the label expert classifies correctly (TESLA's initialisation)."""
         if self.cfg.init != "real":
-            return super().init_images(g)
+            return super().initial_images(g)
         r, k = self.real, self.ipc
         pool = max(k, min(k * self.cfg.label_pool, min(r.class_counts())))
         idx = r.sample_balanced(pool, g).view(r.num_classes, pool)
@@ -297,21 +305,21 @@ class TESLA(MTT):
         return r.images(keep, device=self.device), r.labels(keep, device=self.device).clone()
 
     def label_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The label expert's logits on ``x`` (its parameters at ``max_start_epoch``)."""
         _, max_start, _, _ = self.settings()
         params = self.experts().params(0, min(max_start, self.experts().epochs))
         with torch.no_grad():
             return torch.cat([self.student()(params, xb).float() for xb in x.split(256)])
 
     def add_labels(self, state: DistillState, g: torch.Generator) -> None:
+        """Learnable soft labels, initialised from the label expert's logits on the initial images."""
         soft = self.label_logits(state.params["x"].detach())
         state.params["soft"] = soft.clone().requires_grad_(True)
 
     def param_groups(self, state: DistillState) -> list[dict]:
+        """MTT's groups plus the soft labels at ``lr_y``."""
         return super().param_groups(state) + [
             {"params": [state.params["soft"]], "lr": self.cfg.lr_y, "momentum": self.cfg.momentum_y}]
-
-    def targets(self, state: DistillState) -> torch.Tensor:
-        return state.params["soft"]
 
     def unroll_kw(self) -> dict:
         """TESLA always recomputes step by step: ``grad_mode`` tesla (the paper's decomposition) or exact
@@ -324,6 +332,7 @@ class TESLA(MTT):
         return kw if kw["memory"] == "checkpoint" else {**kw, "memory": "adjoint"}
 
     def export(self, state: DistillState):
+        """The synthetic images with the learned logits (``label_kind="logits"``) and step size."""
         lr = float(state.params["lr"].detach())
         soft = state.params["soft"].detach().float().cpu()
         return self.synthetic(state, state.params["x"], state.buffers["y"], soft=soft, label_kind="logits",
