@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="evaluation runs")
     ap.add_argument("--epochs", type=int, default=300, help="evaluation epochs")
     ap.add_argument("--model", default="convnet", help="network for distillation and evaluation")
-    ap.add_argument("--expert-dir", default="/tmp/distill_apps_bench_experts", help="expert trajectory cache")
+    ap.add_argument("--expert-dir", default=os.path.join(tempfile.gettempdir(), "distill_apps_bench_experts"),
+                    help="expert trajectory cache (default: under the system temp folder)")
     ap.add_argument("--out", default="", help="results JSON (default results/gradient_trajectory_accuracy_<data>)")
     a = ap.parse_args(argv)
     real = da.load_dataset(a.dataset)

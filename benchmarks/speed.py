@@ -3,7 +3,7 @@
     python benchmarks/speed.py --methods dc dsa dm --ipc 1 10 --dataset mnist --steps 3
     python benchmarks/speed.py --methods dm --ipc 10 --procs 2 --no-flops      # two ranks under torchrun
     python benchmarks/speed.py --methods dc --ipc 50 --set outer_loop=1 --set real_chunk=64   # memory guard
-    python benchmarks/speed.py --methods dc dsa --ipc 1 10 --steps 3 --baseline /tmp/old_checkout  # side by side
+    python benchmarks/speed.py --methods dc dsa --ipc 1 10 --steps 3 --baseline <old checkout>  # side by side
 
 **Alone** (no ``--baseline``): each (method, IPC) runs in its own process; peak memory is the peak RSS during the
 steps (sampled every 2 ms) minus the RSS once the data and the method's one-off set-up are loaded, i.e. what the
@@ -17,7 +17,7 @@ autocast uses it: ``runtime.bf16_fast``), so "% of matmul" says how much of the 
 untimed steps each), each in its own worker process, so both see the same machine load; the table prints both medians and
 the ratio baseline / ours (> 1: ours is faster). ``PATH`` is either
 
-* a **directory**: a checkout of distill_apps (for example the previous commit: ``git worktree add /tmp/old
+* a **directory**: a checkout of distill_apps (for example the previous commit: ``git worktree add <old checkout>
   HEAD~1``); it is run through ``benchmarks/baselines/distill_apps_step.py`` with ``PATH`` first on
   ``sys.path``, with ``--baseline-set`` options (default: the ``--set`` ones); or
 * a **Python file** that offers the step to time (for example an adapter around a reference implementation's

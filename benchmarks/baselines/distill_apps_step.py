@@ -2,7 +2,7 @@
 
 It works with any checkout of this package: ``speed.py`` runs it once with this checkout (our side) and, for
 ``--baseline DIR`` where ``DIR`` is another checkout (for example the previous commit, ``git worktree add
-/tmp/old HEAD~1``), once more with ``DIR`` first on ``sys.path``. It is also the example of the interface a
+<old checkout> HEAD~1``), once more with ``DIR`` first on ``sys.path``. It is also the example of the interface a
 baseline script must offer (see ``speed.py``): ``setup(**spec) -> state`` untimed, ``step(state)`` timed.
 """
 from __future__ import annotations
