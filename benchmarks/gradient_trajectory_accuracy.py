@@ -13,6 +13,8 @@ the implementations do in CPU minutes, not what the methods reach.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
