@@ -7,6 +7,7 @@ non-finite floats (NaN, Inf) are refused.
 """
 from __future__ import annotations
 
+import builtins
 import math
 import warnings
 from typing import Any, Iterable
@@ -72,10 +73,10 @@ class HeaderFields:
     >>> n = f.int("num_classes", 1, 100_000)
     """
 
-    def __init__(self, path: Any, kind: str, header: dict[str, Any]) -> None:
+    def __init__(self, path: Any, kind: builtins.str, header: builtins.dict[builtins.str, Any]) -> None:
         self.path, self.kind, self.h = path, kind, header
 
-    def fail(self, key: str, must: str, got: Any = ...) -> SummaryFormatError:
+    def fail(self, key: builtins.str, must: builtins.str, got: Any = ...) -> SummaryFormatError:
         shown = "nothing" if got is ... else repr(got)
         if len(shown) > 120:
             shown = shown[:117] + "..."
@@ -83,17 +84,18 @@ class HeaderFields:
             f"{self.path}: the {self.kind} header field {key!r} must be {must}; it holds {shown}. The file is "
             "damaged or was edited by hand: re-create it (or restore it from a copy).")
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> bool:
         return key in self.h
 
-    def raw(self, key: str, optional: bool = False) -> Any:
+    def raw(self, key: builtins.str, optional: bool = False) -> Any:
         if key not in self.h:
             if optional:
                 return None
             raise self.fail(key, "present")
         return self.h[key]
 
-    def int(self, key: str, lo: int | None = None, hi: int | None = None, optional: bool = False) -> int | None:
+    def int(self, key: builtins.str, lo: builtins.int | None = None, hi: builtins.int | None = None,
+            optional: bool = False) -> builtins.int | None:
         v = self.raw(key, optional)
         if v is None and optional:
             return None
@@ -101,8 +103,8 @@ class HeaderFields:
             raise self.fail(key, f"a whole number {_range_text(lo, hi)}", v)
         return v
 
-    def float(self, key: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-              optional: bool = False) -> float | None:
+    def float(self, key: builtins.str, lo: builtins.float | None = None, hi: builtins.float | None = None, *,
+              lo_open: bool = False, optional: bool = False) -> builtins.float | None:
         v = self.raw(key, optional)
         if v is None and optional:
             return None
@@ -110,8 +112,8 @@ class HeaderFields:
             raise self.fail(key, f"a finite number {_range_text(lo, hi, lo_open)}", v)
         return float(v)
 
-    def str(self, key: str, choices: Iterable[str] | None = None, optional: bool = False,
-            max_len: int = 4096) -> str | None:
+    def str(self, key: builtins.str, choices: Iterable[builtins.str] | None = None, optional: bool = False,
+            max_len: builtins.int = 4096) -> builtins.str | None:
         v = self.raw(key, optional)
         if v is None and optional:
             return None
@@ -120,7 +122,7 @@ class HeaderFields:
             raise self.fail(key, f"one of {', '.join(map(repr, choices))}" if choices else "a string", v)
         return v
 
-    def dict(self, key: str, optional: bool = False) -> dict[str, Any] | None:
+    def dict(self, key: builtins.str, optional: bool = False) -> builtins.dict[builtins.str, Any] | None:
         v = self.raw(key, optional)
         if v is None and optional:
             return None
@@ -128,8 +130,8 @@ class HeaderFields:
             raise self.fail(key, "a JSON object", v)
         return v
 
-    def floats(self, key: str, length: int | None = None, lo: float | None = None, *, lo_open: bool = False,
-               allow_empty: bool = False) -> list[float]:
+    def floats(self, key: builtins.str, length: builtins.int | None = None, lo: builtins.float | None = None, *,
+               lo_open: bool = False, allow_empty: bool = False) -> list[builtins.float]:
         v = self.raw(key)
         ok = isinstance(v, list) and all(is_real(x) and math.isfinite(x) and in_range(x, lo, None, lo_open)
                                          for x in v)
@@ -141,14 +143,14 @@ class HeaderFields:
                             + (" (or empty)" if allow_empty else ""), v)
         return [float(x) for x in v]
 
-    def ints(self, key: str, lo: int | None = None, hi: int | None = None, min_len: int = 0,
-             max_len: int = 1 << 20) -> list[int]:
+    def ints(self, key: builtins.str, lo: builtins.int | None = None, hi: builtins.int | None = None,
+             min_len: builtins.int = 0, max_len: builtins.int = 1 << 20) -> list[builtins.int]:
         v = self.raw(key)
         if not (isinstance(v, list) and min_len <= len(v) <= max_len and all(is_int(x) and in_range(x, lo, hi) for x in v)):
             raise self.fail(key, f"a list of {min_len}..{max_len} whole numbers {_range_text(lo, hi)}", v)
         return list(v)
 
-    def only(self, allowed: Iterable[str]) -> None:
+    def only(self, allowed: Iterable[builtins.str]) -> None:
         """Refuse fields this kind of file never holds."""
         extra = sorted(set(self.h) - set(allowed))
         if extra:
