@@ -36,6 +36,7 @@ def budgets(expert_dir: str) -> dict[str, tuple[dict[int, int], dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: DCC, IDC, MTT and TESLA (and random) on one dataset at each IPC, evaluated and written as JSON."""
     ap = make_parser("python benchmarks/gradient_trajectory_accuracy.py", __doc__.splitlines()[0])
     ap.add_argument("--dataset", default="digits", help="a registered image dataset")
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images per class")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 def setup(method: str, dataset: str, ipc: int, model: str = "convnet", options: dict | None = None,
           device: str = "cpu", seed: int = 0) -> dict:
+    """Build the distiller and its initial state (untimed)."""
     import distill_apps as da
     from distill_apps.engine import make_distiller
     from distill_apps.runtime import generator
@@ -21,6 +22,7 @@ def setup(method: str, dataset: str, ipc: int, model: str = "convnet", options: 
 
 
 def step(state: dict) -> None:
+    """Run one distillation step (timed)."""
     from distill_apps.runtime import generator
 
     state["d"].step(state["state"], generator("step", state["seed"], state["t"]))
