@@ -80,3 +80,20 @@ def test_relative_links_point_at_existing_files():
               if not (f.parent / t.split("#", 1)[0]).exists()]
     assert broken == [], "\n".join(broken)
     assert sum(1 for f in DOCS for _ in _relative_links(f)) > 20  # the check did find links to check
+
+
+def test_guide_code_blocks_parse():
+    import ast
+    import tomllib
+
+    blocks = [(f, lang, code) for f in sorted((REPO / "docs" / "guide").glob("*.md"))
+              for lang, code in re.findall(r"```(\w*)\n(.*?)```", f.read_text(encoding="utf-8"), re.S)]
+    parsed = 0
+    for f, lang, code in blocks:
+        if lang == "python":
+            ast.parse(code, filename=str(f))
+            parsed += 1
+        elif lang == "toml":
+            tomllib.loads(code)
+            parsed += 1
+    assert parsed >= 8  # the guide's Python and TOML examples were all found and are valid
