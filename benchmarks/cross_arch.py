@@ -38,6 +38,7 @@ DC_PAPER = {("mnist", 1): 91.7, ("mnist", 10): 97.4, ("fashion_mnist", 1): 70.5,
 
 
 def summary_path(folder: Path, method: str, dataset: str, ipc: int) -> Path:
+    """Where the summary of ``method`` on ``dataset`` at ``ipc`` is kept."""
     return folder / f"{method}_{dataset.replace(':', '-')}_ipc{ipc}.safetensors"
 
 
@@ -60,6 +61,7 @@ def get_summary(method: str, real: da.RealData, ipc: int, a: argparse.Namespace)
 
 
 def save(out: Path, cells: list[dict]) -> None:
+    """Write the cells as JSON and markdown, each atomically."""
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(cells, indent=1))
     os.replace(tmp, out)
@@ -69,6 +71,7 @@ def save(out: Path, cells: list[dict]) -> None:
 
 
 def fmt(c: dict | None) -> str:
+    """``mean ± std`` of a cell, or ``-``."""
     return "-" if c is None else f"{c['accuracy_mean']:.1f} ± {c['accuracy_std']:.1f}"
 
 
@@ -104,6 +107,7 @@ def markdown(cells: list[dict]) -> str:
 
 def cell(table: str, method: str, s: da.SyntheticSet, real: da.RealData, ipc: int, model: str, augment: str,
          info: dict, a: argparse.Namespace) -> dict:
+    """Evaluate one summary with one model and augmentation; returns the result row."""
     r = da.evaluate(s, real, model=model, runs=a.runs, epochs=a.epochs, augment=augment, seed=a.seed,
                     device=a.device)
     detail = r.extra.get("augment_detail")
@@ -116,6 +120,7 @@ def cell(table: str, method: str, s: da.SyntheticSet, real: da.RealData, ipc: in
 
 
 def key(c: dict) -> tuple:
+    """What identifies a cell (a rerun skips cells already done)."""
     return c["table"], c["dataset"], c["method"], c["ipc"], c["model"], c["requested_augment"]
 
 
@@ -158,6 +163,8 @@ def estimate(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: distil or load the summaries, evaluate every row x model cell, write JSON and markdown after each.
+    """
     from distill_apps.options import add_set_argument, make_parser, method_options
 
     ap = make_parser("python benchmarks/cross_arch.py", __doc__)

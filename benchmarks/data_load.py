@@ -35,10 +35,13 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 
 def peak_mb() -> float:
+    """Peak resident memory of this process, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def phase(name: str, a: argparse.Namespace) -> dict:
+    """One measured phase: load the dataset and record time and memory; ``memory`` adds one pass over the batches,
+    ``dm`` a few timed DM steps."""
     import torch
 
     import distill_apps as da
@@ -78,6 +81,7 @@ def phase(name: str, a: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: the load phases (time, memory, a few DM steps), printed and written as JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="imagefolder:cifar10-jpg")
     ap.add_argument("--data-root", default=None)

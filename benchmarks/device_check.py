@@ -19,6 +19,7 @@ from pathlib import Path
 
 
 def timed_steps(method: str, real, ipc: int, steps: int, config: dict | None = None) -> dict:
+    """Time ``steps`` distillation steps of ``method`` on CUDA (after one warm-up) and record peak GPU memory."""
     import torch
 
     from distill_apps.engine import make_distiller
@@ -41,6 +42,7 @@ def timed_steps(method: str, real, ipc: int, steps: int, config: dict | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: GPU step times and peak memory per method and IPC, plus a short DM run and its evaluation."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="imagefolder:cifar10-jpg")
     ap.add_argument("--data-root", default=None)

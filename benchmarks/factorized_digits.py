@@ -25,6 +25,7 @@ CONFIGS = {
 
 
 def main() -> None:
+    """Command line: distil digits with each factorised method at the same storage, evaluate, write JSON."""
     ap = make_parser("python benchmarks/factorized_digits.py", __doc__.splitlines()[0])
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images-worth of storage per class")
     ap.add_argument("--methods", nargs="+", default=list(STEPS), help="methods to run")

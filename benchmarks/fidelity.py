@@ -215,6 +215,7 @@ def estimate_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Names
 
 
 def markdown(rows: list[dict]) -> str:
+    """The results (or the ``--estimate`` plan) as a markdown table."""
     if rows and "cell_seconds_est" in rows[0]:
         lines = ["| method | dataset | IPC | steps (planned / within limit) | s per step | distill s | eval epochs | "
                  "s per epoch | eval s (all runs) | cell s (est.) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -236,6 +237,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: distil every method x dataset x IPC cell and evaluate it under one protocol, JSON and markdown
+    after each cell."""
     ap = make_parser("python benchmarks/fidelity.py", __doc__)
     ap.add_argument("--methods", nargs="+", default=["random", "herding", "kcenter", "dc", "dsa", "dm"],
                     help="methods to distil with")

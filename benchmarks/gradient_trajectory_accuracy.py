@@ -13,6 +13,8 @@ the implementations do in CPU minutes, not what the methods reach.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +36,7 @@ def budgets(expert_dir: str) -> dict[str, tuple[dict[int, int], dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: DCC, IDC, MTT and TESLA (and random) on one dataset at each IPC, evaluated and written as JSON."""
     ap = make_parser("python benchmarks/gradient_trajectory_accuracy.py", __doc__.splitlines()[0])
     ap.add_argument("--dataset", default="digits", help="a registered image dataset")
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images per class")
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="evaluation runs")
     ap.add_argument("--epochs", type=int, default=300, help="evaluation epochs")
     ap.add_argument("--model", default="convnet", help="network for distillation and evaluation")
-    ap.add_argument("--expert-dir", default="/tmp/distill_apps_bench_experts", help="expert trajectory cache")
+    ap.add_argument("--expert-dir", default=os.path.join(tempfile.gettempdir(), "distill_apps_bench_experts"),
+                    help="expert trajectory cache (default: under the system temp folder)")
     ap.add_argument("--out", default="", help="results JSON (default results/gradient_trajectory_accuracy_<data>)")
     a = ap.parse_args(argv)
     real = da.load_dataset(a.dataset)

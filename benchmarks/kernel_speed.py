@@ -23,6 +23,7 @@ from distill_apps.runtime import generator
 
 
 def measure(method: str, real, ipc: int, cfg: dict, repeats: int) -> dict:
+    """Seconds and GFLOP per step of a kernel method (after one warm-up step)."""
     d = make_distiller(method, real, ipc, cfg, "cpu", "convnet")
     st = d.init(generator("init", 0))
     d.step(st, generator("step", 0, 0))  # warm-up (torch.func tracing, allocator)
@@ -39,6 +40,7 @@ def measure(method: str, real, ipc: int, cfg: dict, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: time KIP and RFAD steps at each support size, written as JSON."""
     ap = make_parser("python benchmarks/kernel_speed.py", __doc__.splitlines()[0])
     ap.add_argument("--dataset", default="digits", help="a registered image dataset")
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10], help="images per class (support size / classes)")

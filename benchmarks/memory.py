@@ -62,6 +62,7 @@ print(f"PEAK {peak / 2**20:.1f}", flush=True)
 
 
 def rss_mb() -> float:
+    """Resident memory of this process now, in MB."""
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -155,6 +156,7 @@ def run_cell(method: str, ipc: int, unroll: int | None, a: argparse.Namespace, c
 
 
 def table(rows: list[dict], title: str) -> str:
+    """The memory cells as a markdown table under ``title``."""
     lines = [title, "", "| method | IPC | unroll | options | data MB | init MB | step peak MB | total peak MB | "
              "s/step | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -191,6 +193,7 @@ def compare(paths: list[str], labels: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: each method x IPC x unroll cell in a fresh process under a memory limit; JSON and markdown."""
     from distill_apps.options import add_set_argument, make_parser, method_options
 
     ap = make_parser("python benchmarks/memory.py", __doc__)

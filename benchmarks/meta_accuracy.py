@@ -18,6 +18,7 @@ from distill_apps.options import make_parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: DD, KIP, RFAD and FRePO at each IPC, evaluated with the train and KRR protocols, JSON."""
     ap = make_parser("python benchmarks/meta_accuracy.py", __doc__.splitlines()[0])
     ap.add_argument("--dataset", default="digits", help="a registered image dataset")
     ap.add_argument("--methods", nargs="+", default=["dd", "kip", "rfad", "frepo"], help="methods to run")

@@ -41,6 +41,7 @@ def _flat(ev) -> dict:
 
 
 def graph_part(args) -> dict:
+    """Distil and evaluate the Planetoid graphs (GCond, GCond-X, DosCond, GCDM vs random and full graph)."""
     import distill_apps as da
     from distill_apps.modalities import graph as G
 
@@ -66,6 +67,7 @@ def graph_part(args) -> dict:
 
 
 def recsys_part(args) -> dict:
+    """Distil and evaluate MovieLens-100K (Distill-CF vs random users and the full data)."""
     import distill_apps as da
     from distill_apps.modalities import recsys as R
 
@@ -84,6 +86,7 @@ def recsys_part(args) -> dict:
 
 
 def text_part(args) -> dict:
+    """Distil and evaluate SST-2 (text distillation vs random sentences and the full data)."""
     import distill_apps as da
     from distill_apps.modalities import text as T
 
@@ -101,6 +104,7 @@ def text_part(args) -> dict:
 
 
 def main() -> None:
+    """Command line: run the chosen modality parts and write one JSON per part."""
     p = make_parser("python benchmarks/modalities.py", __doc__.split("\n\n")[0])
     p.add_argument("--part", choices=["graph", "recsys", "text", "all"], default="all", help="which modality")
     p.add_argument("--graphs", nargs="+", default=["cora", "citeseer"], help="Planetoid graphs")

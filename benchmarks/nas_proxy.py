@@ -19,6 +19,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str]) -> int:
+    """Run the NAS recipe with its output under ``benchmarks/results`` and keep its JSON with the command."""
     args = nas_proxy.build_parser().parse_args(argv)
     out = RESULTS / f"nas_proxy_{args.dataset.replace(':', '-')}"
     buf = io.StringIO()

@@ -3,7 +3,7 @@
     python benchmarks/speed.py --methods dc dsa dm --ipc 1 10 --dataset mnist --steps 3
     python benchmarks/speed.py --methods dm --ipc 10 --procs 2 --no-flops      # two ranks under torchrun
     python benchmarks/speed.py --methods dc --ipc 50 --set outer_loop=1 --set real_chunk=64   # memory guard
-    python benchmarks/speed.py --methods dc dsa --ipc 1 10 --steps 3 --baseline /tmp/old_checkout  # side by side
+    python benchmarks/speed.py --methods dc dsa --ipc 1 10 --steps 3 --baseline <old checkout>  # side by side
 
 **Alone** (no ``--baseline``): each (method, IPC) runs in its own process; peak memory is the peak RSS during the
 steps (sampled every 2 ms) minus the RSS once the data and the method's one-off set-up are loaded, i.e. what the
@@ -17,7 +17,7 @@ autocast uses it: ``runtime.bf16_fast``), so "% of matmul" says how much of the 
 untimed steps each), each in its own worker process, so both see the same machine load; the table prints both medians and
 the ratio baseline / ours (> 1: ours is faster). ``PATH`` is either
 
-* a **directory**: a checkout of distill_apps (for example the previous commit: ``git worktree add /tmp/old
+* a **directory**: a checkout of distill_apps (for example the previous commit: ``git worktree add <old checkout>
   HEAD~1``); it is run through ``benchmarks/baselines/distill_apps_step.py`` with ``PATH`` first on
   ``sys.path``, with ``--baseline-set`` options (default: the ``--set`` ones); or
 * a **Python file** that offers the step to time (for example an adapter around a reference implementation's
@@ -47,6 +47,7 @@ ADAPTER = HERE / "baselines" / "distill_apps_step.py"
 
 
 def _status_mb(key: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``RssFile``, ...) in MB."""
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith(key + ":"):
@@ -72,6 +73,7 @@ class PeakRSS:
     15x here, and a polling thread in this process slows GIL-bound steps)."""
 
     def __enter__(self) -> "PeakRSS":
+        """Start polling this process's resident memory from a separate process."""
         import tempfile
 
         self.base = _status_mb("VmRSS")
@@ -82,6 +84,7 @@ class PeakRSS:
         return self
 
     def __exit__(self, *exc) -> None:
+        """Stop polling and record the peak."""
         self._stop.touch()
         out, _ = self._proc.communicate(timeout=30)
         self.peak = max(float(out.strip() or "nan"), _status_mb("VmRSS"))
@@ -105,6 +108,7 @@ def matmul_gflops(dtype_name: str = "float32", n: int = 2048, repeats: int = 3) 
 
 def measure(method: str, dataset: str, ipc: int, steps: int, model: str, data_root: str | None,
             compile_: bool = False, config: dict | None = None, count_flops: bool = True) -> dict:
+    """Time ``steps`` distillation steps (and count their FLOPs) for one method, dataset and IPC, with peak memory."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -193,6 +197,7 @@ class Worker:
     """One side of a paired measurement, in its own process (``code`` first on its ``sys.path``)."""
 
     def __init__(self, script: Path, spec: dict, code: str | None) -> None:
+        """Start a worker process running ``script`` with ``spec`` (``code`` first on its ``sys.path``)."""
         env = dict(os.environ)
         if code:
             env["PYTHONPATH"] = os.path.abspath(code) + os.pathsep + env.get("PYTHONPATH", "")
@@ -201,6 +206,7 @@ class Worker:
         self.info = self._read().get("info", {})
 
     def _read(self) -> dict:
+        """The worker's next JSON line (other output passes through)."""
         while True:
             line = self.proc.stdout.readline()
             if not line:
@@ -209,11 +215,13 @@ class Worker:
                 return json.loads(line)
 
     def step(self) -> float:
+        """Ask the worker for one timed step; returns its seconds."""
         self.proc.stdin.write("step\n")
         self.proc.stdin.flush()
         return float(self._read()["seconds"])
 
     def close(self) -> None:
+        """Close the worker's input and wait for it to exit."""
         try:
             self.proc.stdin.close()
         finally:
@@ -248,6 +256,7 @@ def paired(method: str, ipc: int, a: argparse.Namespace, ours_cfg: dict, base_cf
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: per-step time, FLOPs and memory per method and IPC, optionally side by side with a baseline."""
     from distill_apps.options import add_set_argument, make_parser, method_options
 
     ap = make_parser("python benchmarks/speed.py", __doc__)

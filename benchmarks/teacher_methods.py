@@ -71,11 +71,13 @@ def run_ipc(real, ipc: int, a: argparse.Namespace, teacher, full_acc: float, ful
 
 
 def _t(r: dict, what: str) -> str:
+    """Wall (and CPU) seconds of one phase, for the table."""
     wall, cpu = r.get(f"{what}_seconds"), r.get(f"{what}_cpu_seconds")
     return f"{wall:.0f}" + (f" ({cpu:.0f})" if cpu is not None else "") if wall is not None else "-"
 
 
 def markdown(rows: list[dict]) -> str:
+    """The rows as a markdown table: accuracies, fair scores, robust accuracy and times."""
     eps = sorted({e for r in rows for e in r["robust_soft"]}, key=float)
     head = ("| method | IPC | hard % | soft % | random hard % | random soft % | HLR | IOR | LRS | ARS | "
             + " | ".join(f"PGD {e} soft / hard %" for e in eps) + " | teacher s (CPU) | distil s (CPU) | eval s (CPU) |")
@@ -101,6 +103,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: teacher-based methods x IPC with hard- and soft-label accuracy, fair scores and PGD robustness."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--data-root", default=None)

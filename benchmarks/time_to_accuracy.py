@@ -68,6 +68,7 @@ def calibrate(method: str, real, ipc: int, cfg: dict[str, Any], seed: int, model
 
 
 def plot(rows: list[dict], path: Path, title: str) -> Path:
+    """Plot accuracy against wall-clock seconds, one line per method and protocol."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,6 +101,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: each method at growing CPU-time budgets, evaluated; JSON and plot written after each cell."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--data-root", default=None)
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher_cpu = teacher.train_cpu_seconds if teacher.train_cpu_seconds is not None else teacher.train_seconds
 
     def record(row: dict) -> None:
+        """Replace or add one result row and rewrite the JSON."""
         nonlocal rows
         key = ("method", "protocol", "dataset", "ipc", "budget")
         rows = [r for r in rows if tuple(r.get(k) for k in key) != tuple(row.get(k) for k in key)]

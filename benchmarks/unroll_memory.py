@@ -34,6 +34,7 @@ MODES = {"autograd": ("autograd", 0, True), "checkpoint-5": ("checkpoint", 5, Tr
 
 
 def measure(kind: str, steps: int, shape, classes: int, ipc: int, model: str, device: str) -> dict:
+    """Peak memory and time of one unrolled matching step (MTT-style autograd vs TESLA-style) of ``steps`` SGD steps."""
     dev = torch.device(device)
     net = build_model(model, shape[0], classes, shape[1:], generator=generator("bench-net"), device=dev)
     f, start = functional(net)
@@ -65,6 +66,7 @@ def measure(kind: str, steps: int, shape, classes: int, ipc: int, model: str, de
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: unroll memory at each length, printed and written as JSON."""
     ap = make_parser("python benchmarks/unroll_memory.py", __doc__.splitlines()[0])
     ap.add_argument("--unroll", type=int, nargs="+", default=[10, 20, 40], help="SGD steps unrolled (N)")
     ap.add_argument("--shape", type=int, nargs=3, default=[1, 8, 8], metavar=("C", "H", "W"),

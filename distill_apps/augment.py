@@ -40,6 +40,7 @@ class DSAParams:
 
     @property
     def groups(self) -> int:
+        """Number of groups (each drew its own parameters)."""
         return self.active.shape[0]
 
 
@@ -49,6 +50,8 @@ class DSA:
     def __init__(self, strategy: str = DEFAULT_STRATEGY, mode: str = "single", scale: float = 1.2,
                  rotate: float = 15.0, crop: float = 0.125, cutout: float = 0.5, brightness: float = 1.0,
                  saturation: float = 2.0, contrast: float = 0.5, flip: bool = True) -> None:
+        """Differentiable Siamese Augmentation (Zhao & Bilen, ICML 2021) with ops from ``strategy`` (``_``-separated),
+        one per group (``single``) or all (``multi``)."""
         ops = [o for o in strategy.split("_") if o and o != "none"]
         unknown = [o for o in ops if o not in OPS]
         if unknown:
@@ -67,6 +70,7 @@ class DSA:
         return cls(flip=flip_invariant, **kw)
 
     def sample(self, groups: int, generator: torch.Generator, image_size: tuple[int, int]) -> DSAParams:
+        """Draw one parameter set per group from ``generator``; real and synthetic batches of a group then share it."""
         g = generator
         on = torch.zeros(groups, len(OPS), dtype=torch.bool)
         idx = [OPS.index(o) for o in self.ops]

@@ -59,12 +59,15 @@ def describe(path: str | os.PathLike) -> str:
 
 
 def _identity(d: "Distiller") -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: method, dataset, IPC, model, seed, config fingerprint, world size."""
     return {"method": d.name, "dataset": d.real.name, "ipc": d.ipc, "model": d.model, "seed": d.seed,
             "config_fingerprint": d.cfg.fingerprint(), "world_size": d.world_size}
 
 
 def _split_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                      clone: bool) -> dict[str, Any]:
+    """An optimizer's state dict with its tensors moved into ``tensors`` (``opt/<name>/...``) and the rest kept as JSON.
+    """
     sd = opt.state_dict()
     plain: dict[str, dict[str, Any]] = {}
     for pid, st in sd["state"].items():
@@ -97,6 +100,7 @@ def save(path: str | os.PathLike, d: "Distiller", state: "DistillState", *, keep
 
 
 def write_payload(path: str | os.PathLike, p: Payload, *, keep_previous: bool = True) -> Path:
+    """Write a checkpoint payload atomically, keeping the previous checkpoint beside it when ``keep_previous``."""
     tensors, header = p
     return safe_io.write(path, tensors, header, KIND, FORMAT_VERSION,
                          previous=previous_path(path) if keep_previous else None)
@@ -108,9 +112,12 @@ class CheckpointWriter:
     previous one as ``<path>.prev``."""
 
     def __init__(self, path: str | os.PathLike, d: "Distiller", continuing: bool) -> None:
+        """Write checkpoints of distiller ``d`` to ``path``; ``continuing`` keeps the previous one as a fallback."""
         self.path, self.d, self.continuing = Path(path), d, continuing
 
     def save(self, state: "DistillState | None" = None, snapshot: Payload | None = None) -> Path:
+        """Write ``state`` (or a prepared snapshot) atomically; a fresh run's stale fallback is removed after its first
+        write."""
         p = snapshot if snapshot is not None else payload(self.d, state)
         out = write_payload(self.path, p, keep_previous=self.continuing)
         if not self.continuing:
@@ -196,6 +203,7 @@ def _json_like(a: Any, b: Any) -> bool:
 
 
 def _scalarish(v: Any) -> bool:
+    """Whether ``v`` is JSON-safe scalar data (None, bool, number, string, or a list of those)."""
     return v is None or isinstance(v, (bool, int, float, str)) or (
         isinstance(v, list) and all(_scalarish(x) for x in v))
 

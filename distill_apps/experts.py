@@ -65,6 +65,7 @@ class ExpertConfig:
     augment: str | None = "dsa"  # "dsa" or None
 
     def __post_init__(self) -> None:
+        """Refuse fewer than one expert or epoch and unknown augmentations."""
         if self.num_experts < 1 or self.epochs < 1:
             raise ConfigError(f"Experts need num_experts >= 1 and epochs >= 1; got {self.num_experts}, {self.epochs}.")
         if self.augment not in (None, "dsa"):
@@ -84,6 +85,7 @@ def dataset_fingerprint(real: RealData) -> str:
 
 
 def default_cache_dir() -> Path:
+    """Where expert trajectories are cached: ``$DISTILL_APPS_CACHE/experts``, else ``~/.cache/distill_apps/experts``."""
     root = os.environ.get(CACHE_ENV)
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "distill_apps") / "experts"
 
@@ -96,6 +98,7 @@ def trajectory_key(real: RealData, model: str, config: ExpertConfig, seed: int) 
 
 
 def _key_hash(key: dict[str, Any]) -> str:
+    """Short SHA-256 of an expert key (the cache folder's name)."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -134,20 +137,26 @@ class ExpertBuffer:
 
     def __init__(self, folder: str | os.PathLike, key: dict[str, Any], num_experts: int, epochs: int,
                  trainer=None, device: torch.device | str = "cpu", cache_size: int = 4) -> None:
+        """Experts of one key in ``folder``; ``trainer(i)`` trains expert ``i`` when its file is missing; ``cache_size``
+        trajectories stay in memory."""
         self.folder, self.key, self.num_experts, self.epochs = Path(folder), key, num_experts, epochs
         self.trainer, self.device, self.cache_size = trainer, torch.device(device), cache_size
         self._cache: OrderedDict[int, Params] = OrderedDict()
 
     def __len__(self) -> int:
+        """Number of experts."""
         return self.num_experts
 
     def path(self, expert: int) -> Path:
+        """File of expert ``expert``."""
         return self.folder / f"expert_{expert:03d}.safetensors"
 
     def missing(self) -> list[int]:
+        """Experts whose files do not exist yet."""
         return [i for i in range(self.num_experts) if not self.path(i).is_file()]
 
     def save(self, expert: int, traj: Params) -> Path:
+        """Write one expert's trajectory (parameters at every epoch) with safe_io."""
         header = {"key": self.key, "expert": expert, "epochs": self.epochs, "param_names": list(traj)}
         return safe_io.write(self.path(expert), traj, header, KIND, FORMAT_VERSION)
 
@@ -232,6 +241,7 @@ def get_or_train_experts(real: RealData, model: str = "convnet", *, config: Expe
     folder = folder / f"{real.name}-{model}-{_key_hash(key)}"
 
     def trainer(i: int) -> Params:
+        """Train expert ``i`` (seeded by ``seed`` and ``i``)."""
         return train_expert(real, model, config, seed, i, device=device, progress=progress)
 
     buf = ExpertBuffer(folder, key, config.num_experts, config.epochs, trainer, device)

@@ -34,12 +34,14 @@ DEFAULT_WEIGHT = 0.5  # DD-Ranking's default w (LRS) and gamma (ARS)
 
 
 def _check_acc(**accs: float) -> None:
+    """Refuse accuracies outside [0, 1] (percentages passed by mistake)."""
     for k, v in accs.items():
         if not (0.0 <= float(v) <= 1.0):
             raise ConfigError(f"{k} must be an accuracy in [0, 1] (a fraction, not a percentage); got {v}.")
 
 
 def _check_weight(w: float) -> None:
+    """Refuse a DD-Ranking weight outside [0, 1]."""
     if not 0.0 <= w <= 1.0:
         raise ConfigError(f"DD-Ranking weights lie in [0, 1]; got {w}.")
 
@@ -143,6 +145,8 @@ def fair_scores(summary: SyntheticSet, real: RealData, *, protocol: str = "train
     seconds = {"total": 0.0}
 
     def ev(which: str, s: SyntheticSet, proto: str, augment: Any, attacked: bool):
+        """Evaluate one summary (or the random subset, cached) under one protocol and augmentation, optionally under
+        attack."""
         key = ("random", real.name, summary.ipc, seed, model, runs, epochs, proto, augment, t_sha, attacked,
                attack, tuple(eps) if attacked else ())
         if (which == "random" or is_random) and key in cache:

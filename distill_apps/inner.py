@@ -49,16 +49,19 @@ def functional(net: nn.Module) -> tuple[Callable[[Params, torch.Tensor], torch.T
     buffers = dict(net.named_buffers())
 
     def f(p: Params, x: torch.Tensor) -> torch.Tensor:
+        """Run the network with the given parameters (and its own buffers)."""
         return functional_call(net, {**p, **buffers}, (x,))
 
     return f, params
 
 
 def flatten(params: Params) -> torch.Tensor:
+    """All parameters concatenated into one flat vector."""
     return torch.cat([v.reshape(-1) for v in params.values()])
 
 
 def unflatten(flat: torch.Tensor, like: Params) -> Params:
+    """Split a flat vector back into tensors shaped like ``like`` (views, no copies)."""
     out, i = {}, 0
     for k, v in like.items():
         out[k] = flat[i:i + v.numel()].view_as(v)
@@ -80,6 +83,8 @@ class UnrollPlan:
     @classmethod
     def draw(cls, n: int, steps: int, batch: int, g: torch.Generator, dsa=None,
              image_size: tuple[int, int] | None = None) -> "UnrollPlan":
+        """Draw every step's minibatch (epochs of random permutations) and DSA parameters up front, so a recomputed
+        unroll sees the same batches."""
         bs = min(batch, n) if batch > 0 else n
         order, pos, idx, aug = torch.randperm(n, generator=g), 0, [], []
         for _ in range(steps):
@@ -91,9 +96,11 @@ class UnrollPlan:
         return cls(idx, aug)
 
     def __len__(self) -> int:
+        """Number of unrolled steps."""
         return len(self.indices)
 
     def batch(self, i: int, x: torch.Tensor, y: torch.Tensor, dsa=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``i``'s minibatch of ``(x, y)``, augmented with its DSA parameters when given."""
         idx = self.indices[i].to(x.device)
         xb = x[idx]
         if dsa is not None and self.aug[i] is not None:
@@ -115,6 +122,8 @@ def sgd_step(f, params: Params, x: torch.Tensor, y: torch.Tensor, lr: torch.Tens
 
 
 def _grads(f, params: Params, x, y, label_kind: str, create_graph: bool, shard: tuple[int, int]):
+    """Gradients of the training loss of ``f`` on ``(x, y)``; with ``shard=(rank, world)`` each rank takes its share of
+    the rows."""
     rank, world = shard
     if world > 1:
         n = x.shape[0]
@@ -145,6 +154,7 @@ class _Spec:
     micro: int = 0  # examples per micro-batch in the recomputing modes (0: the whole minibatch)
 
     def lr(self, lr: torch.Tensor, t: int) -> torch.Tensor:
+        """Step size at step ``t`` (per-step learned rates, or one rate)."""
         return lr[t] if self.per_step_lr else lr
 
     def step(self, t: int, theta: list, vel: list | None, x, y, lr, create_graph: bool
@@ -156,6 +166,7 @@ class _Spec:
         return self.update(t, theta, vel, g, lr)
 
     def update(self, t: int, theta: list, vel: list | None, g: list, lr) -> tuple[list, list | None]:
+        """One SGD (or momentum SGD) update of ``theta`` with gradients ``g``."""
         lr_t = self.lr(lr, t)
         if vel is None:
             return [p - lr_t * gr for p, gr in zip(theta, g)], None
@@ -245,6 +256,7 @@ class _Spec:
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``t`` that requires grad."""
     return t.detach().requires_grad_(True)
 
 
@@ -253,6 +265,7 @@ class _RecomputedUnroll(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec: _Spec, chunk: int, exact: bool, x, y, lr, *theta0):
+        """Run the unroll without a graph, keeping a snapshot every ``chunk`` steps."""
         steps = len(spec.plan)
         dev = x.device.type
         ctx.amp = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
@@ -273,6 +286,8 @@ class _RecomputedUnroll(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *lam):
+        """Backpropagate through the unroll step by step (reverse-mode adjoint), recomputing each chunk from its
+        snapshot; memory flat in the unroll length."""
         spec, chunk, exact, store = ctx.spec, ctx.chunk, ctx.exact, ctx.store
         x, y, lr = ctx.saved_tensors
         steps = len(spec.plan)
@@ -335,6 +350,7 @@ class _Snapshots:
     transient ones, so the allocator's heap does not fragment as the unroll gets longer."""
 
     def __init__(self, like: list[torch.Tensor], n: int, with_vel: bool) -> None:
+        """One preallocated buffer of ``n`` parameter (and velocity) snapshots."""
         self.n, self.shapes = n, [p.shape for p in like]
         self.sizes = [p.numel() for p in like]
         width = sum(self.sizes) * (2 if with_vel else 1)
@@ -342,9 +358,11 @@ class _Snapshots:
         self.with_vel = with_vel
 
     def put(self, i: int, theta: list, vel: list | None) -> None:
+        """Store snapshot ``i`` in place."""
         torch.cat([p.reshape(-1) for p in theta + (vel or [])], out=self.buf[i])
 
     def get(self, i: int) -> tuple[list, list | None]:
+        """Snapshot ``i`` as parameter (and velocity) views into the buffer."""
         parts = [v.view(s) for v, s in zip(self.buf[i].split(self.sizes * (2 if self.with_vel else 1)),
                                             self.shapes * (2 if self.with_vel else 1))]
         k = len(self.shapes)

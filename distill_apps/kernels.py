@@ -91,6 +91,8 @@ class NTKParamMLP(nn.Module):
 
     def __init__(self, in_dim: int, width: int, depth: int = 3, sigma_w: float = math.sqrt(2.0),
                  sigma_b: float = 0.1, out_dim: int = 1, generator: torch.Generator | None = None) -> None:
+        """An MLP in NTK parameterisation (weights N(0, 1), scaled by ``sigma_w / sqrt(fan_in)``), whose wide limit the
+        closed-form kernels describe."""
         super().__init__()
         dims = [in_dim] + [width] * depth + [out_dim]
         self.weights = nn.ParameterList(
@@ -99,6 +101,7 @@ class NTKParamMLP(nn.Module):
         self.sigma_w, self.sigma_b = sigma_w, sigma_b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs of the MLP on flattened inputs."""
         h = x.flatten(1)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = self.sigma_w / math.sqrt(w.shape[1]) * h @ w.T + self.sigma_b * b
@@ -113,6 +116,7 @@ def _jacobian(net: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, 
     buffers = dict(net.named_buffers())
 
     def f(p, xi):
+        """The network's first output for one input, as a function of the parameters."""
         return functional_call(net, {**p, **buffers}, (xi.unsqueeze(0),)).reshape(-1)[0]
 
     jac = vmap(jacrev(f), in_dims=(None, 0), chunk_size=chunk)(params, x)
@@ -237,15 +241,18 @@ def make_kernel(name: str, *, image_shape: tuple[int, ...], g: torch.Generator, 
 
 @register_kernel("fc_ntk")
 def _fc_ntk(*, depth: int = 3, sigma_w: float = math.sqrt(2.0), sigma_b: float = 0.1, **_) -> KernelSpec:
+    """Closed-form NTK of a fully connected ReLU network (Jacot et al., NeurIPS 2018), the kernel KIP uses."""
     return KernelSpec("fc_ntk", lambda a, b: fc_relu_kernels(a, b, depth, sigma_w, sigma_b)[1])
 
 
 @register_kernel("fc_nngp")
 def _fc_nngp(*, depth: int = 3, sigma_w: float = math.sqrt(2.0), sigma_b: float = 0.1, **_) -> KernelSpec:
+    """Closed-form NNGP kernel of a fully connected ReLU network (Lee et al., ICLR 2018)."""
     return KernelSpec("fc_nngp", lambda a, b: fc_relu_kernels(a, b, depth, sigma_w, sigma_b)[0])
 
 
 def _net(model: str | None, image_shape, outputs: int, g, device) -> nn.Module:
+    """A freshly initialised network (default ConvNet without norm) for empirical kernels."""
     from .nets import build_model
 
     return build_model(model or "convnet-nn", image_shape[0], outputs, image_shape[1:], generator=g, device=device)
@@ -253,6 +260,7 @@ def _net(model: str | None, image_shape, outputs: int, g, device) -> nn.Module:
 
 @register_kernel("conv_entk")
 def _conv_entk(*, image_shape, g, device, model=None, **_) -> KernelSpec:
+    """Empirical NTK of a ConvNet: inner products of per-image parameter Jacobians."""
     net = _net(model, image_shape, 1, g, device)
     params = {k: v.detach() for k, v in net.named_parameters()}
     jac = lambda x: _jacobian(net, params, x, 64)  # noqa: E731  (the eNTK's features are the Jacobian rows)
@@ -261,6 +269,7 @@ def _conv_entk(*, image_shape, g, device, model=None, **_) -> KernelSpec:
 
 @register_kernel("rf_nngp")
 def _rf_nngp(*, image_shape, g, device, model=None, n_models: int = 8, **_) -> KernelSpec:
+    """RFAD's random-feature NNGP (Loo et al., NeurIPS 2022): outputs of ``n_models`` random ConvNets as features."""
     nets = [_net(model, image_shape, 1, g, device) for _ in range(n_models)]
     feats = lambda x: random_features(nets, x)  # noqa: E731
     return KernelSpec("rf_nngp", lambda a, b: feats(a) @ feats(b).T, features=feats)
@@ -268,6 +277,8 @@ def _rf_nngp(*, image_shape, g, device, model=None, n_models: int = 8, **_) -> K
 
 # ---------------------------------------------------------------------- the "krr" evaluation protocol
 def _summary_targets(m) -> torch.Tensor:
+    """Kernel-regression targets of a summary: its regression targets, centred soft probabilities, or centred one-hot
+    labels."""
     if m.label_kind == "regression" and m.soft is not None:
         return m.soft.float()
     if m.label_kind == "logits" and m.soft is not None:

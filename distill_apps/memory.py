@@ -48,12 +48,14 @@ def peak_rss_gb() -> float:
 
 
 def current_gb(device: torch.device) -> float:
+    """Memory in use now, in GiB: CUDA allocations on a GPU, the process's resident set on a CPU."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**30
     return current_rss_gb()
 
 
 def peak_gb(device: torch.device) -> float:
+    """Peak memory so far, in GiB: CUDA's max allocation on a GPU, the process's peak resident set on a CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return peak_rss_gb()
@@ -96,16 +98,19 @@ class MemoryGuard:
     manager it is the guard :func:`check_memory` consults; ``name`` and ``step`` label its messages."""
 
     def __init__(self, limit_gb: float, device: torch.device, name: str = "the run") -> None:
+        """A guard that stops ``name`` with a MemoryBudgetError when memory passes ``limit_gb`` on ``device``."""
         self.limit_gb, self.device, self.name = float(limit_gb), device, name
         self.step = 0
         self.checks = 0
         self._token: contextvars.Token | None = None
 
     def __enter__(self) -> "MemoryGuard":
+        """Make this guard the active one (checks inside unrolls find it)."""
         self._token = _ACTIVE.set(self)
         return self
 
     def __exit__(self, *exc) -> None:
+        """Restore the previously active guard."""
         if self._token is not None:
             _ACTIVE.reset(self._token)
             self._token = None

@@ -13,11 +13,15 @@ class Registry(Generic[T]):
     """Maps names to objects; unknown names raise :class:`ConfigError` listing the known ones."""
 
     def __init__(self, kind: str) -> None:
+        """An empty registry of ``kind`` (the word used in error messages)."""
         self.kind = kind
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """Decorator that registers an object under ``name`` (case-insensitive); a second, different object under the
+        same name is a ConfigError."""
         def deco(obj: T) -> T:
+            """Register ``obj`` and return it unchanged."""
             key = name.lower()
             if key in self._items and self._items[key] is not obj:
                 raise ConfigError(f"{self.kind} {name!r} is registered twice; pick another name.")
@@ -27,6 +31,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        """The object registered as ``name``; an unknown name is a ConfigError listing the known ones."""
         key = str(name).lower()
         if key not in self._items:
             known = ", ".join(sorted(self._items))
@@ -34,10 +39,13 @@ class Registry(Generic[T]):
         return self._items[key]
 
     def names(self, pattern: str = "*") -> list[str]:
+        """Sorted registered names matching the glob ``pattern``."""
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern.lower()))
 
     def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is registered (case-insensitive)."""
         return str(name).lower() in self._items
 
     def __iter__(self) -> Iterator[str]:
+        """Iterate over the registered names, sorted."""
         return iter(self.names())

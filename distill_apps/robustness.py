@@ -44,12 +44,14 @@ def check_eps(eps) -> list[float]:
 
 
 def _norm(mean, std, device):
+    """Mean and std as ``(1, C, 1, 1)`` tensors on ``device``."""
     m = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
     return m, s
 
 
 def _loss_grad(model: nn.Module, p: torch.Tensor, y: torch.Tensor, m, s) -> torch.Tensor:
+    """Gradient of the cross-entropy loss with respect to the pixel-space input ``p``."""
     p = p.detach().requires_grad_(True)
     loss = F.cross_entropy(model((p - m) / s).float(), y)
     (g,) = torch.autograd.grad(loss, p)
@@ -126,6 +128,7 @@ def robust_evaluate(summary, dataset=None, *, attack: str | tuple[str, ...] | li
     per_run: dict[str, list[dict[str, float]]] = {name: [] for name in attacks}
 
     def attack_student(net: nn.Module, run: int) -> None:
+        """Record the robust accuracy of one trained student under every attack and epsilon."""
         for name in attacks:
             kw = {"steps": steps, "step_size": step_size} if name == "pgd" else {}
             per_run[name].append({str(e): robust_accuracy(net, x_t, y_t, attack=name, eps=e, mean=real.mean,

@@ -62,6 +62,7 @@ def header_digest(header_text: str) -> str:
 
 # ---------------------------------------------------------------------- temp files and permissions
 def _host_tag() -> str:
+    """A short hash of the host name, written into lock files."""
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
@@ -71,6 +72,7 @@ def temp_path(path: Path) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -114,6 +116,7 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
 
 
 def _umask() -> int:
+    """The process umask (read from /proc, so the umask is never changed to read it)."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -132,6 +135,7 @@ def file_mode() -> int:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries to disk after a rename (best effort)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -145,6 +149,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write_error(path: Path, exc: BaseException) -> DistillError:
+    """A DistillError for a failed write, saying that nothing was overwritten and what to do (a full disk is named as
+    such)."""
     text = getattr(exc, "strerror", None) or str(exc)
     full = getattr(exc, "errno", None) == 28 or "os error 28" in str(exc) or "No space left" in str(exc)
     hint = ("the disk is full: free space or write to another folder (--out)" if full else
@@ -275,6 +281,8 @@ def read(path: str | os.PathLike, kind: str, version: int, tensors: set[str] | N
 
 
 def _read(path: str | os.PathLike, kind: str, version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Open a safetensors file of ``kind`` and check its header (kind, version, JSON) and checksum; returns tensors and
+    header."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -339,6 +347,7 @@ ARRAYS_SUM_KEY = "sha256_all"
 
 
 def _arrays_digest(header: dict[str, Any], table: dict[str, Any], fh, start: int, length: int) -> str:
+    """SHA-256 over the header (without the checksum), the tensor table and the raw array bytes, read in 8 MB blocks."""
     h = hashlib.sha256()
     h.update(json.dumps({k: v for k, v in header.items() if k != ARRAYS_SUM_KEY}, sort_keys=True).encode())
     h.update(json.dumps(table, sort_keys=True).encode())
@@ -362,6 +371,7 @@ class ArrayFileWriter:
 
     def __init__(self, path: str | os.PathLike, arrays: dict[str, tuple[tuple[int, ...], str]], kind: str,
                  version: int) -> None:
+        """Lay out ``arrays`` (name -> shape, dtype), widest dtype first, in a temporary file next to ``path``."""
         import numpy as np
 
         self.path, self.kind, self.version = Path(path), kind, version
@@ -388,6 +398,7 @@ class ArrayFileWriter:
         self._slot: int | None = None
 
     def _header_bytes(self, header: dict[str, Any]) -> bytes:
+        """The safetensors JSON header: the tensor table plus our header under ``__metadata__``."""
         meta = {HEADER_KEY: json.dumps(header, sort_keys=True, allow_nan=False)}
         raw = json.dumps({**self.table, "__metadata__": meta}, separators=(",", ":")).encode()
         return raw
@@ -443,14 +454,17 @@ class ArrayFileWriter:
         return self.path
 
     def abort(self) -> None:
+        """Drop the memory maps and delete the temporary file; ``path`` is untouched."""
         self._maps.clear()
         if os.path.exists(self.tmp):
             os.unlink(self.tmp)
 
     def __enter__(self) -> "ArrayFileWriter":
+        """Use as a context manager: an exception inside aborts the write."""
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Abort unless the file was committed."""
         if exc_type is not None or os.path.exists(self.tmp):
             self.abort()
 

@@ -83,6 +83,7 @@ def student_augment(name: str, flip: bool, crop_scale: tuple[float, float], cutm
     mix = name in ("cutmix", "crop_cutmix")
 
     def aug(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Augment one student batch: random resized crops (and flips), then CutMix."""
         if crop:
             xb = resized_crops(xb, g, scale=crop_scale, flip=flip)
         if mix:

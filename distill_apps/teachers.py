@@ -52,6 +52,7 @@ class TeacherConfig:
     augment: str | None = None  # None or "dsa"
 
     def __post_init__(self) -> None:
+        """Refuse epochs < 1, unknown augmentations, a non-positive lr or batch size."""
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ConfigError(f"A teacher needs epochs >= 1; got {self.epochs!r}.")
         if self.augment not in (None, "dsa"):
@@ -73,6 +74,7 @@ class Teacher:
 
     @property
     def test_accuracy(self) -> float:
+        """The teacher's test accuracy, as recorded when it was trained."""
         return float(self.meta["test_accuracy"])
 
     @property
@@ -94,6 +96,7 @@ class Teacher:
                 "test_accuracy": m["test_accuracy"]}
 
     def has_batchnorm(self) -> bool:
+        """Whether the teacher's network has BatchNorm layers."""
         return has_batchnorm(self.model)
 
     @torch.no_grad()
@@ -108,6 +111,7 @@ class Teacher:
         return torch.cat(out) if out else torch.zeros(0, self.meta["num_classes"], device=dev)
 
     def to(self, device: torch.device | str) -> "Teacher":
+        """Move the teacher's network to ``device``; returns the teacher."""
         self.model.to(device)
         return self
 
@@ -117,10 +121,13 @@ class Teacher:
 
 
 def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` has a BatchNorm layer (SRe2L matches their running statistics)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def check_compatible(meta: dict[str, Any], real: RealData, path: Path | str | None = None) -> None:
+    """Refuse a teacher trained on data of another image shape or class count (DataError naming the command that trains
+    a fitting one)."""
     where = f"The teacher {path}" if path else "The teacher"
     if tuple(meta.get("image_shape", ())) != tuple(real.image_shape) or int(meta.get("num_classes", -1)) != real.num_classes:
         raise DataError(
@@ -137,11 +144,13 @@ def check_compatible(meta: dict[str, Any], real: RealData, path: Path | str | No
 
 # ---------------------------------------------------------------------- cache keys
 def default_cache_dir() -> Path:
+    """Where teachers are cached: ``$DISTILL_APPS_CACHE/teachers``, else ``~/.cache/distill_apps/teachers``."""
     root = os.environ.get("DISTILL_APPS_CACHE")
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "distill_apps") / "teachers"
 
 
 def teacher_key(real: RealData, model: str, config: TeacherConfig, seed: int) -> dict[str, Any]:
+    """What identifies a teacher: dataset name and fingerprint, model, seed and training config."""
     from .experts import dataset_fingerprint
 
     return {"dataset": real.name, "data": dataset_fingerprint(real), "model": model, "seed": int(seed),
@@ -149,11 +158,13 @@ def teacher_key(real: RealData, model: str, config: TeacherConfig, seed: int) ->
 
 
 def _key_hash(key: dict[str, Any]) -> str:
+    """Short SHA-256 of a teacher key."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cache_path(real: RealData, model: str, config: TeacherConfig, seed: int,
                cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache file of the teacher for this data, model, config and seed."""
     key = teacher_key(real, model, config, seed)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     safe_name = real.name.replace(":", "-").replace("/", "-")
@@ -162,6 +173,7 @@ def cache_path(real: RealData, model: str, config: TeacherConfig, seed: int,
 
 # ---------------------------------------------------------------------- train / save / load
 def _build(model: str, real_shape: tuple[int, ...], num_classes: int, device, g: torch.Generator | None = None):
+    """A model from the registry for images of ``real_shape`` and ``num_classes`` classes."""
     from .nets import build_model
 
     return build_model(model, real_shape[0], num_classes, real_shape[1:], generator=g, device=device)

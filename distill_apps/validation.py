@@ -7,6 +7,7 @@ non-finite floats (NaN, Inf) are refused.
 """
 from __future__ import annotations
 
+import builtins
 import math
 import warnings
 from typing import Any, Iterable
@@ -15,14 +16,17 @@ from .errors import ConfigError, DataError, DistillWarning, SummaryFormatError
 
 
 def is_int(v: Any) -> bool:
+    """True for an int that is not a bool."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def is_real(v: Any) -> bool:
+    """True for an int or float that is not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _range_text(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
+    """The range ``[lo, hi]`` (open or closed ends) in words, for error messages."""
     if lo is not None and hi is not None:
         return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
     if lo is not None:
@@ -33,6 +37,7 @@ def _range_text(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
 
 
 def in_range(v: float, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> bool:
+    """Whether ``v`` lies in the range (a None bound is no bound)."""
     if lo is not None and (v <= lo if lo_open else v < lo):
         return False
     if hi is not None and (v >= hi if hi_open else v > hi):
@@ -58,6 +63,7 @@ def check_float(name: str, v: Any, lo: float | None = None, hi: float | None = N
 
 
 def check_choice(name: str, v: Any, choices: Iterable[Any]) -> Any:
+    """``v`` if it equals one of ``choices`` with the same type, else a ConfigError listing them."""
     choices = tuple(choices)
     if not any(type(v) is type(c) and v == c for c in choices):
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {v!r}.")
@@ -72,10 +78,12 @@ class HeaderFields:
     >>> n = f.int("num_classes", 1, 100_000)
     """
 
-    def __init__(self, path: Any, kind: str, header: dict[str, Any]) -> None:
+    def __init__(self, path: Any, kind: builtins.str, header: builtins.dict[builtins.str, Any]) -> None:
+        """Fields of ``header``, read from the ``kind`` file at ``path`` (named in every error)."""
         self.path, self.kind, self.h = path, kind, header
 
-    def fail(self, key: str, must: str, got: Any = ...) -> SummaryFormatError:
+    def fail(self, key: builtins.str, must: builtins.str, got: Any = ...) -> SummaryFormatError:
+        """The SummaryFormatError for field ``key``: what it must be and what it holds."""
         shown = "nothing" if got is ... else repr(got)
         if len(shown) > 120:
             shown = shown[:117] + "..."
@@ -83,17 +91,21 @@ class HeaderFields:
             f"{self.path}: the {self.kind} header field {key!r} must be {must}; it holds {shown}. The file is "
             "damaged or was edited by hand: re-create it (or restore it from a copy).")
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> bool:
+        """Whether the header has field ``key``."""
         return key in self.h
 
-    def raw(self, key: str, optional: bool = False) -> Any:
+    def raw(self, key: builtins.str, optional: bool = False) -> Any:
+        """Field ``key`` unchecked (None when absent and ``optional``)."""
         if key not in self.h:
             if optional:
                 return None
             raise self.fail(key, "present")
         return self.h[key]
 
-    def int(self, key: str, lo: int | None = None, hi: int | None = None, optional: bool = False) -> int | None:
+    def int(self, key: builtins.str, lo: builtins.int | None = None, hi: builtins.int | None = None,
+            optional: bool = False) -> builtins.int | None:
+        """Field ``key`` as a whole number in ``[lo, hi]``."""
         v = self.raw(key, optional)
         if v is None and optional:
             return None
@@ -101,8 +113,9 @@ class HeaderFields:
             raise self.fail(key, f"a whole number {_range_text(lo, hi)}", v)
         return v
 
-    def float(self, key: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-              optional: bool = False) -> float | None:
+    def float(self, key: builtins.str, lo: builtins.float | None = None, hi: builtins.float | None = None, *,
+              lo_open: bool = False, optional: bool = False) -> builtins.float | None:
+        """Field ``key`` as a finite number in the range."""
         v = self.raw(key, optional)
         if v is None and optional:
             return None
@@ -110,8 +123,9 @@ class HeaderFields:
             raise self.fail(key, f"a finite number {_range_text(lo, hi, lo_open)}", v)
         return float(v)
 
-    def str(self, key: str, choices: Iterable[str] | None = None, optional: bool = False,
-            max_len: int = 4096) -> str | None:
+    def str(self, key: builtins.str, choices: Iterable[builtins.str] | None = None, optional: bool = False,
+            max_len: builtins.int = 4096) -> builtins.str | None:
+        """Field ``key`` as a string of at most ``max_len`` characters (one of ``choices`` when given)."""
         v = self.raw(key, optional)
         if v is None and optional:
             return None
@@ -120,7 +134,8 @@ class HeaderFields:
             raise self.fail(key, f"one of {', '.join(map(repr, choices))}" if choices else "a string", v)
         return v
 
-    def dict(self, key: str, optional: bool = False) -> dict[str, Any] | None:
+    def dict(self, key: builtins.str, optional: bool = False) -> builtins.dict[builtins.str, Any] | None:
+        """Field ``key`` as a JSON object."""
         v = self.raw(key, optional)
         if v is None and optional:
             return None
@@ -128,8 +143,9 @@ class HeaderFields:
             raise self.fail(key, "a JSON object", v)
         return v
 
-    def floats(self, key: str, length: int | None = None, lo: float | None = None, *, lo_open: bool = False,
-               allow_empty: bool = False) -> list[float]:
+    def floats(self, key: builtins.str, length: builtins.int | None = None, lo: builtins.float | None = None, *,
+               lo_open: bool = False, allow_empty: bool = False) -> list[builtins.float]:
+        """Field ``key`` as a list of finite numbers (of ``length`` when given, each at least ``lo``)."""
         v = self.raw(key)
         ok = isinstance(v, list) and all(is_real(x) and math.isfinite(x) and in_range(x, lo, None, lo_open)
                                          for x in v)
@@ -141,14 +157,15 @@ class HeaderFields:
                             + (" (or empty)" if allow_empty else ""), v)
         return [float(x) for x in v]
 
-    def ints(self, key: str, lo: int | None = None, hi: int | None = None, min_len: int = 0,
-             max_len: int = 1 << 20) -> list[int]:
+    def ints(self, key: builtins.str, lo: builtins.int | None = None, hi: builtins.int | None = None,
+             min_len: builtins.int = 0, max_len: builtins.int = 1 << 20) -> list[builtins.int]:
+        """Field ``key`` as a list of ``min_len`` to ``max_len`` whole numbers in ``[lo, hi]``."""
         v = self.raw(key)
         if not (isinstance(v, list) and min_len <= len(v) <= max_len and all(is_int(x) and in_range(x, lo, hi) for x in v)):
             raise self.fail(key, f"a list of {min_len}..{max_len} whole numbers {_range_text(lo, hi)}", v)
         return list(v)
 
-    def only(self, allowed: Iterable[str]) -> None:
+    def only(self, allowed: Iterable[builtins.str]) -> None:
         """Refuse fields this kind of file never holds."""
         extra = sorted(set(self.h) - set(allowed))
         if extra:
@@ -174,6 +191,8 @@ def real_identity(real: Any) -> dict[str, Any]:
 
 
 def _identity(name: Any, src: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields that identify a dataset (name, fingerprint, class names, image shape) for comparing a summary's data
+    with the data given."""
     source = data.get("source") if isinstance(data.get("source"), dict) else {}
     out: dict[str, Any] = {k: list(data[k]) for k in ("class_names", "image_shape") if data.get(k) is not None}
     if isinstance(name, str) and (not source or source.get("kind") == "registered"):

@@ -170,6 +170,7 @@ class _PixelHerding(HerdingSelectionStrategy):
     """Avalanche's herding order over features given directly (no model to hook)."""
 
     def __init__(self) -> None:
+        """Herding on raw pixels: no feature extractor needed."""
         pass
 
 
@@ -218,6 +219,8 @@ class DistilledBuffer(ExemplarsBuffer):
                  shrink: str = "select", single_class: str = "error", num_classes: int | None = None,
                  mean: Sequence[float] = (), std: Sequence[float] = (), base_lr: float = 0.01,
                  progress: bool = False) -> None:
+        """Check the budget and the method (an image method), and keep the distillation settings for later experiences.
+        """
         if not isinstance(max_size, int) or max_size < 1:
             raise ConfigError("DistilledBuffer max_size (images-worth of memory) must be a positive int; "
                               f"got {max_size!r}.")
@@ -261,6 +264,7 @@ class DistilledBuffer(ExemplarsBuffer):
         return self.max_size // n if n else self.max_size
 
     def image_floats(self) -> int:
+        """Floats in one stored image."""
         return math.prod(self.image_shape) if self.image_shape else 0
 
     def stored_floats(self) -> int:
@@ -268,12 +272,15 @@ class DistilledBuffer(ExemplarsBuffer):
         return sum(m.x.numel() for m in self.classes.values())
 
     def budget_floats(self) -> int:
+        """The memory budget in floats (``max_size`` images)."""
         return self.max_size * self.image_floats()
 
     def label_floats(self) -> int:
+        """Floats spent on soft labels (0 with hard labels)."""
         return 0 if self.soft_targets is None else self.soft_targets.numel()
 
     def images_per_class(self) -> dict[int, int]:
+        """Stored images of each class."""
         return {c: len(m.x) for c, m in self.classes.items()}
 
     # ------------------------------------------------------------------ Avalanche's contract
@@ -319,6 +326,8 @@ class DistilledBuffer(ExemplarsBuffer):
 
     # ------------------------------------------------------------------ internals
     def _distil_experience(self, x, y, t, classes, share, exp_id) -> dict[int, _ClassMemory]:
+        """Distil the classes of one experience into ``share`` images per class (fewer when a class is smaller),
+        relabelled locally while distilling."""
         k = len(classes)
         counts = [int((y == c).sum()) for c in classes]
         ipc = min(share, min(counts))
@@ -343,6 +352,8 @@ class DistilledBuffer(ExemplarsBuffer):
         return self._split_summary(summary.relabel(classes, self.num_classes), classes, ipc, task_of, exp_id)
 
     def _run_method(self, real: RealData, ipc: int, exp_id: int, classes: list[int]) -> SyntheticSet:
+        """Run the method on one experience's data; its failures become a ConfigError naming the experience and classes.
+        """
         try:
             return da.distill(self.method, real, ipc, steps=self.steps, budget=self.budget, model=self.model,
                               seed=self.seed * 7919 + exp_id, device=self.device, config=self.config,
@@ -373,6 +384,7 @@ class DistilledBuffer(ExemplarsBuffer):
         return out
 
     def _shrink(self, share: int) -> None:
+        """Shrink earlier classes to ``share`` images each, by herding selection or by re-distilling."""
         over = [c for c, m in self.classes.items() if len(m.x) > share]
         if not over:
             return
@@ -391,6 +403,7 @@ class DistilledBuffer(ExemplarsBuffer):
                 m.soft = None if m.soft is None else m.soft[keep].clone()
 
     def _redistill(self, cls: list[int], share: int, exp_id: int) -> None:
+        """Distil the stored summaries of classes ``cls`` again, down to ``share`` images each."""
         xs = torch.cat([self.classes[c].x for c in cls])
         ys = torch.cat([torch.full((len(self.classes[c].x),), i, dtype=torch.long) for i, c in enumerate(cls)])
         t = torch.cat([torch.full((len(self.classes[c].x),), self.classes[c].task) for c in cls])
@@ -455,6 +468,8 @@ class DistilledReplayPlugin(ReplayPlugin):
 
     def __init__(self, mem_size: int, storage_policy: DistilledBuffer, batch_size: int | None = None,
                  batch_size_mem: int | None = None, seed: int = 0) -> None:
+        """``ReplayPlugin``'s arguments; ``storage_policy`` must be a DistilledBuffer; ``seed`` seeds the memory draws.
+        """
         if not isinstance(storage_policy, DistilledBuffer):
             raise ConfigError("DistilledReplayPlugin needs a DistilledBuffer as storage_policy; use ReplayPlugin "
                               "for other storage policies.")
@@ -464,17 +479,22 @@ class DistilledReplayPlugin(ReplayPlugin):
         self.memory_rows_seen = 0
 
     def _custom(self) -> bool:
+        """Whether the memory needs soft targets or weights (otherwise the plain ReplayPlugin path runs)."""
         sp = self.storage_policy
         return len(sp.buffer) > 0 and (sp.soft_targets is not None or bool((sp.replay_weights != 1).any()))
 
     def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
                             **kwargs):
+        """ReplayPlugin's replay loader for plain memories; with soft targets or weights the strategy keeps its own
+        loader."""
         if not self._custom():
             return super().before_training_exp(strategy, num_workers=num_workers, shuffle=shuffle,
                                                drop_last=drop_last, **kwargs)
         return None  # the strategy keeps its own loader; memory rows are added in before_backward
 
     def before_backward(self, strategy, **kwargs):
+        """Add the loss of a seeded draw of memory rows (soft targets, per-row weights) to the minibatch loss, weighted
+        by row counts."""
         if not self._custom():
             return
         sp: DistilledBuffer = self.storage_policy
@@ -499,6 +519,7 @@ class _FlatHerding(HerdingSelectionStrategy):
     """Avalanche's iCaRL herding over a layer's output flattened to one vector per image (ConvNet features)."""
 
     def make_sorted_indices_from_features(self, features: torch.Tensor):
+        """Herding order on features flattened per image."""
         return super().make_sorted_indices_from_features(features.flatten(1))
 
 

@@ -42,6 +42,7 @@ SIZES = (28, 64, 128, 224)
 
 
 def _medmnist():
+    """The medmnist package, or an ImportError naming the extra to install."""
     try:
         import medmnist
     except ImportError as exc:  # pragma: no cover - only without the extra
@@ -240,6 +241,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win: int = 7, data_range: float = 1.0
 
 
 def _pixels(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Images de-normalised to [0, 1] on the CPU, for PNGs."""
     x = x.detach().float().cpu()
     if mean and std:
         x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)

@@ -24,6 +24,7 @@ __all__ = ["DPSGDResult", "dp_sgd_baseline"]
 
 
 def _opacus():
+    """The opacus package, or an ImportError naming the extra to install."""
     try:
         import opacus
     except ImportError as exc:  # pragma: no cover - exercised only without the extra

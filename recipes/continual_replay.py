@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------- strategies (a registry, not a branch)
 def _naive(model, opt, memory, mem_size: int, a, evaluator):
+    """Avalanche's Naive strategy with a replay plugin (DistilledReplayPlugin for a distilled memory, ReplayPlugin
+    otherwise)."""
     from avalanche.training.plugins import ReplayPlugin
     from avalanche.training.supervised import Naive
 
@@ -89,6 +91,7 @@ def _naive(model, opt, memory, mem_size: int, a, evaluator):
 
 
 def _er_ace(model, opt, memory, mem_size: int, a, evaluator):
+    """Avalanche's ER-ACE strategy (Caccia et al., ICLR 2022) with ``memory`` as its storage policy."""
     from avalanche.training.supervised import ER_ACE
 
     s = ER_ACE(model=model, optimizer=opt, mem_size=mem_size, batch_size_mem=a.batch_size, train_mb_size=a.batch_size,
@@ -147,11 +150,14 @@ def run_stream(memory_name: str, mem_per_class: int, seed: int, a: argparse.Name
 
 
 def _ms(values: list[float]) -> dict[str, Any]:
+    """Mean, std (0 for one value) and the per-seed values."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "per_seed": values}
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per memory and budget: final accuracy, forgetting and accuracy after each experience, mean and std over
+    seeds."""
     rows = []
     keys = list(dict.fromkeys((r["memory"], r["mem_per_class"]) for r in runs))
     for name, mpc in keys:
@@ -168,6 +174,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_report(rows: list[dict[str, Any]], a: argparse.Namespace, out: Path) -> tuple[Path, Path]:
+    """Write ``report.md`` (the table) and the accuracy-per-experience plot; returns both paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,6 +216,7 @@ def write_report(rows: list[dict[str, Any]], a: argparse.Namespace, out: Path) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the recipe: every memory x budget x seed on the split benchmark, then the report."""
     a = build_parser().parse_args(argv)
     memories = list(dict.fromkeys(split_list(a.methods, "--methods")))
     if any(v < 1 for v in a.mem_per_class):

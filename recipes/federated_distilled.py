@@ -61,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _mb(b: float) -> str:
+    """Bytes in kB or MB, for the report."""
     return f"{b / 1e6:.3f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
 
 
 def report_markdown(res: dict[str, Any], mode: str, command: str) -> str:
+    """The markdown report: settings, command, and accuracy and bytes per strategy."""
     cfg = res["config"]
     lines = [f"# Federated distillation: {cfg['dataset']}, {cfg['num_clients']} clients, "
              f"{cfg['partition']}" + (f" alpha={cfg['alpha']}" if cfg["partition"] == "dirichlet" else ""), "",
@@ -90,6 +92,7 @@ def report_markdown(res: dict[str, Any], mode: str, command: str) -> str:
 
 
 def plot(res: dict[str, Any], path: Path) -> Path:
+    """Plot accuracy per round and cumulative MB per strategy into ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,6 +119,7 @@ def plot(res: dict[str, Any], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the recipe: the federation in simulation or as a loopback deployment, then the report."""
     a = build_parser().parse_args(argv)
     from distill_apps.integrations import flower
 

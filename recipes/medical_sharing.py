@@ -55,6 +55,8 @@ PUBLISHED = {  # MedMNIST v2 (Yang et al. 2023), ResNet-18 (28), test AUC / ACC
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the recipe: distil each MedMNIST dataset with each method, score clinical metrics, check anonymisation, write
+    the report."""
     a = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     from distill_apps import SyntheticSet
     from distill_apps.integrations import medical
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(r: dict[str, Any]) -> str:
+    """The markdown report: AUC, ACC, balanced ACC, per-class sensitivity/specificity and the anonymisation check per
+    method."""
     lines = ["# Medical sharing report", "",
              f"Model `{r['model']}`, {r['epochs']} epochs on each summary, per-class budget `{r['budget']}`. AUC and "
              "ACC as defined by the MedMNIST benchmark; `anon` = anonymisation check (flagged images / total).", ""]

@@ -72,6 +72,7 @@ def choose_search_proxy(studies: list[Any]) -> tuple[Any, str, list[str]]:
 
 
 def _scatter(studies: list[Any], path: Path) -> None:
+    """Scatter plot of proxy vs full-data accuracy, one panel per study, one colour per proxy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,6 +94,7 @@ def _scatter(studies: list[Any], path: Path) -> None:
 
 
 def _report(studies: list[Any], search: dict[str, Any] | None, argv: list[str], path: Path) -> None:
+    """Write the markdown report: rank correlations, speed-ups and the search on the best proxy."""
     lines = ["# NAS on distilled proxy sets", "", f"Command: `distill-apps recipe nas-proxy {' '.join(argv)}`", ""]
     for st in studies:
         s = st.settings
@@ -126,6 +128,8 @@ def _report(studies: list[Any], search: dict[str, Any] | None, argv: list[str], 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the recipe: rank-correlation studies per IPC, then an NNI search on the best proxy and a full-data check of
+    what it found."""
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(argv)
     import distill_apps as da

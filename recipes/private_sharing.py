@@ -101,6 +101,8 @@ def data_card(summary, row: dict[str, Any], dataset: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the recipe: DP summaries at each epsilon, non-private ones, the DP-SGD baseline and the audits, then the
+    report."""
     a = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     import distill_apps as da
     from distill_apps.errors import ConfigError
@@ -190,17 +192,21 @@ def _aggregate(runs: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[st
 
 
 def _pm(x: dict[str, Any], m: str, pct: bool = False) -> str:
+    """``mean ± std`` of metric ``m`` (as a percentage when ``pct``)."""
     k = 100 if pct else 1
     return f"{k * x[m]:.{2 if pct else 3}f} ± {k * x[m + '_std']:.{2 if pct else 3}f}"
 
 
 def _f(v, pct=False) -> str:
+    """A number for the report (``non-private`` for None)."""
     if v is None:
         return "non-private"
     return f"{100 * v:.2f}" if pct else f"{v:.3g}"
 
 
 def _report(r: dict[str, Any]) -> str:
+    """The markdown report: target and spent epsilon, accuracy, membership inference and nearest-neighbour distances per
+    summary."""
     lines = [f"# Private sharing: {r['dataset']}, IPC {r['ipc']}, delta {r['delta']} ({r['accountant']}), "
              f"mean ± std over {r['runs']} run(s)", "",
              "| method | target eps | spent eps | test acc % | MIA AUC | TPR@1%FPR | NN median, first run (syn / test) |",

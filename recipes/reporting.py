@@ -35,6 +35,7 @@ def data_card(summary, *, dataset: str, checks: dict[str, Any] | None = None,
 
 
 def _cell(v: Any) -> str:
+    """A table cell: floats to 4 significant digits, infinity as ``inf``."""
     if isinstance(v, float):
         return "inf" if math.isinf(v) else f"{v:.4g}"
     return str(v)

@@ -25,6 +25,7 @@ TEACHER = ("sre2l", "rded")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The recipe's options (``--help`` shows their defaults)."""
     from distill_apps.options import add_set_argument, make_parser
 
     ap = make_parser("distill-apps recipe robustness", __doc__.split("\n\n")[0])
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plot(rows: list[dict[str, Any]], attacks: list[str], eps: list[float], path: Path) -> Path:
+    """Plot robust accuracy against epsilon, one panel per attack, one line per method and protocol."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,6 +80,7 @@ def _plot(rows: list[dict[str, Any]], attacks: list[str], eps: list[float], path
 
 
 def _report(r: dict[str, Any]) -> str:
+    """The markdown report: clean and robust accuracy per method, protocol, attack and epsilon."""
     eps = r["eps"]
     head = "| method | protocol | distil s | clean % | " + " | ".join(
         f"{a.upper()} {e}" for a in r["attacks"] for e in eps) + " |"
@@ -98,6 +101,7 @@ def _report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the recipe: distil each method, train students under each protocol, attack them, write the report."""
     a = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     import distill_apps as da
     from distill_apps.errors import ConfigError

@@ -2,7 +2,7 @@
 
 It works with any checkout of this package: ``speed.py`` runs it once with this checkout (our side) and, for
 ``--baseline DIR`` where ``DIR`` is another checkout (for example the previous commit, ``git worktree add
-/tmp/old HEAD~1``), once more with ``DIR`` first on ``sys.path``. It is also the example of the interface a
+<old checkout> HEAD~1``), once more with ``DIR`` first on ``sys.path``. It is also the example of the interface a
 baseline script must offer (see ``speed.py``): ``setup(**spec) -> state`` untimed, ``step(state)`` timed.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 def setup(method: str, dataset: str, ipc: int, model: str = "convnet", options: dict | None = None,
           device: str = "cpu", seed: int = 0) -> dict:
+    """Build the distiller and its initial state (untimed)."""
     import distill_apps as da
     from distill_apps.engine import make_distiller
     from distill_apps.runtime import generator
@@ -21,6 +22,7 @@ def setup(method: str, dataset: str, ipc: int, model: str = "convnet", options: 
 
 
 def step(state: dict) -> None:
+    """Run one distillation step (timed)."""
     from distill_apps.runtime import generator
 
     state["d"].step(state["state"], generator("step", state["seed"], state["t"]))

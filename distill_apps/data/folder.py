@@ -57,6 +57,8 @@ class FolderScan:
 
 
 def _list_images(folder: Path, ignored: list[str], root: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted, hidden ones skipped); other files are appended to ``ignored``.
+    """
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -70,6 +72,8 @@ def _list_images(folder: Path, ignored: list[str], root: Path) -> list[Path]:
 
 
 def _classes_of(split_dir: Path, root: Path, ignored: list[str]) -> tuple[list[str], dict[str, list[Path]]]:
+    """Class names (sorted sub-folder names) of one split folder and each class's image files; no class folder is a
+    DataError."""
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     stray = [p for p in split_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if not classes:
@@ -90,6 +94,7 @@ def _classes_of(split_dir: Path, root: Path, ignored: list[str]) -> tuple[list[s
 
 
 def _pick(paths: list[Path], k: int | None, seed: int, label: int, split: str) -> list[Path]:
+    """At most ``k`` of ``paths``, drawn with a generator seeded by (seed, label, split) and kept in order."""
     if k is None or len(paths) <= k:
         return paths
     keep = np.random.default_rng([seed, label, sum(map(ord, split))]).choice(len(paths), k, replace=False)
@@ -180,6 +185,8 @@ def _fit_size(im, size: tuple[int, int]):
 
 
 def _decode(path: Path, channels: int, size: tuple[int, int], resize: bool, first: Path) -> np.ndarray:
+    """Decode one image to uint8 ``(C, H, W)`` with ``channels`` channels, resized and centre-cropped to ``size`` when
+    ``resize``; undecodable or >8-bit files are DataErrors naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -207,6 +214,7 @@ def _decode(path: Path, channels: int, size: tuple[int, int], resize: bool, firs
 
 
 def _first_image(path: Path) -> tuple[int, tuple[int, int]]:
+    """Channels (1 for grey modes, else 3) and ``(height, width)`` of the first image, which set the folder's format."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -219,6 +227,8 @@ def _first_image(path: Path) -> tuple[int, tuple[int, int]]:
 
 def _fill(scan: FolderScan, arrays: dict[str, np.ndarray], channels: int, size: tuple[int, int], resize: bool,
           progress: bool, workers: int) -> None:
+    """Decode every file of ``scan`` into the preallocated ``arrays`` (``<split>/x``, ``<split>/y``), in chunks over
+    ``workers`` threads, with a progress bar."""
     first = scan.files["train"][0][0]
     total = sum(len(v) for v in scan.files.values())
     bar = None
@@ -228,6 +238,7 @@ def _fill(scan: FolderScan, arrays: dict[str, np.ndarray], channels: int, size: 
         bar = tqdm(total=total, desc=f"decoding {scan.root.name} (once; cached)", unit="img", leave=False)
 
     def work(job: tuple[str, int, int]) -> int:
+        """Decode one ``(split, start, stop)`` chunk into the arrays; returns the number of images done."""
         split, a, b = job
         x, y = arrays[f"{split}/x"], arrays[f"{split}/y"]
         for i in range(a, b):
@@ -249,6 +260,7 @@ def _fill(scan: FolderScan, arrays: dict[str, np.ndarray], channels: int, size: 
 
 
 def _shapes(scan: FolderScan, channels: int, size: tuple[int, int]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every array the cache holds, per split."""
     shapes = {f"{s}/x": ((len(v), channels, *size), "uint8") for s, v in scan.files.items()}
     shapes.update({f"{s}/y": ((len(v),), "int64") for s, v in scan.files.items()})
     return shapes
@@ -256,6 +268,7 @@ def _shapes(scan: FolderScan, channels: int, size: tuple[int, int]) -> dict[str,
 
 # ---------------------------------------------------------------------- the loader
 def _image_size(image_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``image_size`` as ``(height, width)`` (an int means a square), or None; anything else is a ConfigError."""
     if image_size is None:
         return None
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
@@ -335,6 +348,8 @@ def from_folder(path: str | os.PathLike, image_size: int | tuple[int, int] | Non
 
 def _build(scan: FolderScan, size: tuple[int, int] | None, target: Path | None, progress: bool, workers: int
            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Decode the folder into arrays (written to the cache file ``target`` when given) and the cache header (classes,
+    layout, counts, per-channel mean/std)."""
     channels, first_size = _first_image(scan.files["train"][0][0])
     resize, size = size is not None, size or first_size
     header: dict[str, Any] = {"key": scan.key, "root": str(scan.root), "classes": scan.classes,

@@ -37,6 +37,8 @@ class RealData:
                  class_names: list[str] | None = None, flip_invariant: bool = False, task: str = "multiclass",
                  x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None, *,
                  source: dict[str, Any] | None = None, transform: Any = None, memory_mapped: bool = False) -> None:
+        """Wrap the splits (uint8 or float images, labels) with their normalisation, class names and provenance; shapes
+        and labels are checked."""
         self.name = name
         self._x: dict[str, torch.Tensor] = {"train": x_train, "test": x_test}
         if x_val is not None:
@@ -55,6 +57,8 @@ class RealData:
         self._check()
 
     def _check(self) -> None:
+        """Refuse splits whose images are not ``(N, C, H, W)``, whose labels do not match them, or whose labels are out
+        of range."""
         labels = {"train": self.y_train, "test": self.y_test, "val": self.y_val}
         for split, x in self._x.items():
             y = labels[split]
@@ -76,6 +80,7 @@ class RealData:
                             f"{tuple(self._x['test'].shape[1:])}.")
 
     def __repr__(self) -> str:
+        """Name, split sizes, image shape, classes and pixel kind; never the tensors."""
         n = {s: int(x.shape[0]) for s, x in self._x.items()}
         return (f"RealData({self.name!r}, {n}, image_shape={self.image_shape}, classes={self.num_classes}, "
                 f"pixels={self.pixels}{', transform=' + self.transform.kind if self.transform else ''})")
@@ -83,6 +88,7 @@ class RealData:
     # ------------------------------------------------------------------ shape and storage
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
         return tuple(self._x["train"].shape[1:])  # type: ignore[return-value]
 
     @property
@@ -92,6 +98,7 @@ class RealData:
 
     @property
     def splits(self) -> tuple[str, ...]:
+        """The names of the splits this data holds (``train``, ``test`` and maybe ``val``)."""
         return tuple(self._x)
 
     def size(self, split: str = "train") -> int:
@@ -107,12 +114,14 @@ class RealData:
         return sum(x.numel() * x.element_size() for x in self._x.values())
 
     def _store(self, split: str) -> torch.Tensor:
+        """The stored (possibly uint8) image tensor of ``split``; an absent split is a DataError."""
         if split not in self._x:
             raise DataError(f"{self.name} has no {split!r} split (it has {', '.join(self._x)}).")
         return self._x[split]
 
     # ------------------------------------------------------------------ batches (the hot path)
     def _norm_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as ``(1, C, 1, 1)`` float32 tensors on ``device``, cached per device."""
         key = (str(device), "f32")
         if key not in self._stats:
             self._stats[key] = (torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
@@ -147,6 +156,7 @@ class RealData:
 
     def labels(self, index: Any = None, split: str = "train", device: torch.device | str | None = None
                ) -> torch.Tensor:
+        """Labels of ``split`` (all, or those at ``index``), optionally moved to ``device``."""
         y = {"train": self.y_train, "test": self.y_test, "val": self.y_val}[split]
         if y is None:
             raise DataError(f"{self.name} has no {split!r} split.")
@@ -200,6 +210,7 @@ class RealData:
     # ------------------------------------------------------------------ labels and classes
     @property
     def multilabel(self) -> bool:
+        """True for multi-label data (multi-hot label rows)."""
         return self.task == "multilabel" and self.y_train.ndim == 2
 
     @property
@@ -221,6 +232,7 @@ class RealData:
         return self._by_class
 
     def class_counts(self) -> list[int]:
+        """Number of training images of each class."""
         return [len(ix) for ix in self.by_class]
 
     def check_ipc(self, ipc: int) -> None:
@@ -251,6 +263,7 @@ class RealData:
 
     # ------------------------------------------------------------------ derived datasets
     def _replace(self, **kw) -> "RealData":
+        """A copy with some constructor arguments replaced (shares the unchanged tensors)."""
         args = dict(name=self.name, x_train=self._x["train"], y_train=self.y_train, x_test=self._x["test"],
                     y_test=self.y_test, num_classes=self.num_classes, mean=self.mean, std=self.std,
                     class_names=self.class_names, flip_invariant=self.flip_invariant, task=self.task,
@@ -281,6 +294,8 @@ class RealData:
         lookup[keep] = torch.arange(len(ids))
 
         def split(x: torch.Tensor | None, y: torch.Tensor | None):
+            """Keep the rows of the kept classes (for multi-hot labels: their columns, and rows positive for one of
+            them)."""
             if x is None or y is None:
                 return x, y
             if y.ndim == 2:  # multi-hot rows: keep the classes' columns and the rows positive for one of them
@@ -368,6 +383,7 @@ class ImageView:
 
     def __init__(self, data: RealData, split: str, device: torch.device | None = None,
                  index: torch.Tensor | None = None) -> None:
+        """A lazy view of ``data``'s ``split`` (optionally a subset ``index``) that normalises rows on indexing."""
         self.data, self.split, self._device, self.index = data, split, device, index
         n = data.size(split) if index is None else int(index.shape[0])
         self.shape = torch.Size((n, *data.image_shape))
@@ -375,30 +391,38 @@ class ImageView:
 
     @property
     def device(self) -> torch.device:
+        """The device rows are returned on."""
         return self._device or self.data.stored(self.split).device
 
     def __len__(self) -> int:
+        """Number of images in the view."""
         return self.shape[0]
 
     def __getitem__(self, idx: Any) -> torch.Tensor:
+        """Normalised float images at ``idx`` (through the view's index, if any)."""
         if self.index is not None:
             idx = self.index[idx.to(self.index.device) if torch.is_tensor(idx) else idx]
         return self.data.images(idx, self.split, self._device)
 
     def to(self, device: torch.device | str, *args, **kw) -> "ImageView":
+        """The same view returning rows on ``device`` (nothing is copied now)."""
         return ImageView(self.data, self.split, torch.device(device), self.index)
 
     def detach(self) -> "ImageView":
+        """The view itself: rows are produced without autograd history."""
         return self
 
     def float(self) -> "ImageView":
+        """The view itself: rows are already float32."""
         return self
 
     def size(self, dim: int | None = None):
+        """``torch.Size`` of the view, or its extent along ``dim``."""
         return self.shape if dim is None else self.shape[dim]
 
 
 def _fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether ``nbytes`` fit comfortably (a quarter of the free memory) on a CUDA device; always True off CUDA."""
     if device.type != "cuda":
         return True
     try:

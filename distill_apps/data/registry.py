@@ -58,6 +58,7 @@ def register_dataset(name: str, files: tuple[str, ...] = (), description: str = 
     """Decorator: register ``fn(root, download=False)`` (or ``fn(root, arg, download=False)`` for a family named
     ``name:arg``) as a dataset of ``modality``."""
     def deco(fn: Callable[..., RealData]) -> Callable[..., RealData]:
+        """Register ``fn`` as the loader of dataset ``name``."""
         DATASETS.register(name)(DatasetSpec(name, fn, files, description or (fn.__doc__ or "").strip(), modality))
         return fn
 
@@ -65,6 +66,7 @@ def register_dataset(name: str, files: tuple[str, ...] = (), description: str = 
 
 
 def _missing_error(name: str, root: Path, files: tuple[str, ...]) -> DataError:
+    """The DataError for a dataset whose files are not under the data root, naming the missing files and the fix."""
     missing = [f for f in files if not (root / f).exists()]
     return DataError(
         f"Dataset {name!r} is not under the data root {root}: missing {', '.join(missing) or files}. "
@@ -74,6 +76,7 @@ def _missing_error(name: str, root: Path, files: tuple[str, ...]) -> DataError:
 
 
 def dataset_present(name: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether the files dataset ``name`` needs are present under the data root."""
     spec = DATASETS.get(name.split(":")[0] if name.startswith("medmnist:") else name)
     r = data_root(root)
     files = spec.files
@@ -141,6 +144,7 @@ def load_dataset(name: Any, root: str | os.PathLike | None = None, download: boo
 
 
 def list_datasets() -> list[str]:
+    """Names of every registered dataset."""
     return DATASETS.names()
 
 
@@ -162,6 +166,7 @@ def _from_uint8(name: str, xtr, ytr, xte, yte, classes, flip_invariant: bool, **
 
 @register_dataset("digits", description="scikit-learn's bundled 8x8 digits (1797 images, 10 classes); no files needed")
 def _digits(root: Path, download: bool = False) -> RealData:
+    """scikit-learn's bundled 8x8 digits as uint8 images, a stratified 75/25 split (seed 0)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -172,6 +177,7 @@ def _digits(root: Path, download: bool = False) -> RealData:
 
 
 def _torchvision(name: str, cls_name: str, folder: str, flip_invariant: bool, root: Path, download: bool) -> RealData:
+    """Load a torchvision dataset class from ``root`` (downloading only when asked) as RealData."""
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
@@ -193,30 +199,36 @@ _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-imag
 
 @register_dataset("mnist", files=tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES), description="MNIST 28x28, 10 classes")
 def _mnist(root: Path, download: bool = False) -> RealData:
+    """MNIST from ``MNIST/raw`` under the data root."""
     return _torchvision("mnist", "MNIST", "MNIST", False, root, download)
 
 
 @register_dataset("fashion_mnist", files=tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
                   description="Fashion-MNIST 28x28, 10 classes")
 def _fashion(root: Path, download: bool = False) -> RealData:
+    """Fashion-MNIST from ``FashionMNIST/raw`` under the data root."""
     return _torchvision("fashion_mnist", "FashionMNIST", "FashionMNIST", True, root, download)
 
 
 @register_dataset("cifar10", files=("cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"),
                   description="CIFAR-10 32x32x3 (torchvision's python version)")
 def _cifar10(root: Path, download: bool = False) -> RealData:
+    """CIFAR-10 from torchvision's python version under the data root."""
     return _torchvision("cifar10", "CIFAR10", "cifar-10-batches-py", True, root, download)
 
 
 @register_dataset("cifar100", files=("cifar-100-python/train", "cifar-100-python/test"),
                   description="CIFAR-100 32x32x3 (torchvision's python version)")
 def _cifar100(root: Path, download: bool = False) -> RealData:
+    """CIFAR-100 from torchvision's python version under the data root."""
     return _torchvision("cifar100", "CIFAR100", "cifar-100-python", True, root, download)
 
 
 @register_dataset("medmnist", files=("medmnist/<flag>.npz",),
                   description="any MedMNIST 2D flag as medmnist:<flag> (e.g. medmnist:pneumoniamnist), via the medmnist package")
 def _medmnist(root: Path, flag: str = "pneumoniamnist", download: bool = False, size: int = 28) -> RealData:
+    """Any 2D MedMNIST dataset by flag (``medmnist:<flag>``) from ``medmnist/<flag>.npz`` via the medmnist package (Yang
+    et al., Scientific Data 2023); multi-label flags keep multi-hot labels."""
     try:
         import medmnist
         from medmnist import INFO
@@ -241,6 +253,7 @@ def _medmnist(root: Path, flag: str = "pneumoniamnist", download: bool = False, 
             "ordinal-regression": "ordinal"}.get(info["task"], "multiclass")
 
     def labels(ds):
+        """Labels of a MedMNIST split: multi-hot rows for multi-label tasks, class ids otherwise."""
         y = np.asarray(ds.labels)
         return y if task == "multilabel" else y.reshape(-1)
 

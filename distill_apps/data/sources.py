@@ -31,10 +31,12 @@ ACCEPTED = ("a registered name or 'imagefolder:<path>' (da.load_dataset), a Real
 
 # ---------------------------------------------------------------------- shared assembly
 def _default_flip(channels: int, flip: bool | None) -> bool:
+    """Whether DSA may flip: the given setting, else True for colour images only."""
     return channels == 3 if flip is None else bool(flip)
 
 
 def _labels(y: Any, what: str) -> torch.Tensor:
+    """Integer class ids as an int64 ``(N,)`` tensor; anything else is a DataError."""
     t = torch.as_tensor(np.asarray(y.cpu() if torch.is_tensor(y) else y))
     if t.ndim != 1 or t.is_floating_point() or t.dtype == torch.bool:
         raise DataError(f"{what} labels must be integer class ids of shape (N,); got {t.dtype} {tuple(t.shape)}.")
@@ -42,6 +44,7 @@ def _labels(y: Any, what: str) -> torch.Tensor:
 
 
 def _images(x: Any, what: str) -> torch.Tensor:
+    """Images as an ``(N, C, H, W)`` tensor on the CPU (uint8 kept, floats checked); other shapes are a DataError."""
     t = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
     t = t.detach().cpu()
     if t.ndim not in (3, 4):
@@ -169,6 +172,7 @@ def _collect(items, n: int, where: str, progress: bool) -> tuple[torch.Tensor, t
 
 
 def _scalar_label(label: Any, where: str) -> int:
+    """One item's label as an int; tensors of more than one value, floats and bools are refused."""
     if torch.is_tensor(label) or isinstance(label, np.ndarray):
         if label.size == 1 if isinstance(label, np.ndarray) else label.numel() == 1:
             label = label.item()
@@ -182,6 +186,7 @@ def _scalar_label(label: Any, where: str) -> int:
 
 # ---------------------------------------------------------------------- torch Datasets
 def _is_map_style(ds: Any) -> bool:
+    """Whether ``ds`` is a map-style dataset (``__getitem__`` and ``__len__``, not iterable-style)."""
     return hasattr(ds, "__getitem__") and hasattr(ds, "__len__") and not isinstance(ds, torch.utils.data.IterableDataset)
 
 
@@ -199,6 +204,8 @@ def _torch_fast(ds: Any) -> tuple[Any, Any] | None:
 
 
 def _torch_split(ds: Any, what: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of one torch dataset: read in bulk from ``.data``/``.targets`` when possible, else item by
+    item."""
     if isinstance(ds, torch.utils.data.IterableDataset) or not _is_map_style(ds):
         raise ConfigError(f"{what} is a {type(ds).__name__}, not a map-style Dataset (with __len__ and __getitem__): "
                           "collect it into tensors and call da.from_tensors(x, y).")
@@ -207,6 +214,7 @@ def _torch_split(ds: Any, what: str, progress: bool) -> tuple[torch.Tensor, torc
         return to_nchw(fast[0]), torch.as_tensor(fast[1]).long()
 
     def items():
+        """Yield ``(image, label)`` of every item, refusing dict items and items that are not pairs."""
         for i in range(len(ds)):
             item = ds[i]
             if isinstance(item, dict):
@@ -237,6 +245,7 @@ def from_torch(train: Any, test: Any = None, *, name: str | None = None, num_cla
 
 # ---------------------------------------------------------------------- Hugging Face datasets
 def _is_hf(obj: Any) -> bool:
+    """Whether ``obj`` is a Hugging Face ``Dataset`` or ``DatasetDict`` (checked without importing ``datasets``)."""
     return type(obj).__module__.split(".")[0] == "datasets" and type(obj).__name__ in ("Dataset", "DatasetDict")
 
 
@@ -250,6 +259,8 @@ def _hf_columns(ds: Any) -> tuple[str | None, str | None]:
 
 
 def _hf_split(ds: Any, image_column: str, label_column: str, what: str, progress: bool):
+    """Images and labels of one Hugging Face split, read in batches; a missing column is a DataError naming the columns
+    there are."""
     cols = list(ds.column_names)
     for role, col in (("image", image_column), ("label", label_column)):
         if col not in cols:
@@ -260,6 +271,7 @@ def _hf_split(ds: Any, image_column: str, label_column: str, what: str, progress
     n = len(ds)
 
     def items():
+        """Yield ``(image, label)`` pairs, 512 rows at a time."""
         for i in range(0, n, 512):
             batch = ds[i:i + 512]
             yield from zip(batch[image_column], batch[label_column])

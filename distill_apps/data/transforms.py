@@ -41,25 +41,30 @@ class ZCA:
     kind: str = "zca"
 
     def __post_init__(self) -> None:
+        """Start the per-device cache of the whitening tensors."""
         self._on: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _at(self, device: torch.device):
+        """Mean, whitening matrix and inverse on ``device`` (copied once per device)."""
         k = str(device)
         if k not in self._on:
             self._on[k] = (self.mean.to(device), self.matrix.to(device), self.inverse.to(device))
         return self._on[k]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Whiten ``x`` (in float32, also inside autocast)."""
         mean, w, _ = self._at(x.device)
         with torch.autocast(x.device.type, enabled=False):  # whitening in float32, even inside an autocast region
             return ((x.flatten(1).float() - mean) @ w).view(x.shape)
 
     def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`apply` (for viewing and exporting whitened images)."""
         mean, _, inv = self._at(x.device)
         with torch.autocast(x.device.type, enabled=False):
             return (x.flatten(1).float() @ inv + mean).view(x.shape)
 
     def sha256(self) -> str:
+        """SHA-256 of the mean and whitening matrix: identifies the transform in a summary's metadata."""
         h = hashlib.sha256()
         for t in (self.mean, self.matrix):
             h.update(t.detach().cpu().contiguous().float().numpy().tobytes())

@@ -79,10 +79,12 @@ class GraphData:
 
     @property
     def num_nodes(self) -> int:
+        """Number of nodes."""
         return int(self.x.shape[0])
 
     @property
     def num_features(self) -> int:
+        """Length of a node's feature vector."""
         return int(self.x.shape[1])
 
     def sparse_x(self) -> torch.Tensor:
@@ -92,6 +94,7 @@ class GraphData:
         return self._sparse_x
 
     def train_by_class(self) -> list[torch.Tensor]:
+        """Training node ids of each class."""
         yt = self.y[self.train_idx]
         return [self.train_idx[yt == c] for c in range(self.num_classes)]
 
@@ -164,6 +167,7 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None,
 
 for _key, _folder in (("cora", "Cora"), ("citeseer", "CiteSeer")):
     def _loader(root: Path, download: bool = False, _key: str = _key) -> GraphData:
+        """Load this Planetoid graph from the data root."""
         return load_planetoid(_key, root)
 
     _files = tuple(f"planetoid/{_folder}/raw/ind.{_key}.{ext}" for ext in ("x", "y", "tx", "ty", "allx", "ally",
@@ -188,6 +192,7 @@ class CondensedGraph(Summary):
     modality: ClassVar[str] = "graph"
 
     def validate(self) -> None:
+        """Refuse shapes that do not fit, labels out of range and non-finite values (DataError)."""
         n = self.x.shape[0]
         if self.x.ndim != 2 or self.adj.shape != (n, n) or self.y.shape != (n,):
             raise DataError(f"Condensed graph shapes do not fit: x {tuple(self.x.shape)}, adj {tuple(self.adj.shape)}, "
@@ -198,6 +203,7 @@ class CondensedGraph(Summary):
             raise DataError("Condensed graph holds NaN/Inf values; re-run the condensation.")
 
     def __len__(self) -> int:
+        """Number of condensed nodes."""
         return int(self.x.shape[0])
 
     def reduction_ratio(self, graph: GraphData) -> float:
@@ -205,16 +211,19 @@ class CondensedGraph(Summary):
         return len(self) / graph.num_nodes
 
     def contents(self) -> dict[str, Any]:
+        """Nodes, features, undirected edges and classes, for ``describe``."""
         return {"nodes": len(self), "features": int(self.x.shape[1]), "edges": int((self.adj > 0).sum()) // 2,
                 "classes": self.num_classes}
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the condensed graph with safe_io (safetensors + JSON header, atomic, checksummed)."""
         self.validate()
         header = {"num_classes": self.num_classes, "meta": self.meta}
         return safe_io.write(path, {"x": self.x, "adj": self.adj, "y": self.y}, header, KIND, FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CondensedGraph":
+        """Read and validate a condensed graph written by :meth:`save`."""
         t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"x", "adj", "y"})
         with header_errors(path, KIND):
             cg = cls(x=t["x"], adj=t["adj"], y=t["y"], num_classes=int(h["num_classes"]), meta=dict(h.get("meta", {})))
@@ -237,12 +246,14 @@ class GCN(nn.Module):
     """Kipf & Welling's GCN: ``H <- A_hat (H W)``, ReLU between layers; ``adj`` dense or sparse, pre-normalised."""
 
     def __init__(self, nfeat: int, nhid: int, nclass: int, nlayers: int = 2, dropout: float = 0.0) -> None:
+        """A dense-adjacency GCN (Kipf & Welling, ICLR 2017) with ``nlayers`` linear layers."""
         super().__init__()
         dims = [nfeat] + [nhid] * (nlayers - 1) + [nclass]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.dropout = dropout
 
     def propagate(self, adj: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One propagation step: ``adj @ h``."""
         return adj @ h
 
     def hidden(self, x: torch.Tensor, adj: torch.Tensor) -> list[torch.Tensor]:
@@ -257,6 +268,7 @@ class GCN(nn.Module):
         return outs
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        """Node logits."""
         return self.hidden(x, adj)[-1]
 
 
@@ -264,6 +276,7 @@ class PGE(nn.Module):
     """GCond's structure generator: ``A'_ij = sigmoid((MLP([x_i; x_j]) + MLP([x_j; x_i])) / 2)``, zero diagonal."""
 
     def __init__(self, nfeat: int, nhid: int = 128, nlayers: int = 3, init_bias: float = -3.0) -> None:
+        """GCond's parameterised graph generator: an MLP over node pairs giving edge logits."""
         super().__init__()
         self.first_i = nn.Linear(nfeat, nhid)
         self.first_j = nn.Linear(nfeat, nhid, bias=False)
@@ -276,6 +289,7 @@ class PGE(nn.Module):
             rest[-1].bias.fill_(init_bias)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Symmetric ``(n, n)`` edge logits from the node features."""
         n = x.shape[0]
         h = self.first_i(x)[:, None, :] + self.first_j(x)[None, :, :]  # == W [x_i; x_j] without the n^2 concat
         s = self.rest(h).view(n, n)
@@ -283,6 +297,7 @@ class PGE(nn.Module):
         return s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Edge probabilities (sigmoid of the logits) with an empty diagonal."""
         a = torch.sigmoid(self.logits(x))
         return a * (1 - torch.eye(a.shape[0], device=a.device))
 
@@ -302,11 +317,13 @@ class _NodeModel(nn.Module):
     """Adapter so :func:`fit` trains a GCN full-batch: input = node ids, output = their logits on the fixed graph."""
 
     def __init__(self, gcn: GCN, x: torch.Tensor, adj: torch.Tensor) -> None:
+        """A GCN bound to one graph, so it can be called on node ids."""
         super().__init__()
         self.gcn = gcn
         self.feat, self.adj = x, adj
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits of the nodes ``ids``."""
         return self.gcn(self.feat, self.adj)[ids]
 
 
@@ -338,11 +355,13 @@ class GraphConfig(MethodConfig):
 
 @dataclass
 class GCondXConfig(GraphConfig):
+    """GCond-X options: GCond's, without a learned structure (no edges)."""
     adj_every: int = 0
 
 
 @dataclass
 class DosCondConfig(GraphConfig):
+    """DosCond options (Jin et al., KDD 2022): one-step gradient matching, features and structure updated together."""
     steps: int = 1000
     quick_steps: int = 300
     # features and PGE move together at every match (the authors' node-classification code); 300 steps at
@@ -356,6 +375,7 @@ class DosCondConfig(GraphConfig):
 
 @dataclass
 class GCDMConfig(GraphConfig):
+    """GCDM options (Liu et al., 2022): receptive-field distribution matching, no inner training."""
     steps: int = 1000
     quick_steps: int = 300  # 300 steps: Cora 78.8, CiteSeer 68.7 (3 eval runs of 600 epochs)
     lr_feat: float = 1e-3  # Cora, 100 steps: 76.3 % at 1e-3 vs 59.1 % at 1e-2 (one eval run)
@@ -381,6 +401,7 @@ class GraphCondenser(Distiller):
 
     def __init__(self, real: GraphData, ipc: int, cfg: GraphConfig, device: torch.device, model: str = "gcn",
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        """Check the structure option and the model (a GCN) and keep the graph on the device."""
         super().__init__(real, ipc, cfg, device, model, seed, rank, world_size)
         if cfg.structure and cfg.structure not in ("pge", "bernoulli", "none"):
             raise ConfigError(f"structure must be pge, bernoulli or none; got {cfg.structure!r}.")
@@ -394,6 +415,8 @@ class GraphCondenser(Distiller):
 
     # -- state
     def init(self, g: torch.Generator) -> DistillState:
+        """Condensed features from randomly drawn real training nodes of each class (with replacement when a class is
+        too small), and the PGE when the structure is learned."""
         xs, ys = [], []
         for c, ix in enumerate(self.graph.train_by_class()):
             pick = ix[torch.randperm(len(ix), generator=g)[: self.budget[c]]]
@@ -414,6 +437,7 @@ class GraphCondenser(Distiller):
         return state
 
     def new_gcn(self, g: torch.Generator, dropout: float = 0.0) -> GCN:
+        """A freshly initialised GCN drawn from ``g``."""
         with seeded_global_rng(g):
             return GCN(self.graph.num_features, self.cfg.hidden, self.graph.num_classes, self.cfg.nlayers,
                        dropout).to(self.device)
@@ -428,6 +452,8 @@ class GraphCondenser(Distiller):
         return bernoulli_structure(pge.logits(x), g, self.cfg.temperature)
 
     def export(self, state: DistillState) -> CondensedGraph:
+        """The condensed graph: features, the structure (PGE probabilities, the most likely Bernoulli edges, or none)
+        and labels."""
         x = state.params["x"].detach()
         with torch.no_grad():
             if self.structure == "none":
@@ -478,6 +504,7 @@ class GraphCondenser(Distiller):
         return state.params["x"] if which in ("feat", "both") else state.params["x"].detach()
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One outer step of gradient matching between real and condensed graphs (GCond, Jin et al., ICLR 2022)."""
         net = self.new_gcn(g)
         opt_net = torch.optim.Adam(net.parameters(), lr=self.cfg.lr_model)
         which = self.which_update(state)
@@ -508,6 +535,8 @@ class GraphCondenser(Distiller):
 
 @register_method("gcond")
 class GCond(GraphCondenser):
+    """GCond (Jin et al., ICLR 2022): gradient matching of GCNs on condensed node features with a learned structure
+    (PGE)."""
     paper = "Jin et al., ICLR 2022, Graph Condensation for Graph Neural Networks"
     Config = GraphConfig
     structure = "pge"
@@ -515,6 +544,7 @@ class GCond(GraphCondenser):
 
 @register_method("gcond-x")
 class GCondX(GraphCondenser):
+    """GCond-X (Jin et al., ICLR 2022): GCond's gradient matching on node features only, without structure."""
     paper = "Jin et al., ICLR 2022, Graph Condensation for Graph Neural Networks (GCond-X, no structure)"
     Config = GCondXConfig
     structure = "none"
@@ -522,6 +552,7 @@ class GCondX(GraphCondenser):
 
 @register_method("doscond")
 class DosCond(GraphCondenser):
+    """DosCond (Jin et al., KDD 2022): one-step gradient matching at initialisation, features and structure together."""
     paper = "Jin et al., KDD 2022, Condensing Graphs via One-Step Gradient Matching"
     Config = DosCondConfig
     structure = "pge"  # structure="bernoulli" for the discrete variant
@@ -529,11 +560,14 @@ class DosCond(GraphCondenser):
 
 @register_method("gcdm")
 class GCDM(GraphCondenser):
+    """GCDM (Liu et al., 2022): match the class means of every GCN layer's node embeddings (receptive-field distribution
+    matching)."""
     paper = "Liu et al., 2022, Graph Condensation via Receptive Field Distribution Matching"
     Config = GCDMConfig
     structure = "pge"
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """Match the per-class mean of every layer's embeddings of a random GCN, real vs condensed."""
         net = self.new_gcn(g)
         for p in net.parameters():
             p.requires_grad_(False)
@@ -553,6 +587,7 @@ class GCDM(GraphCondenser):
 
 # ---------------------------------------------------------------------- evaluation
 def _test_accuracy(gcn: GCN, graph: GraphData) -> float:
+    """Node-classification accuracy of ``gcn`` on the graph's test nodes."""
     gcn.eval()
     with torch.no_grad():
         dev = next(gcn.parameters()).device
@@ -626,6 +661,7 @@ def full_graph_accuracy(graph: GraphData, *, runs: int = 5, epochs: int = 600, h
 
 
 def _random_baseline(graph: GraphData, summary: CondensedGraph, ipc: int, seed: int, device: str) -> CondensedGraph:
+    """A random real subgraph with as many nodes per class as ``summary``."""
     return random_subgraph(graph, seed=seed, per_class=torch.bincount(summary.y, minlength=graph.num_classes).tolist())
 
 

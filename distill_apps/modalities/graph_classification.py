@@ -63,6 +63,7 @@ class GraphSet(Summary):
     modality: ClassVar[str] = "graph-classification"
 
     def validate(self) -> None:
+        """Refuse shapes that do not fit, labels out of range and non-finite values (DataError)."""
         g, n = self.x.shape[:2] if self.x.ndim == 3 else (-1, -1)
         if self.x.ndim != 3 or self.adj.shape != (g, n, n) or self.mask.shape != (g, n) or self.y.shape != (g,):
             raise DataError(f"Graph set shapes do not fit: x {tuple(self.x.shape)}, adj {tuple(self.adj.shape)}, "
@@ -74,24 +75,30 @@ class GraphSet(Summary):
             raise DataError("The graph set holds NaN/Inf values.")
 
     def __len__(self) -> int:
+        """Number of graphs."""
         return int(self.y.shape[0])
 
     @property
     def num_features(self) -> int:
+        """Length of a node's feature vector."""
         return int(self.x.shape[2])
 
     def by_class(self) -> list[torch.Tensor]:
+        """Indices of the graphs of each class."""
         return [torch.nonzero(self.y == c).flatten() for c in range(self.num_classes)]
 
     def subset(self, idx: torch.Tensor) -> "GraphSet":
+        """The graphs at ``idx`` as a new GraphSet."""
         return GraphSet(self.x[idx], self.adj[idx], self.mask[idx], self.y[idx], self.num_classes, self.name,
                         dict(self.meta))
 
     def contents(self) -> dict[str, Any]:
+        """Graphs, nodes per graph, features and classes, for ``describe``."""
         return {"graphs": len(self), "nodes_per_graph": int(self.x.shape[1]), "features": self.num_features,
                 "classes": self.num_classes}
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the graph set with safe_io (safetensors + JSON header, atomic, checksummed)."""
         self.validate()
         tensors = {"x": self.x.float(), "adj": self.adj.float(), "mask": self.mask.to(torch.uint8), "y": self.y}
         header = {"num_classes": self.num_classes, "name": self.name, "meta": self.meta}
@@ -99,6 +106,7 @@ class GraphSet(Summary):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GraphSet":
+        """Read and validate a graph set written by :meth:`save`."""
         t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"x", "adj", "mask", "y"})
         with header_errors(path, KIND):
             gs = cls(t["x"], t["adj"], t["mask"].bool(), t["y"], int(h["num_classes"]), str(h.get("name", "")),
@@ -129,6 +137,7 @@ class GraphDataset:
 
     @property
     def num_classes(self) -> int:
+        """Number of graph classes."""
         return self.train.num_classes
 
     def check_ipc(self, ipc: int) -> None:
@@ -143,6 +152,7 @@ class GraphDataset:
 
     @property
     def num_features(self) -> int:
+        """Length of a node's feature vector."""
         return self.train.num_features
 
     def to(self, device: torch.device) -> "GraphDataset":
@@ -240,6 +250,7 @@ register_dataset("tu", files=("tudataset/<name>/raw",), modality="graph-classifi
                              "<data root>/tudataset/<NAME>/raw")(_tu_family)
 for _tu in ("MUTAG", "NCI1", "PROTEINS", "DD"):
     def _named(root: Path, download: bool = False, _tu: str = _tu) -> GraphDataset:
+        """Load this TU dataset from ``tudataset/<NAME>/raw`` under the data root."""
         return load_tudataset(_tu, root, label=_tu.lower())
 
     register_dataset(_tu.lower(), files=tuple(f"tudataset/{_tu}/raw/{_tu}_{f}.txt" for f in
@@ -259,6 +270,7 @@ class GraphGCN(nn.Module):
     """Dense GCN for graph classification: ``nlayers`` propagations, mean pooling over real nodes, a linear head."""
 
     def __init__(self, nfeat: int, nhid: int, nclass: int, nlayers: int = 3, dropout: float = 0.0) -> None:
+        """A GCN over padded dense graphs: ``nlayers`` propagations, masked mean pooling, a linear head."""
         super().__init__()
         dims = [nfeat] + [nhid] * nlayers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
@@ -266,6 +278,7 @@ class GraphGCN(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, adj_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Graph logits from node features, normalised adjacencies and node masks."""
         m = mask.to(x)[..., None]
         for lin in self.layers:
             x = F.dropout(F.relu(adj_norm @ lin(x)), self.dropout, self.training) * m
@@ -276,12 +289,14 @@ class _GraphBatchModel(nn.Module):
     """Adapter so :func:`fit` trains on a fixed :class:`GraphSet`: input = graph ids, output = their logits."""
 
     def __init__(self, gnn: GraphGCN, gs: GraphSet, device: torch.device) -> None:
+        """A graph GCN bound to one graph set (normalised once), so it can be called on graph ids."""
         super().__init__()
         self.gnn = gnn
         self.x, self.mask = gs.x.to(device), gs.mask.to(device)
         self.adj_norm = normalize_batch(gs.adj.to(device), self.mask)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits of the graphs ``ids``."""
         return self.gnn(self.x[ids], self.adj_norm[ids], self.mask[ids])
 
 
@@ -305,6 +320,8 @@ class DosCondGCConfig(MethodConfig):
 
 @register_method("doscond-gc")
 class DosCondGC(Distiller):
+    """DosCond for graph classification (Jin et al., KDD 2022): one-step gradient matching of a GCN on small synthetic
+    graphs."""
     family = "graph"
     modality: ClassVar[str] = "graph-classification"
     paper = "Jin et al., KDD 2022, Condensing Graphs via One-Step Gradient Matching (graph classification)"
@@ -312,6 +329,7 @@ class DosCondGC(Distiller):
 
     def __init__(self, real: GraphDataset, ipc: int, cfg: DosCondGCConfig, device: torch.device,
                  model: str = "gcn", seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        """Check the model (a GCN) and size the synthetic graphs (``nodes``, default the mean real graph size)."""
         super().__init__(real, ipc, cfg, device, model, seed, rank, world_size)
         if model != "gcn":
             raise ConfigError(f"{self.name} condenses for a GCN; got model {model!r} (omit --model).")
@@ -340,11 +358,14 @@ class DosCondGC(Distiller):
         return DistillState(params={"x": x, "omega": omega}, optimizers={"syn": opt}, buffers={"y": y})
 
     def new_gnn(self, g: torch.Generator) -> GraphGCN:
+        """A freshly initialised graph GCN drawn from ``g``."""
         with seeded_global_rng(g):
             return GraphGCN(self.train.num_features, self.cfg.hidden, self.real.num_classes, self.cfg.nlayers
                             ).to(self.device)
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """One-step gradient matching (DosCond): gradients of a fresh GCN on real vs synthetic graphs of each class,
+        with Bernoulli edges sampled by the reparameterisation trick."""
         net = self.new_gnn(g)  # one-step matching: gradients at a fresh initialisation, no inner training
         params = list(net.parameters())
         x, y = state.params["x"], state.buffers["y"]
@@ -417,6 +438,7 @@ def evaluate_graph_classification(gs: GraphSet, data: GraphDataset, *, runs: int
 
 
 def _random_baseline(data: GraphDataset, summary: GraphSet, ipc: int, seed: int, device: str) -> GraphSet:
+    """Random real graphs, ``ipc`` per class."""
     return random_graphs(data, ipc, seed)
 
 

@@ -34,6 +34,8 @@ def _matrix(obj, what: str) -> torch.Tensor:
 
 
 def _graph(obj, what: str, n: int) -> torch.Tensor:
+    """Edge index of a Planetoid adjacency dict (node -> neighbour list), checked entry by entry without unpickling
+    arbitrary objects."""
     if not isinstance(obj, dict):
         raise DataError(f"{what} should hold an adjacency dict; it holds {type(obj).__name__}.")
     rows: list[int] = []

@@ -61,10 +61,12 @@ class Interactions:
 
     @property
     def num_users(self) -> int:
+        """Number of users."""
         return int(self.train.shape[0])
 
     @property
     def num_items(self) -> int:
+        """Number of items."""
         return int(self.train.shape[1])
 
     def check_ipc(self, ipc: int) -> None:
@@ -126,6 +128,7 @@ def load_movielens(root: str | os.PathLike | None = None, *, path: str | os.Path
 @register_dataset("ml-100k", files=("movielens/ml-100k/u.data",), modality="recsys",
                   description="MovieLens-100K implicit feedback (943 users x 1682 items, 20 % of each user held out)")
 def _ml100k(root: Path, download: bool = False) -> Interactions:
+    """MovieLens-100K (``movielens/ml-100k``) as implicit-feedback interactions."""
     return load_movielens(root)
 
 
@@ -184,6 +187,7 @@ class SyntheticInteractions(Summary):
     modality: ClassVar[str] = "recsys"
 
     def validate(self) -> None:
+        """Refuse an empty matrix and values that are not finite or outside [0, 1] (DataError)."""
         m = self.matrix
         if m.ndim != 2 or m.shape[0] == 0:
             raise DataError(f"Synthetic interactions must be a non-empty (users, items) matrix; got {tuple(m.shape)}.")
@@ -191,17 +195,21 @@ class SyntheticInteractions(Summary):
             raise DataError("Synthetic interactions must be finite and in [0, 1].")
 
     def __len__(self) -> int:
+        """Number of synthetic users."""
         return int(self.matrix.shape[0])
 
     def contents(self) -> dict[str, Any]:
+        """Users, items and density, for ``describe``."""
         return {"users": len(self), "items": int(self.matrix.shape[1]), "density": float(self.matrix.mean())}
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the matrix with safe_io (safetensors + JSON header, atomic, checksummed)."""
         self.validate()
         return safe_io.write(path, {"matrix": self.matrix.float()}, {"meta": self.meta}, KIND, FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SyntheticInteractions":
+        """Read and validate a matrix written by :meth:`save`."""
         t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"matrix"})
         with header_errors(path, KIND):
             s = cls(t["matrix"], dict(h.get("meta", {})))
@@ -224,6 +232,7 @@ class SyntheticInteractions(Summary):
 # ---------------------------------------------------------------------- Distill-CF
 @dataclass
 class DistillCFConfig(MethodConfig):
+    """Distill-CF options (Sachdeva et al., NeurIPS 2022): ∞-AE ridge, Gumbel-softmax sampling of synthetic users."""
     steps: int = 500
     quick_steps: int = 100
     amp: bool = False
@@ -237,6 +246,8 @@ class DistillCFConfig(MethodConfig):
 
 @register_method("distill_cf")
 class DistillCF(Distiller):
+    """Distill-CF (Sachdeva et al., NeurIPS 2022): synthetic users as item distributions, learned through the
+    closed-form ∞-AE."""
     family = "recsys"
     paper = "Sachdeva et al., NeurIPS 2022, Infinite Recommendation Networks: A Data-Centric Approach"
     Config = DistillCFConfig
@@ -244,6 +255,7 @@ class DistillCF(Distiller):
 
     def __init__(self, real: Interactions, ipc: int, cfg: DistillCFConfig, device: torch.device,
                  model: str = "inf-ae", seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        """Check the model (the ∞-AE) and that there are training interactions."""
         if model != "inf-ae":
             raise ConfigError(f"distill_cf distils for the ∞-AE; got model {model!r} (omit --model).")
         if not bool((real.train != 0).any()):
@@ -253,6 +265,7 @@ class DistillCF(Distiller):
         self._train = real.train.to(device)
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Synthetic users' item logits, from random real users (``init="real"``) or noise."""
         n_i = self.data.num_items
         if self.cfg.init == "real":
             rows = torch.randperm(self.data.num_users, generator=g)[: self.ipc]
@@ -273,6 +286,8 @@ class DistillCF(Distiller):
         return 1 - torch.exp(torch.log1p(-draws.clamp(max=1 - 1e-6)).sum(0))
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """Sample synthetic users (Gumbel-softmax), fit the ∞-AE on them in closed form and score a batch of real users
+        against their held interactions."""
         xs = self.sample(state.params["logits"], g)
         alpha = infinite_ae_fit(xs, self.cfg.reg)
         idx = torch.randperm(self.data.num_users, generator=g)[: self.cfg.batch_users].to(self.device)
@@ -285,10 +300,12 @@ class DistillCF(Distiller):
         return {"loss": float(loss.detach()), "density": float(xs.detach().mean())}
 
     def matrix(self, state: DistillState) -> torch.Tensor:
+        """Expected interactions of each synthetic user: ``1 - (1 - p) ** gamma`` over ``gamma`` draws."""
         p = torch.softmax(state.params["logits"].detach(), dim=-1)
         return 1 - (1 - p) ** self.cfg.gamma
 
     def export(self, state: DistillState) -> SyntheticInteractions:
+        """The synthetic interaction matrix as a summary."""
         return SyntheticInteractions(self.matrix(state).float().cpu().clone(),
                                      self.meta(state, synthetic_users=self.ipc, items=self.data.num_items))
 
@@ -321,6 +338,7 @@ def evaluate_interactions(summary: SyntheticInteractions | None, data: Interacti
 
 def _random_baseline(data: Interactions, summary: SyntheticInteractions, ipc: int, seed: int,
                      device: str) -> SyntheticInteractions:
+    """As many real users, drawn at random, as the summary holds."""
     return random_users(data, len(summary), seed)
 
 

@@ -57,6 +57,7 @@ class EmptyTextError(DataError):
 
 # ---------------------------------------------------------------------- data
 def tokenize(sentence: str) -> list[str]:
+    """Lower-cased whitespace tokens."""
     return sentence.lower().split()
 
 
@@ -110,17 +111,21 @@ class TextData:
 
     @property
     def max_len(self) -> int:
+        """Length of a padded sentence, in tokens."""
         return int(self.train_ids.shape[1])
 
     @property
     def dim(self) -> int:
+        """Width of the embedding table."""
         return int(self.embedding.shape[1])
 
     def by_class(self) -> list[torch.Tensor]:
+        """Indices of the training sentences of each class."""
         return [(self.train_y == c).nonzero().flatten() for c in range(self.num_classes)]
 
 
 def encode(sents: list[str], index: dict[str, int], max_len: int) -> torch.Tensor:
+    """Token ids of ``sents`` padded (0) or cut to ``max_len``; unknown words map to ``UNK``."""
     out = torch.zeros(len(sents), max_len, dtype=torch.long)
     for i, s in enumerate(sents):
         ids = [index.get(w, UNK) for w in tokenize(s)][:max_len]
@@ -209,6 +214,7 @@ def _cache_file(train_path: Path, dev_path: Path, options: tuple) -> Path | None
 
 
 def _read_cached(path: Path) -> TextData:
+    """Read the tokenised dataset from its safe_io cache file."""
     t, h = safe_io.read(path, CACHE_KIND, CACHE_VERSION, {"embedding", "train_ids", "train_y", "dev_ids", "dev_y"})
     return TextData(h["name"], list(h["vocab"]), t["embedding"], t["train_ids"], t["train_y"], t["dev_ids"],
                     t["dev_y"], num_classes=int(h["num_classes"]))
@@ -217,6 +223,7 @@ def _read_cached(path: Path) -> TextData:
 @register_dataset("sst2", files=("text/SST-2/train.tsv", "text/SST-2/dev.tsv"), modality="text",
                   description="SST-2 sentiment sentences (GLUE tsv), 2 classes; frozen 64-d bag-of-words table")
 def _sst2(root: Path, download: bool = False) -> TextData:
+    """SST-2 (``text/SST-2`` under the data root)."""
     return load_sst2(root)
 
 
@@ -229,6 +236,8 @@ class TextCNN(nn.Module):
 
     def __init__(self, embedding: torch.Tensor, num_classes: int, widths: tuple[int, ...] = (3, 4, 5),
                  channels: int = 32, dropout: float = 0.5) -> None:
+        """TextCNN (Kim, EMNLP 2014): 1D convolutions of several widths over embeddings, max-pooled, then a linear
+        layer."""
         super().__init__()
         self.register_buffer("table", embedding.clone(), persistent=False)
         d = embedding.shape[1]
@@ -237,6 +246,7 @@ class TextCNN(nn.Module):
         self.fc = nn.Linear(channels * len(widths), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from token ids (looked up in the frozen table) or from embeddings directly."""
         if x.dtype == torch.long:
             x = self.table[x]
         h = x.transpose(1, 2)
@@ -245,6 +255,7 @@ class TextCNN(nn.Module):
 
 
 def new_textcnn(data: TextData, g: torch.Generator, device: torch.device | str = "cpu", **kw) -> TextCNN:
+    """A freshly initialised TextCNN over the dataset's frozen embedding table, drawn from ``g``."""
     with seeded_global_rng(g):
         return TextCNN(data.embedding, data.num_classes, **kw).to(device)
 
@@ -265,6 +276,7 @@ class TextSummary(Summary):
     modality: ClassVar[str] = "text"
 
     def validate(self) -> None:
+        """Refuse shapes that do not fit and non-finite values (DataError)."""
         n = self.x.shape[0]
         if self.x.ndim != 3 or self.soft.shape[0] != n or self.y.shape != (n,) or self.soft.ndim != 2:
             raise DataError(f"Text summary shapes do not fit: x {tuple(self.x.shape)}, soft {tuple(self.soft.shape)},"
@@ -273,19 +285,23 @@ class TextSummary(Summary):
             raise DataError("Text summary holds NaN/Inf; re-run the distillation.")
 
     def __len__(self) -> int:
+        """Number of synthetic sentences."""
         return int(self.x.shape[0])
 
     def contents(self) -> dict[str, Any]:
+        """Sentences, length, embedding width, classes and learned lr, for ``describe``."""
         return {"sentences": len(self), "length": int(self.x.shape[1]), "dim": int(self.x.shape[2]),
                 "classes": int(self.soft.shape[1]), "lr": self.lr}
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the summary with safe_io (safetensors + JSON header, atomic, checksummed)."""
         self.validate()
         return safe_io.write(path, {"x": self.x, "soft": self.soft, "y": self.y}, {"lr": self.lr, "meta": self.meta},
                              KIND, FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TextSummary":
+        """Read and validate a summary written by :meth:`save`."""
         t, h = safe_io.read(path, KIND, FORMAT_VERSION, {"x", "soft", "y"})
         with header_errors(path, KIND):
             s = cls(t["x"], t["soft"], t["y"], float(h["lr"]), dict(h.get("meta", {})))
@@ -307,6 +323,8 @@ class TextSummary(Summary):
 # ---------------------------------------------------------------------- method
 @dataclass
 class TextConfig(MethodConfig):
+    """Text distillation options (Sucholutsky & Schonlau, IJCNN 2021): learned embeddings, soft labels and inner step
+    size."""
     steps: int = 1000
     quick_steps: int = 100
     amp: bool = False
@@ -323,6 +341,8 @@ class TextConfig(MethodConfig):
 
 @register_method("text")
 class TextDistill(Distiller):
+    """Text dataset distillation (Sucholutsky & Schonlau, IJCNN 2021; DD, Wang et al. 2018): synthetic sentence
+    embeddings with learned soft labels and step size, meta-learned through an unrolled TextCNN."""
     family = "meta"
     paper = ("Sucholutsky & Schonlau, IJCNN 2021, Soft-Label Dataset Distillation and Text Dataset Distillation; "
              "Wang et al. 2018, Dataset Distillation")
@@ -331,12 +351,15 @@ class TextDistill(Distiller):
 
     def __init__(self, real: TextData, ipc: int, cfg: TextConfig, device: torch.device, model: str = "textcnn",
                  seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        """Check the model (a TextCNN) and keep the dataset."""
         if model != "textcnn":
             raise ConfigError(f"text distils for a TextCNN; got model {model!r} (omit --model).")
         super().__init__(real, ipc, cfg, device, model, seed, rank, world_size)
         self.data = real
 
     def init(self, g: torch.Generator) -> DistillState:
+        """Synthetic sentence embeddings (from random real sentences of each class, or noise), soft labels and the log
+        step size."""
         k, data = self.data.num_classes, self.data
         ys = torch.arange(k).repeat_interleave(self.ipc)
         if self.cfg.init == "real":
@@ -356,6 +379,8 @@ class TextDistill(Distiller):
                             optimizers={"syn": torch.optim.Adam(groups)})
 
     def step(self, state: DistillState, g: torch.Generator) -> dict[str, float]:
+        """Unroll a fresh TextCNN's training on the synthetic sentences and descend the real-data loss of the result
+        through the unroll (DD's meta-gradient)."""
         net = new_textcnn(self.data, g, self.device, channels=self.cfg.channels)
         net.eval()  # dropout off inside the unroll: all randomness comes from g
         f, params = functional(net)
@@ -373,6 +398,7 @@ class TextDistill(Distiller):
         return {"loss": float(loss.detach()), "real_acc": acc, "lr": float(p["log_lr"].detach().exp())}
 
     def export(self, state: DistillState) -> TextSummary:
+        """The synthetic embeddings, soft labels, labels and learned lr as a TextSummary."""
         p = state.params
         return TextSummary(p["x"].detach().float().cpu().clone(), p["soft"].detach().float().cpu().clone(),
                            state.buffers["y"].cpu().clone(), float(p["log_lr"].detach().exp()),
@@ -405,6 +431,7 @@ def evaluate_text(summary: TextSummary, data: TextData, *, runs: int = 3, repeat
 
 
 def _text_result(accs: list[float], data: TextData, steps: int | None, lr: float, t0: float, **extra) -> EvalResult:
+    """An EvalResult from per-run accuracies (std only with more than one run)."""
     t = torch.tensor(accs)
     return EvalResult(float(t.mean()), float(t.std()) if len(accs) > 1 else 0.0, accs, len(accs), "textcnn", data.name,
                       "train", steps, None, lr, time.perf_counter() - t0, extra)
@@ -450,6 +477,7 @@ def random_sentences(data: TextData, per_class: int, seed: int = 0, like: TextSu
 
 
 def _random_baseline(data: TextData, summary: TextSummary, ipc: int, seed: int, device: str) -> TextSummary:
+    """Random real sentences, ``ipc`` per class, shaped like ``summary``."""
     return random_sentences(data, ipc, seed, like=summary)
 
 

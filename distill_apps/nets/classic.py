@@ -40,9 +40,11 @@ class _Embedder(nn.Module):
     classifier: nn.Module
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features before the classifier."""
         return self.features(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
         return self.classifier(self.embed(x))
 
 
@@ -78,6 +80,7 @@ class MLP(_Embedder):
     """Multi-layer perceptron on the flattened image: ``depth - 1`` hidden ReLU layers of ``width`` (DC: 128)."""
 
     def __init__(self, in_channels, num_classes, image_size, width: int = 128, depth: int = 3, act: str = "relu"):
+        """``depth`` fully connected layers of ``width`` units on the flattened image."""
         super().__init__()
         from .convnet import make_act
 
@@ -97,6 +100,7 @@ class LeNet(_Embedder):
     """
 
     def __init__(self, in_channels, num_classes, image_size):
+        """LeNet-5 (LeCun et al., 1998): two 5x5 conv + max-pool stages and three linear layers."""
         super().__init__()
         pad_layers, (h, w) = pad_to_zoo_size(tuple(image_size))
         p = 0 if min(h, w) >= ZOO_SIZE else 2
@@ -120,6 +124,7 @@ class AlexNet(_Embedder):
     """
 
     def __init__(self, in_channels, num_classes, image_size, width: int = 128, norm: str = "none"):
+        """AlexNet (Krizhevsky et al., NeurIPS 2012) scaled to small images, as in the DC benchmark's zoo."""
         super().__init__()
         c1, c2, c3, c4, c5 = (width, width * 3 // 2, width * 2, width * 3 // 2, width * 3 // 2)
         layers, (h, w) = pad_to_zoo_size(tuple(image_size))
@@ -146,6 +151,7 @@ class VGG11(_Embedder):
     CFG = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")
 
     def __init__(self, in_channels, num_classes, image_size, norm: str = "instance", width: int = 64):
+        """VGG-11 (Simonyan & Zisserman, ICLR 2015) with the given norm, for small images."""
         super().__init__()
         up, size = upsample_to_zoo_size(tuple(image_size))
         pad, (h, w) = pad_to_zoo_size(size)
@@ -168,6 +174,7 @@ class _Block(nn.Module):
     """ResNet basic block: conv3x3(stride)-norm-ReLU-conv3x3-norm plus a (projected) shortcut."""
 
     def __init__(self, cin: int, cout: int, stride: int, norm: str, out_spatial: tuple[int, int]):
+        """ResNet basic block: two 3x3 convs with norm and a projection shortcut when the shape changes."""
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(cin, cout, 3, stride, 1, bias=False), make_norm(norm, cout, out_spatial), nn.ReLU(),
@@ -177,6 +184,7 @@ class _Block(nn.Module):
             nn.Conv2d(cin, cout, 1, stride, bias=False), make_norm(norm, cout, out_spatial))
 
     def forward(self, x):
+        """``relu(body(x) + shortcut(x))``."""
         return torch.relu(self.body(x) + self.short(x))
 
 
@@ -186,6 +194,7 @@ class ResNet18(_Embedder):
     (``resnet18-bn``: BatchNorm). A stage keeps stride 1 where stride 2 would leave it a 1x1 map (8x8 inputs)."""
 
     def __init__(self, in_channels, num_classes, image_size, norm: str = "instance", width: int = 64):
+        """ResNet-18 (He et al., CVPR 2016) with a 3x3 stem for small images, as in the DC benchmark's zoo."""
         super().__init__()
         h, w = image_size
         layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
@@ -220,6 +229,7 @@ def relu_init(model: nn.Module, skip: nn.Module) -> None:
 
 
 def _flat_dim(features: nn.Module, c: int, size: tuple[int, int]) -> int:
+    """Length of the flattened output of ``features`` for one ``(c, *size)`` input."""
     with torch.no_grad():
         return int(features(torch.zeros(1, c, *size)).shape[1])
 

@@ -15,6 +15,8 @@ from .registry import register_model
 
 
 def make_norm(norm: str, channels: int, spatial: tuple[int, int]) -> nn.Module:
+    """A normalisation layer by name: ``instance`` (GroupNorm with one group per channel, as in DC's code), ``group``,
+    ``batch``, ``layer`` or ``none``."""
     if norm == "instance":  # GroupNorm with one group per channel == affine instance norm, as in DC's code
         return nn.GroupNorm(channels, channels, affine=True)
     if norm == "group":
@@ -29,6 +31,7 @@ def make_norm(norm: str, channels: int, spatial: tuple[int, int]) -> nn.Module:
 
 
 def make_act(act: str) -> nn.Module:
+    """An activation by name: ``relu``, ``leakyrelu``, ``sigmoid`` or ``gelu``."""
     acts = {"relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
     if act not in acts:
         raise ConfigError(f"Unknown activation {act!r}: use {', '.join(acts)}.")
@@ -40,6 +43,8 @@ class ConvNet(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int], depth: int = 3,
                  width: int = 128, norm: str = "instance", act: str = "relu", pool: str = "avg") -> None:
+        """``depth`` blocks of conv 3x3 (``width`` channels), norm, activation and 2x2 pooling, then one linear
+        classifier."""
         super().__init__()
         if depth < 1 or width < 1:
             raise ConfigError(f"ConvNet needs depth >= 1 and width >= 1; got depth={depth}, width={width}.")
@@ -60,9 +65,11 @@ class ConvNet(nn.Module):
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features before the classifier (the embedding DM and NAS proxies use)."""
         return self.features(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
         return self.classifier(self.embed(x))
 
 

@@ -14,6 +14,7 @@ register_model = MODELS.register
 
 
 def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching the glob ``pattern``."""
     return MODELS.names(pattern)
 
 

@@ -70,6 +70,7 @@ def calibrate_noise(target_epsilon: float, target_delta: float, sample_rate: flo
 
 @functools.lru_cache(maxsize=256)
 def _calibrated(eps: float, delta: float, q: float, steps: int, accountant: str, tol: float) -> float:
+    """Opacus' noise multiplier for ``(eps, delta)`` over ``steps`` releases at sample rate ``q`` (cached)."""
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(get_noise_multiplier(target_epsilon=eps, target_delta=delta, sample_rate=q, steps=steps,
@@ -99,16 +100,19 @@ class PrivacyBudget:
     history: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        """Refuse an impossible target or an unknown accountant."""
         check_target(self.epsilon, self.delta)
         check_accountant(self.accountant)
 
     def _eps(self, history: list[list[float]]) -> float:
+        """Epsilon spent by ``history`` (rows ``[sigma, q, releases]``) at this budget's delta."""
         if not history:
             return 0.0
         return _epsilon(self.accountant, tuple((float(s), float(q), int(n)) for s, q, n in history), float(self.delta))
 
     @staticmethod
     def _merged(history: list[list[float]], sigma: float, q: float, n: int) -> list[list[float]]:
+        """``history`` with ``n`` more releases at ``(sigma, q)`` (merged into the last row when it matches)."""
         h = [list(x) for x in history]
         if h and h[-1][0] == sigma and h[-1][1] == q:
             h[-1][2] += n
@@ -118,6 +122,7 @@ class PrivacyBudget:
 
     @property
     def steps(self) -> int:
+        """Number of releases accounted so far."""
         return int(sum(n for _, _, n in self.history))
 
     def spent(self) -> float:
@@ -157,6 +162,7 @@ class PrivacyBudget:
         return lo
 
     def as_dict(self, with_epsilon: bool = True) -> dict[str, Any]:
+        """Target, delta, accountant, releases and history (and the epsilon spent), for metadata and checkpoints."""
         out = {"target_epsilon": self.epsilon, "delta": self.delta, "accountant": self.accountant,
                "releases": self.steps, "history": [list(h) for h in self.history]}
         return {**out, "epsilon": self.spent()} if with_epsilon else out

@@ -37,6 +37,7 @@ class MIAResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as a plain dict (JSON-ready)."""
         return asdict(self)
 
 
@@ -128,6 +129,7 @@ def side_by_side_png(left: torch.Tensor, right: torch.Tensor, path: str | Path, 
     from torchvision.utils import save_image
 
     def denorm(x):
+        """Undo the normalisation and clamp to [0, 1] for display."""
         x = x.detach().float().cpu()
         if mean and std:
             x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)

@@ -111,6 +111,8 @@ def union_training_set(x: torch.Tensor, y: torch.Tensor, union: ArrayRecord | No
 
 def _train_locally(msg: Message, context: Context, cfg: FederatedConfig, part: RealData, pid: int,
                    strategy: str, task: Any, status: dict[str, Any]) -> tuple[ArrayRecord, int]:
+    """Train the received global model on the partition (mixed with the union of summaries when the strategy asks);
+    returns the new weights and the examples used."""
     union = msg.content.array_records.get("union")
     if union is not None:
         context.state[union_state_key(strategy)] = union  # sent once, kept for the later rounds

@@ -50,6 +50,7 @@ class FederatedConfig:
     out: str = ""  # results JSON written by the ServerApp (needed for deployments)
 
     def __post_init__(self) -> None:
+        """Accept a list of strategies and check every field."""
         if isinstance(self.strategies, (list, tuple)):
             self.strategies = ",".join(self.strategies)
         self.check()

@@ -39,6 +39,7 @@ def free_port() -> int:
 
 
 def _toml_value(v: Any) -> str:
+    """A Python value as a TOML literal (bool, number or quoted string)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -99,6 +100,8 @@ def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
 
 
 def _wait_http(port: int, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:
+    """Wait until the SuperLink answers its health check on ``port``; an exited process or a timeout is a DistillError
+    pointing at its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -112,6 +115,8 @@ def _wait_http(port: int, proc: subprocess.Popen, timeout: float, log_path: Path
 
 
 def _executable(name: str) -> str:
+    """Path of a Flower command (``flower-superlink``, ...), found on PATH or beside this Python; missing is a
+    DistillError."""
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     if not Path(found).exists():
         raise DistillError(f"{name} is not on PATH: pip install 'distill-apps[flower]' in this environment.")
@@ -181,6 +186,7 @@ class _Processes:
     output in ``logs/<name>.log``; :meth:`stop_all` stops them by pid, newest first."""
 
     def __init__(self, env: dict[str, str], cwd: Path, logs: Path) -> None:
+        """Processes started for one deployment, by name, with their environment, working folder and log folder."""
         self.env, self.cwd, self.logs = env, cwd, logs
         self.named: dict[str, subprocess.Popen] = {}
         self._handles: list[Any] = []

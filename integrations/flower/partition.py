@@ -19,11 +19,13 @@ PARTITIONERS: Registry[Callable[[torch.Tensor, int, float, int], list[torch.Tens
 
 @PARTITIONERS.register("iid")
 def _iid(labels: torch.Tensor, n: int, alpha: float, seed: int) -> list[torch.Tensor]:
+    """Equal random shares of the examples (``alpha`` unused)."""
     return iid_partition(len(labels), n, seed)
 
 
 @PARTITIONERS.register("dirichlet")
 def _dirichlet(labels: torch.Tensor, n: int, alpha: float, seed: int) -> list[torch.Tensor]:
+    """Per-class shares drawn from Dirichlet(``alpha``): smaller ``alpha`` gives more skewed clients."""
     return dirichlet_partition(labels, n, alpha, seed)
 
 
@@ -35,6 +37,7 @@ def federated_dataset(name: str, root: str = "") -> RealData:
 
 @functools.lru_cache(maxsize=4)
 def _partitions(name: str, root: str, scheme: str, n: int, alpha: float, seed: int) -> tuple[torch.Tensor, ...]:
+    """Every client's example indices for one dataset and scheme (cached: clients in one process share the split)."""
     return tuple(PARTITIONERS.get(scheme)(federated_dataset(name, root).y_train, n, alpha, seed))
 
 

@@ -44,6 +44,7 @@ def make_server_app(cfg: FederatedConfig, sink: dict[str, Any]) -> ServerApp:
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
+        """The ServerApp's main: run every configured strategy and keep the results."""
         sink.update(run_server(grid, cfg))
 
     return app

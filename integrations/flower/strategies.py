@@ -51,6 +51,8 @@ class SummaryStrategy(FedAvg):
     train_on_union: ClassVar[bool] = False
 
     def __init__(self, cfg: FederatedConfig, real: RealData) -> None:
+        """Flower's FedAvg over all connected nodes, with per-client and per-round byte accounting and the received
+        summaries."""
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
         self.cfg, self.real = cfg, real
         self.summaries: dict[int, SyntheticSet] = {}  # by partition id
@@ -65,17 +67,21 @@ class SummaryStrategy(FedAvg):
         self.reference_keys = {k: tuple(v.shape) for k, v in init.state_dict().items()}
 
     def num_rounds(self) -> int:
+        """Rounds this strategy runs."""
         return self.cfg.rounds
 
     # ------------------------------------------------------------------ helpers
     def _round(self, r: int) -> dict[str, Any]:
+        """The byte and reply record of round ``r`` (created on first use)."""
         return self.rounds.setdefault(r, {"round": r, "up": {}, "down": {}, "summary_up": {}, "sampled": 0,
                                           "replies": 0, "failures": 0, "rejected": 0})
 
     def _pid(self, node: int) -> int | str:
+        """The partition id a node reported (or ``node-<id>`` before it did)."""
         return self._node_pid.get(node, f"node-{node}")
 
     def _wait_nodes(self, grid: Grid) -> list[int]:
+        """Wait up to ``connect_timeout`` for all clients to connect; returns the node ids (none is a DistillError)."""
         deadline = time.monotonic() + self.cfg.connect_timeout
         while True:
             nodes = sorted(grid.get_node_ids())
@@ -106,6 +112,7 @@ class SummaryStrategy(FedAvg):
                             meta={"clients": sorted(self.summaries), "dataset": self.real.name})
 
     def new_model(self, g: torch.Generator) -> torch.nn.Module:
+        """A freshly initialised global model drawn from ``g``."""
         r = self.real
         return da.build_model(self.cfg.model, r.image_shape[0], r.num_classes, r.image_shape[1:], generator=g,
                            device=pick_device(self.cfg.device))
@@ -113,6 +120,8 @@ class SummaryStrategy(FedAvg):
     # ------------------------------------------------------------------ Flower hooks
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        """One train message per node: the task (distil? train? use the union?), the global model and, once, the union
+        of summaries; bytes are counted."""
         nodes = self._wait_nodes(grid)
         rec = self._round(server_round)
         rec["sampled"] = len(nodes)
@@ -137,6 +146,8 @@ class SummaryStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate each reply (summary and/or model), count bytes and failures, then average models (FedAvg) or train
+        the global model on the union of summaries."""
         rec = self._round(server_round)
         models: list[RecordDict] = []
         examples = 0
@@ -195,6 +206,8 @@ class SummaryStrategy(FedAvg):
 
     def _accept_summary(self, server_round: int, node: int, pid: int, content: RecordDict,
                         rec: dict[str, Any]) -> bool:
+        """Validate a client's summary (shapes, dtypes, labels, finite values, SHA-256) and keep it; a bad one is
+        recorded as rejected."""
         if "summary" not in content.array_records or "summary-meta" not in content.config_records:
             reason = "reply carries no summary although this round asked for one"
         else:
@@ -219,6 +232,8 @@ class SummaryStrategy(FedAvg):
         return False
 
     def _accept_model(self, server_round: int, node: int, pid: int, content: RecordDict) -> bool:
+        """Check a client's model arrays against the global model's keys and shapes; a bad reply is recorded as
+        rejected."""
         ref = self.reference_keys
         reason = ""
         if "arrays" not in content.array_records:
@@ -241,6 +256,8 @@ class SummaryStrategy(FedAvg):
         return True
 
     def _server_train(self, server_round: int) -> ArrayRecord | None:
+        """Train a fresh global model on the union of the clients' summaries (one-shot federated learning); None when no
+        summary arrived."""
         union = self.union()
         if union is None:
             log.error("round %d: no valid summary arrived; no global model was trained", server_round)
@@ -254,6 +271,7 @@ class SummaryStrategy(FedAvg):
 
     # ------------------------------------------------------------------ driving one strategy
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Server-side test accuracy of the global model on the real test split."""
         if not len(arrays):
             return None
         net = self.new_model(generator("flower-eval", self.cfg.seed))
@@ -261,6 +279,7 @@ class SummaryStrategy(FedAvg):
         return MetricRecord({"accuracy": accuracy(net, self.real.x_test, self.real.y_test)})
 
     def run(self, grid: Grid) -> dict[str, Any]:
+        """Run the strategy on ``grid`` and return its report (accuracy per round, bytes, failures)."""
         t0 = time.perf_counter()
         result = self.start(grid=grid, initial_arrays=self.initial_arrays, num_rounds=self.num_rounds(),
                             timeout=self.cfg.round_timeout, evaluate_fn=self.evaluate_fn)
@@ -268,6 +287,7 @@ class SummaryStrategy(FedAvg):
         return self.report(acc, time.perf_counter() - t0)
 
     def report(self, acc: dict[int, float], seconds: float) -> dict[str, Any]:
+        """Accuracy per round, bytes up and down per round and client, rejected replies and failures, as a dict."""
         rounds = []
         for r in sorted(self.rounds):
             rec = self.rounds[r]
@@ -297,6 +317,7 @@ class OneShot(SummaryStrategy):
     train_on_union = True
 
     def num_rounds(self) -> int:
+        """One round: clients distil once, the server trains on the union."""
         return 1
 
 

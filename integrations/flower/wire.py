@@ -88,6 +88,7 @@ def summary_from_records(arrays: ArrayRecord, meta: ConfigRecord, image_shape: t
 
 
 def _scalar_bytes(v: Any) -> int:
+    """Bytes a config or metric value takes on the wire (numbers as 64 bits, strings by length, lists summed)."""
     if isinstance(v, bool):
         return 1
     if isinstance(v, (int, float)):

@@ -54,6 +54,7 @@ class SandboxedNasExperiment(NasExperiment):
     """``NasExperiment`` whose experiment manifest lives in ``manifest_dir``, not ``~/nni-experiments`` (hook 1)."""
 
     def __init__(self, *args: Any, manifest_dir: Path, **kw: Any) -> None:
+        """NasExperiment's arguments plus ``manifest_dir``; refuses an NNI without the two hooks it overrides."""
         check_host()
         missing = [h for h in ("_start_without_nni_manager", "_stop_without_nni_manager")
                    if not callable(getattr(NasExperiment, h, None))]
@@ -65,16 +66,19 @@ class SandboxedNasExperiment(NasExperiment):
         self.manifest_dir = Path(manifest_dir)
 
     def _manifest(self):
+        """NNI's experiment manifest, kept in ``manifest_dir``."""
         from nni.tools.nnictl.config_utils import Experiments
 
         return Experiments(home_dir=str(self.manifest_dir))
 
     def _start_without_nni_manager(self) -> None:  # NNI 3.0 hook: the manifest entry of a new experiment
+        """Record the new experiment in the sandboxed manifest (NNI 3.0 hook)."""
         self._manifest().add_experiment(self.id, "N/A", int(time.time() * 1000), "N/A", self.config.experiment_name,
                                         "N/A", status="RUNNING", tag=["retiarii"],
                                         logDir=str(self.config.experiment_working_directory))
 
     def _stop_without_nni_manager(self) -> None:  # NNI 3.0 hook: the manifest entry of a stopped experiment
+        """Mark the experiment stopped in the sandboxed manifest (NNI 3.0 hook)."""
         manifest = self._manifest()
         manifest.update_experiment(self.id, "status", "STOPPED")
         manifest.update_experiment(self.id, "endTime", int(time.time() * 1000))

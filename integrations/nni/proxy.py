@@ -66,6 +66,7 @@ class ProxyTask:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        """Refuse epochs < 1 and validation images that do not match the summary's shape or labels."""
         if self.epochs < 1:
             raise ConfigError(f"proxy epochs must be >= 1; got {self.epochs}.")
         if self.x_val.ndim != 4 or tuple(self.x_val.shape[1:]) != tuple(self.summary.image_shape):
@@ -79,6 +80,8 @@ class ProxyTask:
 
     @property
     def augment_used(self) -> str | None:
+        """The augmentation candidates train with: DSA when ``auto`` and the summary is evaluated with it, else the one
+        given."""
         if self.augment == "auto":
             return "dsa" if self.summary.meta.get("eval_augment") == "dsa" else None
         return None if self.augment == "none" else self.augment

@@ -29,6 +29,7 @@ def rankdata(a: Sequence[float]) -> np.ndarray:
 
 
 def _check_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Two equally long 1-D float arrays of at least 2 entries, or a DataError."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise DataError(f"rank correlation needs two 1-D sequences of the same length; got {a.shape} and {b.shape}.")

@@ -33,6 +33,7 @@ STRATEGIES: Registry[Callable[..., Any]] = Registry("NNI strategy")
 
 @STRATEGIES.register("random")
 def _random(seed: int = 0, trials: int = 10) -> Any:
+    """NNI's Random strategy (deduplicated, seeded)."""
     return nas_strategy.Random(dedup=True, seed=seed)
 
 
@@ -46,16 +47,19 @@ def _evolution(seed: int = 0, trials: int = 10) -> Any:
 
 @STRATEGIES.register("tpe")
 def _tpe(seed: int = 0, trials: int = 10) -> Any:
+    """NNI's TPE strategy (Bergstra et al., NeurIPS 2011), maximising accuracy."""
     return nas_strategy.TPE(optimize_mode="maximize", seed=seed)
 
 
 @STRATEGIES.register("grid")
 def _grid(seed: int = 0, trials: int = 10) -> Any:
+    """NNI's GridSearch over the space."""
     return nas_strategy.GridSearch(seed=seed)
 
 
 @contextlib.contextmanager
 def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore them."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -88,11 +92,14 @@ class SearchResult:
     experiment_id: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as a plain dict (JSON-ready)."""
         return asdict(self)
 
 
 def _run_nas(space: ModelSpace, evaluator: Any, strategy: Any, name: str, trials: int, work: Path,
              verbose: bool) -> SearchResult:
+    """Run a NAS experiment in NNI's sequential engine (sandboxed manifest, working folder under ``work``) and collect
+    every trial."""
     if trials < 1:
         raise ConfigError(f"trials must be >= 1; got {trials}.")
     cfg = NasExperimentConfig("sequential", "simplified", "local")
@@ -142,6 +149,7 @@ HPO_KEYS = ("lr", "weight_decay", "epochs", "batch_size")
 
 
 def _check_hpo_space(space: dict[str, dict[str, Any]]) -> None:
+    """Refuse HPO parameters the proxy trainer does not take."""
     bad = sorted(set(space) - set(HPO_KEYS))
     if bad:
         raise ConfigError(f"unknown HPO parameter(s) {bad}: the proxy trainer tunes {', '.join(HPO_KEYS)}.")

@@ -35,6 +35,8 @@ class ConvNetSpace(ModelSpace):
                  norms: Sequence[str] = ("instance", "batch", "none"),
                  acts: Sequence[str] = ("relu", "leakyrelu", "sigmoid", "gelu"),
                  pools: Sequence[str] = ("avg", "max")) -> None:
+        """A space over the field's ConvNet: depth, width and pooling as ``nni.choice`` (frozen, they change shapes),
+        normalisation and activation as shared-label ``LayerChoice``s."""
         super().__init__()
         for name, vals in (("depths", depths), ("widths", widths), ("norms", norms), ("acts", acts),
                            ("pools", pools)):
@@ -60,13 +62,16 @@ class ConvNetSpace(ModelSpace):
 
     @classmethod
     def for_data(cls, real: RealData, **choices) -> "ConvNetSpace":
+        """The space for ``real``'s image shape and class count."""
         c, h, w = real.image_shape
         return cls(c, real.num_classes, (h, w), **choices)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features before the classifier."""
         return self.features(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
         return self.classifier(self.embed(x))
 
 

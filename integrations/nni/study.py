@@ -56,6 +56,7 @@ class StudyResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as a plain dict (JSON-ready)."""
         return asdict(self)
 
     def table(self) -> list[dict[str, Any]]:
@@ -90,6 +91,8 @@ class StudyCheckpoint:
     """
 
     def __init__(self, folder: str | os.PathLike, settings: dict[str, Any]):
+        """Open (or start) a study checkpoint in ``folder``; one of other settings is a ConfigError naming the settings
+        that differ."""
         self.dir = Path(folder)
         self.dir.mkdir(parents=True, exist_ok=True)
         settings = json.loads(json.dumps(settings, default=str))
