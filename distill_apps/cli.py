@@ -21,6 +21,7 @@ RECIPES = {
     "private-sharing": "private_sharing",
     "medical": "medical_sharing",
     "robustness": "robustness",
+    "textures": "textures",
 }
 
 
