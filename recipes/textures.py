@@ -22,9 +22,10 @@ from distill_apps.recipes.reporting import StageBar, figure_markdown, finish
 #: the one line `distill-apps recipe --help` shows
 SUMMARY = "tileable textures (circular padding) distilled from one class, with 3x3 previews and a seam check"
 
-#: the recipe's defaults per method (``--set METHOD.KEY=VALUE`` overrides): noise start, no geometric DSA ops
-#: (their zero fill would teach the texture an edge)
-PRESETS: dict[str, dict[str, Any]] = {"dm": {"init": "noise", "dsa_strategy": "color", "lr_img": 100.0,
+#: the recipe's defaults per method (``--set METHOD.KEY=VALUE`` overrides): noise start, a random circular shift of
+#: every texture each step (``roll``, trajectory matching's texture mode), no DSA (its zero fill would teach the
+#: texture an edge)
+PRESETS: dict[str, dict[str, Any]] = {"dm": {"init": "noise", "dsa_strategy": "none", "roll": True, "lr_img": 3.0,
                                              "batch_real": 128}}
 
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         previews.append(torch.cat([tile(t) for t in pix], dim=-1))  # the tiles' 3x3 previews side by side
         if kind == "circular":
             results["summary"] = str(s.save(out / "texture.safetensors"))
-            results["tiles"] = [str(safe_io.write_png(out / f"tile_{i}.png", upscale(t, a.scale)))
+            results["tile_pngs"] = [str(safe_io.write_png(out / f"tile_{i}.png", upscale(t, a.scale)))
                                 for i, t in enumerate(pix)]
     with bar("report"):
         sheet = upscale(torch.cat(previews, dim=-2), max(1, a.scale // 2))
@@ -133,7 +134,7 @@ def _report(r: dict[str, Any]) -> str:
         "each texture repeated 3 x 3 edge to edge, the textures side by side; top row: circular padding"
         + ("; bottom row: the zero-padded twin, whose seams show as a grid" if "plain" in r else "")
         + f". {setting}."))]
-    for i, t in enumerate(r["tiles"]):
+    for i, t in enumerate(r["tile_pngs"]):
         lines.append(figure_markdown(t, f"tile {i}", f"texture {i} alone (circular padding). {setting}."))
     lines.append(f"Summary: `{Path(r['summary']).name}` (load it with `distill_apps.load_summary`).")
     return "\n".join(lines) + "\n"
