@@ -195,6 +195,14 @@ def plot_accuracy_epsilon(r: dict[str, Any], path: Path) -> Path:
         ax.errorbar([x["epsilon"] for x in xs], [100 * x["accuracy"] for x in xs], yerr=err, marker="o",
                     capsize=3, label=name)
     ax.set_xscale("log")
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    ticks = sorted({round(x["epsilon"], 3) for xs in series.values() for x in xs})
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xticklabels([f"{t:.3g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="epsilon spent (log scale)", ylabel="test accuracy (%)",
            title=f"{r['dataset']}, IPC {r['ipc']}, delta {r['delta']:g}")
     ax.grid(alpha=0.3)

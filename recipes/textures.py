@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(r: dict[str, Any]) -> str:
     c = r["circular"]["seam"]
-    text = (f"{r['tiles']} tileable {r['size']}x{r['size']} textures were distilled with {r['method']} from "
+    text = (f"{r['tiles']} texture tiles of {r['size']}x{r['size']} pixels were distilled with {r['method']} from "
             f"{r['crops']} crops of {r['dataset']} class *{r['class']}*. With circular padding their wrap-around edges "
             f"differ by {c['wrap_columns']:.3f} (columns) / {c['wrap_rows']:.3f} (rows) against {c['inside_columns']:.3f}"
             f" / {c['inside_rows']:.3f} between neighbouring pixels inside, so they "
@@ -132,7 +132,7 @@ def _report(r: dict[str, Any]) -> str:
                "tiles up-scaled with nearest pixels")
     lines += ["", figure_markdown(r["preview"], "3x3 tiled preview", (
         "each texture repeated 3 x 3 edge to edge, the textures side by side; top row: circular padding"
-        + ("; bottom row: the zero-padded twin, whose seams show as a grid" if "plain" in r else "")
+        + ("; bottom row: the zero-padded twin of the same setup, for comparison" if "plain" in r else "")
         + f". {setting}."))]
     for i, t in enumerate(r["tile_pngs"]):
         lines.append(figure_markdown(t, f"tile {i}", f"texture {i} alone (circular padding). {setting}."))

@@ -54,7 +54,7 @@ def test_textures_recipe_writes_tiles_preview_and_report(tmp_path, capsys):
     assert res["circular"]["seamless"] == (g["wrap_columns"] <= g["inside_columns"] and g["wrap_rows"] <= g["inside_rows"])
     assert res["plain"]["model"] == "convnet-d2-w8"
     md = (out / "report.md").read_text()
-    assert md.split("\n\n")[1].startswith("4 tileable 12x12 textures were distilled with dm")
+    assert md.split("\n\n")[1].startswith("4 texture tiles of 12x12 pixels were distilled with dm")
     assert "*Figure: each texture repeated 3 x 3" in md
     for f in (out / "report.md", out / "preview_3x3.png", out / "tile_0.png", out / "texture.safetensors"):
         assert oct(f.stat().st_mode & 0o777) == "0o644"
