@@ -30,7 +30,8 @@ def texture_data(real: RealData, cls: int | str, size: int, crops: int = 1024, s
     pick = torch.randint(len(x), (crops,), generator=g)
     # crop corners inside the central region: an image's middle half is where the fabric is
     lo_y, lo_x = max(0, h // 4 - size // 4), max(0, w // 4 - size // 4)
-    hi_y, hi_x = max(lo_y, min(h - size, 3 * h // 4 - 3 * size // 4)), max(lo_x, min(w - size, 3 * w // 4 - 3 * size // 4))
+    hi_y = max(lo_y, min(h - size, 3 * h // 4 - 3 * size // 4))
+    hi_x = max(lo_x, min(w - size, 3 * w // 4 - 3 * size // 4))
     oy = torch.randint(lo_y, hi_y + 1, (crops,), generator=g)
     ox = torch.randint(lo_x, hi_x + 1, (crops,), generator=g)
     out = torch.stack([x[i, :, a:a + size, b:b + size] for i, a, b in zip(pick.tolist(), oy.tolist(), ox.tolist())])

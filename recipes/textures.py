@@ -113,8 +113,8 @@ def _report(r: dict[str, Any]) -> str:
     c = r["circular"]["seam"]
     text = (f"{r['tiles']} texture tiles of {r['size']}x{r['size']} pixels were distilled with {r['method']} from "
             f"{r['crops']} crops of {r['dataset']} class *{r['class']}*. With circular padding their wrap-around edges "
-            f"differ by {c['wrap_columns']:.3f} (columns) / {c['wrap_rows']:.3f} (rows) against {c['inside_columns']:.3f}"
-            f" / {c['inside_rows']:.3f} between neighbouring pixels inside, so they "
+            f"differ by {c['wrap_columns']:.3f} (columns) / {c['wrap_rows']:.3f} (rows) against "
+            f"{c['inside_columns']:.3f} / {c['inside_rows']:.3f} between neighbouring pixels inside, so they "
             f"{'tile without a seam' if r['circular']['seamless'] else 'still show a seam when tiled'}")
     if "plain" in r:
         p = r["plain"]["seam"]
@@ -122,7 +122,8 @@ def _report(r: dict[str, Any]) -> str:
                  f"{p['inside_columns']:.3f} / {p['inside_rows']:.3f} inside")
     text += " (1 run; mean absolute differences in normalised pixel units)."
     lines = [f"# Tileable textures: {r['dataset']} class {r['class']}", "", text, "",
-             "| network | wrap columns | inside columns | wrap rows | inside rows | seamless |", "|---|---:|---:|---:|---:|---|"]
+             "| network | wrap columns | inside columns | wrap rows | inside rows | seamless |",
+             "|---|---:|---:|---:|---:|---|"]
     for kind in ("circular", "plain"):
         if kind in r:
             g = r[kind]["seam"]

@@ -51,7 +51,8 @@ def test_textures_recipe_writes_tiles_preview_and_report(tmp_path, capsys):
     assert s.meta["config"]["roll"] is True and s.meta["model"] == "convnet-circular-d2-w8"
     g = res["circular"]["seam"]
     assert g == seam_gaps(s.x)  # the report's figures are the saved textures' own
-    assert res["circular"]["seamless"] == (g["wrap_columns"] <= g["inside_columns"] and g["wrap_rows"] <= g["inside_rows"])
+    seamless = g["wrap_columns"] <= g["inside_columns"] and g["wrap_rows"] <= g["inside_rows"]
+    assert res["circular"]["seamless"] == seamless
     assert res["plain"]["model"] == "convnet-d2-w8"
     md = (out / "report.md").read_text()
     assert md.split("\n\n")[1].startswith("4 texture tiles of 12x12 pixels were distilled with dm")
