@@ -94,15 +94,17 @@ def _scatter(studies: list[Any], path: Path) -> None:
 
 def result_paragraph(studies: list[Any], search: dict[str, Any] | None) -> str:
     """The report's opening paragraph: the best proxy's rank correlation and speed-up, and what the search found."""
+    from distill_apps.integrations.nni import proxy_preference
+
     rows = [(st, r) for st in studies for r in st.table()]
-    st, best = max(rows, key=lambda p: (p[1]["spearman"] if p[1]["spearman"] == p[1]["spearman"] else -2))
+    st, best = max(rows, key=lambda p: proxy_preference(p[1]["proxy"], p[1]["spearman"]))  # ties: distilled
     text = (f"Ranking {st.k} ConvNet architectures on {st.dataset}, the best proxy was {best['proxy']} with IPC "
             f"{st.ipc}: Spearman rho {best['spearman']:.2f} with the full-data ranking, top-{best['top_k']} overlap "
             f"{best['top_k_overlap']:.2f}, {best['speedup']:.1f}x faster per candidate than full-data training")
     rand = [r for s2, r in rows if r["proxy"] == "random" and s2.ipc == st.ipc]
     if rand and best["proxy"] != "random":
         text += f" (the random subset of the same size: rho {rand[0]['spearman']:.2f})"
-    text += " (1 run)."
+    text += "; 1 run."
     if search:
         text += (f" The NNI search on it found an architecture with {100 * search['best_full_accuracy']:.1f} % "
                  f"full-data test accuracy (best of the {st.k} sampled: "
