@@ -21,6 +21,7 @@ RECIPES = {
     "private-sharing": "private_sharing",
     "medical": "medical_sharing",
     "robustness": "robustness",
+    "textures": "textures",
 }
 
 
@@ -268,7 +269,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
     grid = isinstance(summary, SyntheticSet)
     if grid:
         try:
-            summary.image_grid(files.grid, transform=getattr(real, "transform", None))
+            names = getattr(real, "class_names", None)
+            summary.image_grid(files.grid, transform=getattr(real, "transform", None),
+                               labels=names if names and len(names) == summary.num_classes else True)
         except DistillError as exc:
             raise DistillError(f"The summary was saved to {out}, but its PNG grid was not: {exc}") from exc
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,

@@ -335,9 +335,14 @@ class SyntheticSet(Summary):
             raise SummaryFormatError(f"{path}: {exc} The file is damaged or was edited: re-create it.") from exc
         return out
 
-    def image_grid(self, path: str | os.PathLike, per_class: int | None = None, transform: Any = None) -> Path:
+    def image_grid(self, path: str | os.PathLike, per_class: int | None = None, transform: Any = None, *,
+                   scale: int | None = None, labels: Any = True) -> Path:
         """Write a PNG grid of the (materialised, de-normalised) images, one row per class. A summary of
-        whitened data (``meta["data"]["transform"]``) needs that ``transform`` (``real.transform``) to undo it."""
+        whitened data (``meta["data"]["transform"]``) needs that ``transform`` (``real.transform``) to undo it.
+
+        ``scale`` up-scales every pixel to ``scale x scale`` (default: the factor that makes each image at least 64
+        pixels wide); ``labels`` puts a label left of each row: a list of class names (e.g. ``real.class_names``),
+        ``True`` for the class indices, ``False`` for none."""
         m = self.materialize()
         x = m.x.detach().float().cpu()
         recorded = (self.meta.get("data") or {}).get("transform")
@@ -353,7 +358,22 @@ class SyntheticSet(Summary):
             xc = x[m.y == c][:ncol]
             pad = torch.zeros(ncol - len(xc), *x.shape[1:])
             rows.append(torch.cat([xc, pad]))
-        return safe_io.write_png(path, torch.cat(rows).clamp(0, 1), nrow=ncol, padding=1)
+        from .figures import auto_scale, label_rows, upscale
+
+        k = auto_scale(x.shape[-1]) if scale is None else int(scale)
+        if k < 1:
+            raise DataError(f"image_grid scale must be a whole number >= 1; got {scale}.")
+        grid = upscale(torch.cat(rows).clamp(0, 1), k)
+        if labels is False or labels is None:
+            return safe_io.write_png(path, grid, nrow=ncol, padding=1)
+        names = [str(c) for c in range(self.num_classes)] if labels is True else [str(n) for n in labels]
+        if len(names) != self.num_classes:
+            raise DataError(f"image_grid got {len(names)} labels for {self.num_classes} classes: pass one name per "
+                            "class (e.g. real.class_names), True for class indices or False for none.")
+        from torchvision.utils import make_grid
+
+        sheet = make_grid(grid, nrow=ncol, padding=1)
+        return safe_io.write_png(path, label_rows(sheet, names, grid.shape[-2], 1))
 
 
 HEADER_FIELDS = ("num_classes", "image_shape", "mean", "std", "label_kind", "lr", "decoder", "decoder_spec", "meta")

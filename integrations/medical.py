@@ -293,6 +293,15 @@ def anonymisation_check(summary, real: RealData, *, png: str | Path | None = Non
            "nearest_real_l2": sl2_i.tolist(), "nearest_real_ssim": sss_i.tolist()}
     if png is not None:
         order = torch.argsort(sl2 - 1e6 * flagged.float())[:pairs]
-        side_by_side_png(xs[order], xr[sl2_i[order]], png)
+        names = real.class_names
+        ys, yr = m.y.cpu(), real.y_train.cpu()
+        multi = ys.dim() > 1 or yr.dim() > 1
+        cls = (lambda y: "multi-label") if multi else (lambda y: names[int(y)])  # noqa: E731
+        side_by_side_png(xs[order], xr[sl2_i[order]], png,
+                         left_titles=[("FLAGGED " if bool(flagged[i]) else "") + f"synthetic, {cls(ys[i])}"
+                                      for i in order.tolist()],
+                         right_titles=[f"real #{int(sl2_i[i])}, {cls(yr[sl2_i[i]])}\nL2 {float(sl2[i]):.2f}, "
+                                       f"SSIM {float(sss[i]):.2f}" for i in order.tolist()],
+                         title=f"thresholds: L2 {l2_thr:.2f}, SSIM {ssim_thr:.2f}")
         out["png"] = str(png)
     return out

@@ -31,6 +31,7 @@ import torch
 import distill_apps as da
 from distill_apps.errors import ConfigError
 from distill_apps.options import add_set_argument, make_parser, method_options, split_list
+from distill_apps.recipes.reporting import StageBar, figure_markdown, integer_ticks, pm, save_figure, write_file
 
 #: the one line `distill-apps recipe --help` shows
 SUMMARY = "class-incremental learning (Avalanche) with raw vs distilled replay memories of equal budget"
@@ -191,13 +192,15 @@ def write_report(rows: list[dict[str, Any]], a: argparse.Namespace, out: Path) -
             ax.fill_between(xs, 100 * (m - s), 100 * (m + s), alpha=0.15)
         ax.set(title=f"Split-{a.dataset}, {mpc} images/class", xlabel="experiences learned",
                ylabel="average accuracy on seen experiences (%)")
+        integer_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend()
     png = out / "accuracy.png"
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    save_figure(fig, png, dpi=120)
+    n = len(a.seeds)
     lines = [f"# Continual replay: Split-{a.dataset}, {a.experiences} experiences ({a.strategy})", "",
+             result_paragraph(rows, a), "",
              f"Seeds {a.seeds}; learner {a.model}, {a.epochs} epochs/experience, SGD lr {a.lr}, batch {a.batch_size}; "
              f"distillation {'steps=' + str(a.steps) if a.steps >= 0 else 'budget=' + a.budget} per experience"
              f"{', quick presets ' + str(QUICK_PRESETS) if a.budget == 'quick' else ''}; overrides {a.set or 'none'}; "
@@ -207,12 +210,42 @@ def write_report(rows: list[dict[str, Any]], a: argparse.Namespace, out: Path) -
              "|---|---:|---:|---:|---:|"]
     for r in rows:
         fa, fo = r["final_accuracy"], r["forgetting"]
-        lines.append(f"| {r['memory']} | {r['mem_per_class']} | {100 * fa['mean']:.2f} ± {100 * fa['std']:.2f} | "
-                     f"{100 * fo['mean']:.2f} ± {100 * fo['std']:.2f} | {r['seconds']:.1f} |")
-    lines += ["", f"![accuracy after each experience]({png.name})", ""]
+        lines.append(f"| {r['memory']} | {r['mem_per_class']} | {pm(fa['mean'], fa['std'], n, scale=100)} | "
+                     f"{pm(fo['mean'], fo['std'], n, scale=100)} | {r['seconds']:.1f} |")
+    spread = (f"mean over {n} seeds, shaded ± one std" if n >= 2 else "1 run (seed "
+              f"{a.seeds[0]}), no spread shown")
+    lines += ["", figure_markdown(png, "accuracy after each experience", (
+        f"average test accuracy on the experiences seen so far (y) after learning each of the {a.experiences} "
+        f"experiences of Split-{a.dataset} (x), one line per replay memory, one panel per memory budget "
+        f"({', '.join(str(m) for m in mpcs)} images/class); {a.strategy} strategy, learner {a.model}, {a.epochs} "
+        f"epochs/experience; {spread}."))]
     md = out / "report.md"
-    md.write_text("\n".join(lines))
+    write_file(md, "\n".join(lines))
     return md, png
+
+
+def result_paragraph(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
+    """The report's opening paragraph: the best distilled memory against the best raw one, in words."""
+    from distill_apps.integrations.avalanche import MEMORIES
+
+    mpc = max(r["mem_per_class"] for r in rows)
+    at = [r for r in rows if r["mem_per_class"] == mpc]
+    best = max(at, key=lambda r: r["final_accuracy"]["mean"])
+    distilled = [r for r in at if r["memory"] not in MEMORIES]
+    raw = [r for r in at if r["memory"] in MEMORIES]
+    runs = f"mean of {len(a.seeds)} seeds" if len(a.seeds) > 1 else "1 run"
+    k = a.experiences
+    if distilled and raw:
+        d = max(distilled, key=lambda r: r["final_accuracy"]["mean"])
+        b = max(raw, key=lambda r: r["final_accuracy"]["mean"])
+        gap = 100 * (d["final_accuracy"]["mean"] - b["final_accuracy"]["mean"])
+        return (f"Replaying a {mpc}-image-per-class {d['memory'].upper()} summary kept "
+                f"{100 * d['final_accuracy']['mean']:.1f} % accuracy after {k} experiences of Split-{a.dataset}, "
+                f"{abs(gap):.1f} points {'above' if gap >= 0 else 'below'} {b['memory']} replay of the same memory "
+                f"(the best raw memory; {runs}). The best memory overall was {best['memory']}.")
+    return (f"With {mpc} images per class, the best replay memory was {best['memory']}: "
+            f"{100 * best['final_accuracy']['mean']:.1f} % accuracy after {k} experiences of Split-{a.dataset} "
+            f"({runs}).")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,16 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out or f"out/continual_{a.dataset.replace(':', '-')}")
     runs = []
     jobs = [(m, mpc, s) for mpc in a.mem_per_class for m in memories for s in a.seeds]
-    from tqdm.auto import tqdm
-
+    bar = StageBar(len(jobs) + 1, "continual", disable=a.json)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Avalanche 0.6 marks its own update() deprecated
         warnings.filterwarnings("ignore", message="No loggers specified")
-        for m, mpc, s in tqdm(jobs, desc="continual", disable=a.json, file=sys.stderr):
-            runs.append(run_stream(m, mpc, s, a))
+        for m, mpc, s in jobs:
+            with bar(f"stream: {m}, {mpc}/class, seed {s}"):
+                runs.append(run_stream(m, mpc, s, a))
     rows = aggregate(runs)
-    md, png = write_report(rows, a, out)
-    (out / "results.json").write_text(json.dumps({"args": vars(a), "results": rows, "runs": runs}, indent=1))
+    with bar("report"):
+        md, png = write_report(rows, a, out)
+        write_file(out / "results.json", json.dumps({"args": vars(a), "results": rows, "runs": runs}, indent=1))
+    bar.close()
     result = {"dataset": a.dataset, "experiences": a.experiences, "strategy": a.strategy, "seeds": a.seeds,
               "report": str(md), "plot": str(png),
               "memories": [{k: r[k] for k in ("memory", "mem_per_class", "final_accuracy", "forgetting",

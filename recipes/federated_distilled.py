@@ -22,6 +22,7 @@ from typing import Any
 
 from distill_apps.errors import ConfigError
 from distill_apps.options import add_set_argument, make_parser, method_options
+from distill_apps.recipes.reporting import StageBar, figure_markdown, integer_ticks, save_figure, write_file
 
 #: the one line `distill-apps recipe --help` shows
 SUMMARY = "federated learning on Flower: one-shot distilled summaries vs distilled + FedAvg vs FedAvg, bytes counted"
@@ -70,6 +71,7 @@ def report_markdown(res: dict[str, Any], mode: str, command: str) -> str:
     cfg = res["config"]
     lines = [f"# Federated distillation: {cfg['dataset']}, {cfg['num_clients']} clients, "
              f"{cfg['partition']}" + (f" alpha={cfg['alpha']}" if cfg["partition"] == "dirichlet" else ""), "",
+             result_paragraph(res), "",
              f"Mode: {mode}. Method {cfg['method']} (IPC {cfg['ipc']}, {cfg['steps']} steps per client), model "
              f"{cfg['model']}, {cfg['local_steps']} local steps per FedAvg round, seed {cfg['seed']}.", "",
              f"Command: `{command}`", "",
@@ -87,8 +89,43 @@ def report_markdown(res: dict[str, Any], mode: str, command: str) -> str:
         lines += ["", "Rejected or failed replies:", ""] + [f"- {n}: round {x['round']}, {x['reason']}"
                                                             for n, x in problems]
     lines += ["", "Bytes are Flower record payloads (serialised arrays + config/metric records), counted per client "
-              "and per round by the server; see results.json for the breakdown."]
+              "and per round by the server; see results.json for the breakdown.", ""]
+    part = cfg["partition"] + (f" (alpha {cfg['alpha']})" if cfg["partition"] == "dirichlet" else "")
+    setting = (f"{cfg['dataset']}, {cfg['num_clients']} clients, {part} partition, {cfg['method']} IPC {cfg['ipc']} "
+               f"({cfg['steps']} steps per client), model {cfg['model']}, {cfg['local_steps']} local steps per "
+               f"FedAvg round, seed {cfg['seed']}, 1 run")
+    lines += [figure_markdown("federated.png", "accuracy and bytes per round", (
+        f"left: test accuracy of the global model after each round (round 0 = the initial model); right: "
+        f"cumulative bytes sent (uplink + downlink) after each round; one line per strategy. {setting}.")),
+        figure_markdown("accuracy_bytes.png", "accuracy against bytes sent", (
+            f"test accuracy of the global model (y) against the cumulative bytes sent up to that round (x, MB, "
+            f"log scale), one point per round, one line per strategy: further up and left is better. {setting}."))]
     return "\n".join(lines) + "\n"
+
+
+def _cumulative(s: dict[str, Any]) -> list[int]:
+    cum, tot = [0], 0
+    for r in s["by_round"]:
+        tot += r["up"] + r["down"]
+        cum.append(tot)
+    return cum
+
+
+def result_paragraph(res: dict[str, Any]) -> str:
+    """The report's opening paragraph: each strategy's final accuracy and bytes, one-shot against FedAvg."""
+    st = {n: s for n, s in res["strategies"].items() if s["accuracy"] is not None}
+    if not st:
+        return "No strategy finished with an accuracy (see the failures below)."
+    parts = [f"{n} reached {100 * s['accuracy']:.1f} % after {s['rounds']} round(s) and {_mb(s['bytes_total'])} sent"
+             for n, s in st.items()]
+    text = "On this federation " + "; ".join(parts) + "."
+    if "oneshot" in st and "fedavg" in st:
+        o, f = st["oneshot"], st["fedavg"]
+        ratio = f["bytes_total"] / max(1, o["bytes_total"])
+        gap = 100 * (o["accuracy"] - f["accuracy"])
+        text += (f" One-shot distilled learning sent {ratio:.1f}x fewer bytes than FedAvg and ended "
+                 f"{abs(gap):.1f} points {'above' if gap >= 0 else 'below'} it (1 run).")
+    return text
 
 
 def plot(res: dict[str, Any], path: Path) -> Path:
@@ -102,20 +139,39 @@ def plot(res: dict[str, Any], path: Path) -> Path:
     for name, s in res["strategies"].items():
         rounds = [int(r) for r in s["accuracy_by_round"]]
         a1.plot(rounds, [100 * v for v in s["accuracy_by_round"].values()], marker="o", label=name)
-        cum, tot = [0], 0
-        for r in s["by_round"]:
-            tot += r["up"] + r["down"]
-            cum.append(tot)
+        cum = _cumulative(s)
         a2.plot(range(len(cum)), [c / 1e6 for c in cum], marker="o", label=name)
     a1.set(xlabel="round", ylabel="test accuracy (%)", title="global model")
     a2.set(xlabel="round", ylabel="cumulative MB (up + down)", title="communication")
-    a1.legend()
-    a2.legend()
+    for ax in (a1, a2):
+        integer_ticks(ax)
+        ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
+
+
+def plot_accuracy_bytes(res: dict[str, Any], path: Path) -> Path:
+    """Accuracy of the global model against the cumulative bytes sent, one point per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, s in res["strategies"].items():
+        accs = [100 * v for v in s["accuracy_by_round"].values()]
+        cum = _cumulative(s)[1:len(accs)]  # bytes sent up to each round after round 0
+        if accs[1:]:
+            ax.plot([c / 1e6 for c in cum], accs[1:len(cum) + 1], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="cumulative MB sent (up + down, log scale)", ylabel="test accuracy (%)",
+           title="accuracy against communication")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,14 +187,19 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=a.batch_size, mix=a.mix, server_epochs=a.server_epochs, device=a.device)
     if a.timeout <= 0:
         raise ConfigError(f"--timeout must be positive; got {a.timeout}.")
-    with contextlib.redirect_stdout(sys.stderr):  # Flower/Ray chatter must not mix with the --json object
+    bar = StageBar(2, "federated", disable=a.json)
+    with bar(f"{a.mode}: {', '.join(cfg.strategies)}"), contextlib.redirect_stdout(sys.stderr):
+        # Flower/Ray chatter must not mix with the --json object
         res = flower.simulate(cfg) if a.mode == "simulation" else flower.deploy(cfg, timeout=a.timeout)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["distill-apps", "recipe", "federated", *(argv if argv is not None else sys.argv[1:])])
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
-    (out / "report.md").write_text(report_markdown(res, a.mode, command))
-    png = plot(res, out / "federated.png")
+    with bar("report"):
+        write_file(out / "results.json", json.dumps(res, indent=1, default=str))
+        write_file(out / "report.md", report_markdown(res, a.mode, command))
+        png = plot(res, out / "federated.png")
+        plot_accuracy_bytes(res, out / "accuracy_bytes.png")
+    bar.close()
     summary = {
         "dataset": cfg.dataset, "clients": cfg.num_clients, "partition": cfg.partition, "alpha": cfg.alpha,
         "rounds": cfg.rounds, "ipc": cfg.ipc, "method": cfg.method, "steps": cfg.steps, "model": cfg.model,
@@ -148,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                            "accuracy_by_round": s["accuracy_by_round"], "summary_images": s["summary_images"],
                            "rejected": len(s["rejected"]), "failures": len(s["failures"])}
                        for n, s in res["strategies"].items()},
-        "report": str(out / "report.md"), "plot": str(png), "results": str(out / "results.json"),
+        "report": str(out / "report.md"), "plot": str(png), "accuracy_bytes_plot": str(out / "accuracy_bytes.png"),
+        "results": str(out / "results.json"),
     }
     if a.json:
         print(json.dumps(summary))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_apps.options import add_set_argument, make_parser, method_options, split_list
+from distill_apps.recipes.reporting import StageBar, figure_markdown, save_figure, write_file
 
 #: the one line `distill-apps recipe --help` shows
 SUMMARY = "are distilled sets good NAS proxies? rank correlation with full-data training, then an NNI search"
@@ -89,13 +90,33 @@ def _scatter(studies: list[Any], path: Path) -> None:
         ax.set_title(f"{st.dataset}, IPC {st.ipc}, K={st.k}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
+
+
+def result_paragraph(studies: list[Any], search: dict[str, Any] | None) -> str:
+    """The report's opening paragraph: the best proxy's rank correlation and speed-up, and what the search found."""
+    from distill_apps.integrations.nni import proxy_preference
+
+    rows = [(st, r) for st in studies for r in st.table()]
+    st, best = max(rows, key=lambda p: proxy_preference(p[1]["proxy"], p[1]["spearman"]))  # ties: distilled
+    text = (f"Ranking {st.k} ConvNet architectures on {st.dataset}, the best proxy was {best['proxy']} with IPC "
+            f"{st.ipc}: Spearman rho {best['spearman']:.2f} with the full-data ranking, top-{best['top_k']} overlap "
+            f"{best['top_k_overlap']:.2f}, {best['speedup']:.1f}x faster per candidate than full-data training")
+    rand = [r for s2, r in rows if r["proxy"] == "random" and s2.ipc == st.ipc]
+    if rand and best["proxy"] != "random":
+        text += f" (the random subset of the same size: rho {rand[0]['spearman']:.2f})"
+    text += "; 1 run."
+    if search:
+        text += (f" The NNI search on it found an architecture with {100 * search['best_full_accuracy']:.1f} % "
+                 f"full-data test accuracy (best of the {st.k} sampled: "
+                 f"{100 * search['study_best_full_accuracy']:.1f} %).")
+    return text
 
 
 def _report(studies: list[Any], search: dict[str, Any] | None, argv: list[str], path: Path) -> None:
     """Write the markdown report: rank correlations, speed-ups and the search on the best proxy."""
-    lines = ["# NAS on distilled proxy sets", "", f"Command: `distill-apps recipe nas-proxy {' '.join(argv)}`", ""]
+    lines = ["# NAS on distilled proxy sets", "", result_paragraph(studies, search), "",
+             f"Command: `distill-apps recipe nas-proxy {' '.join(argv)}`", ""]
     for st in studies:
         s = st.settings
         lines += [f"## {st.dataset}, IPC {st.ipc}, K = {st.k} architectures", "",
@@ -123,8 +144,14 @@ def _report(studies: list[Any], search: dict[str, Any] | None, argv: list[str], 
                   f"Best architecture: `{search['best']}`: proxy accuracy {100 * search['best_proxy_accuracy']:.2f} %, "
                   f"full-data test accuracy {100 * search['best_full_accuracy']:.2f} % "
                   f"(best of the K sampled: {100 * search['study_best_full_accuracy']:.2f} %).", ""]
-    lines += ["![proxy vs full accuracy](scatter.png)", ""]
-    path.write_text("\n".join(lines))
+    st = studies[0].settings
+    lines.append(figure_markdown("scatter.png", "proxy vs full accuracy", (
+        "each point is one sampled architecture: its accuracy after training on the proxy (x, scored on "
+        f"{st['val_per_class']} held-out real images per class, {st['proxy_epochs']} epochs) against its test "
+        f"accuracy after {st['full_epochs']} epochs on the full data (y); one colour per proxy (legend: Spearman rho), "
+        f"one panel per IPC; seed {st.get('seed', 'n/a')}, 1 run. Points on a rising line mean the proxy ranks "
+        "architectures as the full data does.")))
+    write_file(path, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,35 +178,42 @@ def main(argv: list[str] | None = None) -> int:
     if not a.resume and ckdir.exists():
         shutil.rmtree(ckdir)
     studies = []
+    bar = StageBar(len(a.ipc) + (3 if a.search_trials else 0) + 1, "nas-proxy", disable=a.json)
     for ipc in a.ipc:
-        studies.append(dn.rank_correlation_study(
-            real, k=a.k, ipc=ipc, methods=tuple(methods), full_epochs=a.full_epochs, proxy_epochs=a.proxy_epochs,
-            val_per_class=a.val_per_class, steps=a.steps, method_configs=configs, augment=augment, seed=a.seed,
-            device=str(dev), space=space, progress=True, distill_model=a.distill_model,
-            ground_truth=studies[0] if studies else None,  # full-data training once for all IPCs
-            checkpoint=ckdir))
+        with bar(f"rank-correlation study IPC {ipc}"):
+            studies.append(dn.rank_correlation_study(
+                real, k=a.k, ipc=ipc, methods=tuple(methods), full_epochs=a.full_epochs, proxy_epochs=a.proxy_epochs,
+                val_per_class=a.val_per_class, steps=a.steps, method_configs=configs, augment=augment, seed=a.seed,
+                device=str(dev), space=space, progress=True, distill_model=a.distill_model,
+                ground_truth=studies[0] if studies else None,  # full-data training once for all IPCs
+                checkpoint=ckdir))
     search = None
     if a.search_trials:
         # the proxy with the best rank correlation over all IPCs; ties go to the distilled proxy
         st, name, tied = choose_search_proxy(studies)
         rest, x_val, y_val = dn.holdout_split(real, a.val_per_class, a.seed)
         saved = dn.StudyCheckpoint.proxy_file(ckdir, name, st.ipc)  # the study's own proxy, same seed
-        summary = da.SyntheticSet.load(saved) if saved.exists() else da.distill(
-            name, rest, st.ipc, steps=a.steps, budget="quick", model=a.distill_model, seed=a.seed,
-            device=str(dev), config=configs.get(name), progress=False)
+        with bar(f"proxy {name} IPC {st.ipc}"):
+            summary = da.SyntheticSet.load(saved) if saved.exists() else da.distill(
+                name, rest, st.ipc, steps=a.steps, budget="quick", model=a.distill_model, seed=a.seed,
+                device=str(dev), config=configs.get(name), progress=False)
         task = dn.ProxyTask(summary, x_val, y_val, epochs=a.proxy_epochs, augment=augment,
                             flip_invariant=real.flip_invariant, seed=a.seed, device=str(dev))
-        res = dn.search_architecture(task, space, strategy=a.strategy, trials=a.search_trials, seed=a.seed,
-                                     workdir=out / "nni")
-        full_acc, _ = dn.train_full(space, res.best, rest, a.full_epochs, a.seed, dev)
+        with bar(f"NNI search ({a.strategy}, {a.search_trials} trials)"):
+            res = dn.search_architecture(task, space, strategy=a.strategy, trials=a.search_trials, seed=a.seed,
+                                         workdir=out / "nni")
+        with bar("full-data training of the found architecture"):
+            full_acc, _ = dn.train_full(space, res.best, rest, a.full_epochs, a.seed, dev)
         search = {"proxy": name, "ipc": st.ipc, "spearman": st.proxies[name]["spearman"], "tied_with": tied,
                   "tie_break": "distilled proxy over the random baseline", "strategy": a.strategy,
                   "trials": len(res.trials),
                   "seconds": res.seconds, "best": res.best, "best_proxy_accuracy": res.best_accuracy,
                   "best_full_accuracy": full_acc, "study_best_full_accuracy": max(st.full_accuracy),
                   "workdir": res.workdir}
-    _scatter(studies, out / "scatter.png")
-    _report(studies, search, argv, out / "report.md")
+    with bar("report"):
+        _scatter(studies, out / "scatter.png")
+        _report(studies, search, argv, out / "report.md")
+    bar.close()
     payload = {"dataset": real.name, "k": studies[0].k, "settings": studies[0].settings,
                "results": {f"ipc{st.ipc}": {n: {k: v for k, v in r.items() if k != "proxy"}
                                             for n, r in ((r["proxy"], r) for r in st.table())}
@@ -187,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                "full_seconds_per_candidate": {f"ipc{st.ipc}": sum(st.full_seconds) / len(st.full_seconds)
                                               for st in studies},
                "search": search, "report": str(out / "report.md"), "scatter": str(out / "scatter.png")}
-    (out / "study.json").write_text(json.dumps({"summary": payload, "studies": [st.as_dict() for st in studies]},
-                                               indent=1, default=str))
+    write_file(out / "study.json", json.dumps({"summary": payload, "studies": [st.as_dict() for st in studies]},
+                                              indent=1, default=str))
     if a.json:
         print(json.dumps(payload, default=str))
     else:

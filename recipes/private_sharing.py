@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from distill_apps.options import add_set_argument, make_parser, method_options, split_list
-from distill_apps.recipes.reporting import finish
+from distill_apps.recipes.reporting import (StageBar, figure_markdown, finish, grid_caption, pm, save_figure,
+                                            write_file)
 
 #: the one line `distill-apps recipe --help` shows
 SUMMARY = "share a differentially private summary (dp-dm, dp-dc) beside DP-SGD, with privacy audits"
@@ -120,18 +121,25 @@ def main(argv: list[str] | None = None) -> int:
     if a.runs < 1 or a.eval_runs < 1:
         raise ConfigError(f"--runs and --eval-runs must be >= 1; got {a.runs} and {a.eval_runs}.")
     runs, dpsgd_runs, shared = [], [], None
+    per_seed = len(methods) * len(epsilons) * 3 + (0 if a.no_dpsgd else len(a.epsilons))
+    bar = StageBar(a.runs * per_seed + 1, "private-sharing", disable=a.json)
     for seed in range(a.seed, a.seed + a.runs):
         for method in methods:
             for eps in epsilons:
                 cfg, steps = _config(options[method], a.steps, eps, a)
-                s = da.distill(method, real, a.ipc, steps=steps, config=cfg, model=a.model, seed=seed, device=dev,
-                               progress=not a.json)
-                ev = da.evaluate(s, real, model=a.model, runs=a.eval_runs, epochs=a.eval_epochs, augment=None,
-                                 device=dev, seed=seed)
-                mia = audit_summary(s, real, model=a.model, epochs=a.eval_epochs, n=a.audit_n, seed=seed, device=dev)
+                what = f"{method} eps {'inf' if eps is None else f'{eps:g}'}, seed {seed}"
+                with bar(f"distil {what}"):
+                    s = da.distill(method, real, a.ipc, steps=steps, config=cfg, model=a.model, seed=seed,
+                                   device=dev, progress=not a.json)
+                with bar(f"evaluate {what}"):
+                    ev = da.evaluate(s, real, model=a.model, runs=a.eval_runs, epochs=a.eval_epochs, augment=None,
+                                     device=dev, seed=seed)
                 tag = f"{method}_eps{'inf' if eps is None else f'{eps:g}'}"
-                nn = nearest_neighbour_audit(s, real, png=out / f"nn_{tag}.png" if seed == a.seed else None,
-                                             pairs=10, seed=seed)
+                with bar(f"audit {what}"):
+                    mia = audit_summary(s, real, model=a.model, epochs=a.eval_epochs, n=a.audit_n, seed=seed,
+                                        device=dev)
+                    nn = nearest_neighbour_audit(s, real, png=out / f"nn_{tag}.png" if seed == a.seed else None,
+                                                 pairs=10, seed=seed)
                 p = s.meta["privacy"]
                 runs.append({"method": method, "target_epsilon": eps, "seed": seed, "epsilon": p["epsilon"],
                              "delta": p["delta"], "noise_multiplier": p["noise_multiplier"],
@@ -142,18 +150,67 @@ def main(argv: list[str] | None = None) -> int:
                 if seed == a.seed and method == a.share_method and eps == share_eps:
                     shared = (s, runs[-1])
         if not a.no_dpsgd:
-            dpsgd_runs += [_dpsgd_run(a, real, eps, seed, dev) for eps in sorted(a.epsilons)]
+            for eps in sorted(a.epsilons):
+                with bar(f"DP-SGD eps {eps:g}, seed {seed}"):
+                    dpsgd_runs.append(_dpsgd_run(a, real, eps, seed, dev))
     rows = _aggregate(runs, ("method", "target_epsilon"))
     dpsgd = _aggregate(dpsgd_runs, ("target_epsilon",))
     files: dict[str, str] = {}
-    if shared is not None:
-        files["summary"] = str(shared[0].save(out / "summary.safetensors"))
-        (out / "DATA_CARD.md").write_text(data_card(shared[0], shared[1], real.name))
-        files["data_card"] = str(out / "DATA_CARD.md")
-    result = {"recipe": "private-sharing", "dataset": real.name, "ipc": a.ipc, "delta": a.delta,
-              "accountant": a.accountant, "model": a.model, "runs": a.runs, "eval_runs": a.eval_runs,
-              "summaries": rows, "dp_sgd": dpsgd, "per_run": {"summaries": runs, "dp_sgd": dpsgd_runs}, **files}
+    with bar("report"):
+        if shared is not None:
+            files["summary"] = str(shared[0].save(out / "summary.safetensors"))
+            write_file(out / "DATA_CARD.md", data_card(shared[0], shared[1], real.name))
+            files["data_card"] = str(out / "DATA_CARD.md")
+            files["grid"] = str(shared[0].image_grid(out / "grid_shared.png", labels=real.class_names))
+            files["grid_caption"] = grid_caption(shared[0], "The shared summary")
+        result = {"recipe": "private-sharing", "dataset": real.name, "ipc": a.ipc, "delta": a.delta,
+                  "accountant": a.accountant, "model": a.model, "runs": a.runs, "eval_runs": a.eval_runs,
+                  "eval_epochs": a.eval_epochs, "summaries": rows, "dp_sgd": dpsgd,
+                  "per_run": {"summaries": runs, "dp_sgd": dpsgd_runs}, **files}
+        result["plot"] = str(plot_accuracy_epsilon(result, out / "accuracy_epsilon.png"))
+    bar.close()
     return finish(out, result, _report(result), a.json)
+
+
+def plot_accuracy_epsilon(r: dict[str, Any], path: Path) -> Path:
+    """Test accuracy against the spent epsilon: one line per private method and DP-SGD, the non-private summaries
+    as dashed horizontal lines; error bars (± std) only with 2 or more runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.8, 4))
+    series: dict[str, list[dict[str, Any]]] = {}
+    for x in r["summaries"]:
+        if x["target_epsilon"] is None:
+            ax.axhline(100 * x["accuracy"], linestyle="--", color="gray", alpha=0.7)
+            ax.annotate(f"{x['method']} non-private", (0.01, 100 * x["accuracy"]), xycoords=("axes fraction", "data"),
+                        fontsize=7, va="bottom")
+        else:
+            series.setdefault(x["method"], []).append(x)
+    if r["dp_sgd"]:
+        series["DP-SGD (real data)"] = list(r["dp_sgd"])
+    for name, xs in series.items():
+        xs = sorted(xs, key=lambda x: x["epsilon"])
+        err = [100 * x["accuracy_std"] for x in xs] if r["runs"] >= 2 else None
+        ax.errorbar([x["epsilon"] for x in xs], [100 * x["accuracy"] for x in xs], yerr=err, marker="o",
+                    capsize=3, label=name)
+    ax.set_xscale("log")
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    ticks = sorted({round(x["epsilon"], 3) for xs in series.values() for x in xs})
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xticklabels([f"{t:.3g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="epsilon spent (log scale)", ylabel="test accuracy (%)",
+           title=f"{r['dataset']}, IPC {r['ipc']}, delta {r['delta']:g}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
 
 
 def _dpsgd_run(a, real, eps: float, seed: int, dev: str) -> dict[str, Any]:
@@ -193,8 +250,31 @@ def _aggregate(runs: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[st
 
 def _pm(x: dict[str, Any], m: str, pct: bool = False) -> str:
     """``mean ± std`` of metric ``m`` (as a percentage when ``pct``)."""
-    k = 100 if pct else 1
-    return f"{k * x[m]:.{2 if pct else 3}f} ± {k * x[m + '_std']:.{2 if pct else 3}f}"
+    n = len(x.get("seeds") or [None])
+    return pm(x[m], x[m + "_std"], n, fmt=".2f" if pct else ".3f", scale=100 if pct else 1)
+
+
+def result_paragraph(r: dict[str, Any]) -> str:
+    """The report's opening paragraph: the most private summary against DP-SGD and the non-private summary."""
+    runs = f"mean of {r['runs']} runs" if r["runs"] > 1 else "1 run"
+    private = [x for x in r["summaries"] if x["target_epsilon"] is not None]
+    if not private:
+        return f"Only non-private summaries were made ({runs}); see the table for their accuracy and audits."
+    eps = min(x["target_epsilon"] for x in private)
+    at = [x for x in private if x["target_epsilon"] == eps]
+    best = max(at, key=lambda x: x["accuracy"])
+    text = (f"At epsilon {best['epsilon']:.3g} (delta {r['delta']:g}), the best private summary, {best['method']} "
+            f"with {r['ipc']} images per class, trained a model to {100 * best['accuracy']:.1f} % test accuracy")
+    sgd = [x for x in r["dp_sgd"] if x["target_epsilon"] == eps]
+    if sgd:
+        gap = 100 * (best["accuracy"] - sgd[0]["accuracy"])
+        text += (f", {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} DP-SGD on the real data at the same "
+                 "epsilon")
+    ref = [x for x in r["summaries"] if x["target_epsilon"] is None and x["method"] == best["method"]]
+    if ref:
+        text += f" (the same method without privacy: {100 * ref[0]['accuracy']:.1f} %)"
+    return text + (f"; the membership-inference attack on it reached AUC {best['mia_auc']:.2f} (0.5 = no better "
+                   f"than guessing; {runs}).")
 
 
 def _f(v, pct=False) -> str:
@@ -207,8 +287,9 @@ def _f(v, pct=False) -> str:
 def _report(r: dict[str, Any]) -> str:
     """The markdown report: target and spent epsilon, accuracy, membership inference and nearest-neighbour distances per
     summary."""
-    lines = [f"# Private sharing: {r['dataset']}, IPC {r['ipc']}, delta {r['delta']} ({r['accountant']}), "
-             f"mean ± std over {r['runs']} run(s)", "",
+    spread = f"mean ± std over {r['runs']} runs" if r["runs"] >= 2 else "1 run"
+    lines = [f"# Private sharing: {r['dataset']}, IPC {r['ipc']}, delta {r['delta']} ({r['accountant']}), {spread}",
+             "", result_paragraph(r), "",
              "| method | target eps | spent eps | test acc % | MIA AUC | TPR@1%FPR | NN median, first run (syn / test) |",
              "|---|---|---|---|---|---|---|"]
     for x in r["summaries"]:
@@ -219,8 +300,25 @@ def _report(r: dict[str, Any]) -> str:
     for x in r["dp_sgd"]:
         lines.append(f"| DP-SGD (real data) | {x['target_epsilon']:g} | {x['epsilon']:.3g} | "
                      f"{_pm(x, 'accuracy', True)} | {_pm(x, 'mia_auc')} | {_pm(x, 'mia_tpr_at_1pct')} | - |")
-    lines += ["", f"Model `{r['model']}`. Nearest-neighbour pairs: `nn_<method>_eps<e>.png` (left synthetic, right "
-              "its nearest real training image).", ""]
+    lines += ["", f"Model `{r['model']}`.", ""]
+    setting = (f"{r['dataset']}, IPC {r['ipc']}, delta {r['delta']:g} ({r['accountant']} accountant), model "
+               f"`{r['model']}` trained {r['eval_epochs']} epochs on each summary")
+    if r.get("plot"):
+        lines.append(figure_markdown(r["plot"], "accuracy against epsilon", (
+            f"test accuracy (y) against the epsilon actually spent (x, log scale) for each private method and for "
+            f"DP-SGD on the real data; dashed lines: the non-private summaries. {setting}; "
+            + ("error bars ± one std over " + str(r["runs"]) + " runs." if r["runs"] >= 2 else "1 run, no error "
+               "bars."))))
+    for x in r["summaries"]:
+        tag = f"{x['method']}_eps{'inf' if x['target_epsilon'] is None else format(x['target_epsilon'], 'g')}"
+        eps = "no privacy" if x["target_epsilon"] is None else f"epsilon {x['epsilon']:.3g}"
+        lines.append(figure_markdown(f"nn_{tag}.png", f"nearest neighbours of {tag}", (
+            f"the (up to 10) synthetic images of the first run's `{x['method']}` summary ({eps}) "
+            "closest to a real training image (left, with its class) beside that nearest real training image "
+            "(right, with its index, class and L2 distance in normalised pixels); the title gives the smallest "
+            f"test-to-train distance as a baseline. {setting}.")))
     if r.get("data_card"):
-        lines.append(f"Shared summary: `{Path(r['summary']).name}` with `{Path(r['data_card']).name}`.")
+        lines.append(f"Shared summary: `{Path(r['summary']).name}` with `{Path(r['data_card']).name}`.\n")
+    if r.get("grid"):
+        lines.append(figure_markdown(r["grid"], "the shared summary", r["grid_caption"]))
     return "\n".join(lines) + "\n"

@@ -7,13 +7,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["finish", "data_card", "data_card_markdown", "write_data_card"]
+__all__ = ["finish", "data_card", "data_card_markdown", "write_data_card", "write_file", "pm", "integer_ticks",
+           "save_figure", "figure_markdown", "grid_caption", "StageBar"]
 
 
 def finish(out: Path, result: dict[str, Any], markdown: str, as_json: bool) -> int:
     """Write the files into ``out``; with ``as_json`` print ONE JSON object on stdout, else the markdown."""
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "report.md").write_text(markdown)
+    write_file(out / "results.json", json.dumps(result, indent=2, default=str))
+    write_file(out / "report.md", markdown)
     result["report"] = str(out / "report.md")
     print(json.dumps(result, default=str) if as_json else markdown)
     return 0
@@ -64,6 +65,84 @@ def data_card_markdown(card: dict[str, Any]) -> str:
 def write_data_card(stem: Path, card: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``<stem>.json`` and ``<stem>.md``; returns both paths."""
     js, md = stem.parent / f"{stem.name}.json", stem.parent / f"{stem.name}.md"
-    js.write_text(json.dumps(card, indent=2, default=str))
-    md.write_text(data_card_markdown(card))
+    write_file(js, json.dumps(card, indent=2, default=str))
+    write_file(md, data_card_markdown(card))
     return js, md
+
+
+# ---------------------------------------------------------------------- what people read: text, figures, progress
+def write_file(path: Path, text: str) -> Path:
+    """Write a report or JSON file atomically with the mode a plain ``open`` gives (0644 by default)."""
+    from distill_apps import safe_io
+
+    return safe_io.write_bytes(path, text.encode())
+
+
+def pm(mean: float, std: float, n: int, fmt: str = ".2f", scale: float = 1.0) -> str:
+    """``mean ± std`` when ``n >= 2`` runs back it, else the value and ``(1 run)``: a std of one run is no spread."""
+    if n >= 2:
+        return f"{scale * mean:{fmt}} ± {scale * std:{fmt}}"
+    return f"{scale * mean:{fmt}} (1 run)"
+
+
+def integer_ticks(ax, axis: str = "x") -> None:
+    """Ticks at whole numbers only, for axes that count things (experiences, rounds, IPC)."""
+    from matplotlib.ticker import MaxNLocator
+
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG atomically (0644) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from distill_apps import safe_io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return safe_io.write_bytes(path, buf.getvalue())
+
+
+def figure_markdown(path: str | Path, alt: str, caption: str) -> str:
+    """A figure in report.md: the image, then an italic caption saying what it shows and with what settings."""
+    return f"![{alt}]({Path(path).name})\n\n*Figure: {caption}*\n"
+
+
+def grid_caption(summary, what: str) -> str:
+    """Caption of a summary's image grid; a differentially private summary's says why it looks like noise."""
+    p = summary.privacy
+    text = (f"{what}: the {len(summary.y)} images of the `{summary.meta.get('method')}` summary, one row per class "
+            f"(row labels), up-scaled with nearest-neighbour pixels.")
+    if p is not None and getattr(p, "epsilon", None) is not None:
+        text += (f" The images look like noise because they are: each release was perturbed with Gaussian noise "
+                 f"for ({p.epsilon:.3g}, {p.delta:g})-differential privacy; the smaller epsilon, the more noise. What "
+                 "matters is what a model learns from them (the accuracy in the table), not how they look.")
+    return text
+
+
+class StageBar:
+    """A tqdm bar over a recipe's stages (distil, evaluate, search, ...): ``with bar("distil dm"): ...`` names the
+    stage on the bar while it runs and counts it when done. Off with ``disable`` (``--json``)."""
+
+    def __init__(self, total: int, desc: str, disable: bool = False) -> None:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, disable=disable, file=sys.stderr, unit="stage")
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def stage():
+            self.bar.set_postfix_str(name, refresh=True)
+            yield
+            self.bar.update(1)
+        return stage()
+
+    def close(self) -> None:
+        self.bar.close()

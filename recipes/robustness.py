@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distill_apps.recipes.reporting import finish
+from distill_apps.recipes.reporting import StageBar, figure_markdown, finish, save_figure
 
 HARD = ("dm", "dsa", "mtt", "dc", "idc", "tesla", "herding", "kcenter")
 TEACHER = ("sre2l", "rded")
@@ -74,9 +74,24 @@ def _plot(rows: list[dict[str, Any]], attacks: list[str], eps: list[float], path
         ax.set_title(attack.upper())
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
+
+
+def result_paragraph(r: dict[str, Any]) -> str:
+    """The report's opening paragraph: the most robust student at the largest eps against the random subset."""
+    attack = "pgd" if "pgd" in r["attacks"] else r["attacks"][0]
+    e = str(max(r["eps"]))
+    best = max(r["rows"], key=lambda x: x["robust"][attack][e])
+    text = (f"Under {attack.upper()} at eps {e}, the most robust student on {r['dataset']} (IPC {r['ipc']}) was "
+            f"trained on {best['method']} ({best['protocol']} protocol): {100 * best['robust'][attack][e]:.1f} % "
+            f"robust accuracy, {100 * best['clean']:.1f} % clean")
+    rand = [x for x in r["rows"] if x["method"] == "random" and x["protocol"] == best["protocol"]]
+    if rand and best["method"] != "random":
+        gap = 100 * (best["robust"][attack][e] - rand[0]["robust"][attack][e])
+        text += (f", {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} a random real subset of the same size "
+                 "under the same protocol")
+    runs = f"{r['runs']} students each" if r["runs"] > 1 else "1 run"
+    return text + f" ({runs})."
 
 
 def _report(r: dict[str, Any]) -> str:
@@ -84,7 +99,7 @@ def _report(r: dict[str, Any]) -> str:
     eps = r["eps"]
     head = "| method | protocol | distil s | clean % | " + " | ".join(
         f"{a.upper()} {e}" for a in r["attacks"] for e in eps) + " |"
-    lines = [f"# Adversarial robustness of students: {r['dataset']}, IPC {r['ipc']}", "",
+    lines = [f"# Adversarial robustness of students: {r['dataset']}, IPC {r['ipc']}", "", result_paragraph(r), "",
              f"Students: `{r['model']}`, {r['eval_epochs']} epochs, {r['runs']} run(s) each; attacks on the first "
              f"{r['attack_n']} test images, L-infinity eps in pixel units; PGD {r['pgd_steps']} steps of eps/4 "
              "from a random start. Protocols: `train` (hard labels, SGD, the field's schedule) and `softlabel` "
@@ -94,7 +109,12 @@ def _report(r: dict[str, Any]) -> str:
         cells = [f"{100 * x['robust'][a][str(e)]:.1f}" for a in r["attacks"] for e in eps]
         lines.append(f"| {x['method']} | {x['protocol']} | {x['distill_seconds']:.0f} | {100 * x['clean']:.2f} | "
                      + " | ".join(cells) + " |")
-    lines += ["", f"![robust accuracy against eps]({Path(r['plot']).name})", "",
+    lines += ["", figure_markdown(r["plot"], "robust accuracy against eps", (
+        f"test accuracy (y) of each student under attack against the L-infinity budget eps (x, pixel units; eps 0 = "
+        f"clean), one panel per attack ({', '.join(a.upper() for a in r['attacks'])}), one line per method and "
+        f"protocol (dashed: the random subset); {r['dataset']}, IPC {r['ipc']}, students `{r['model']}` "
+        f"{r['eval_epochs']} epochs, {r['attack_n']} attacked test images, "
+        + (f"mean of {r['runs']} students." if r["runs"] > 1 else "1 run."))),
               "Compare each method with `random` under the same protocol: the gap at eps 0 is what distillation "
               "adds to accuracy, the gap at eps > 0 what it adds (or costs) in robustness.", ""]
     return "\n".join(lines)
@@ -127,18 +147,22 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(m, "softlabel" if m in TEACHER else "train") for m in a.methods if m != "random"]
     plan += [("random", "train")] + ([("random", "softlabel")] if teacher is not None else [])
     summaries: dict[str, Any] = {}
+    bar = StageBar(len({m for m, _ in plan}) + len(plan) + 1, "robustness", disable=a.json)
     for method, protocol in plan:
         if method not in summaries:
-            cfg = {**({"teacher": str(teacher.path)} if method in TEACHER else {}), **per_method.get(method, {})}
-            t0 = time.perf_counter()
-            summaries[method] = (da.distill(method, real, a.ipc, steps=a.steps, budget=a.budget, model=a.model, seed=a.seed,
-                                            device=dev, config=cfg or None, progress=not a.json),
-                                 time.perf_counter() - t0)
+            with bar(f"distil {method}"):
+                cfg = {**({"teacher": str(teacher.path)} if method in TEACHER else {}),
+                       **per_method.get(method, {})}
+                t0 = time.perf_counter()
+                summaries[method] = (da.distill(method, real, a.ipc, steps=a.steps, budget=a.budget, model=a.model,
+                                                seed=a.seed, device=dev, config=cfg or None, progress=not a.json),
+                                     time.perf_counter() - t0)
         s, secs = summaries[method]
         kw = {"teacher": teacher} if protocol == "softlabel" else {}
-        res = robust_evaluate(s, real, attack=list(a.attacks), eps=a.eps, protocol=protocol, n=a.attack_n,
-                              steps=a.pgd_steps, seed=a.seed, model=a.model, runs=a.runs, epochs=a.eval_epochs,
-                              device=dev, **kw)
+        with bar(f"train + attack {method} ({protocol})"):
+            res = robust_evaluate(s, real, attack=list(a.attacks), eps=a.eps, protocol=protocol, n=a.attack_n,
+                                  steps=a.pgd_steps, seed=a.seed, model=a.model, runs=a.runs, epochs=a.eval_epochs,
+                                  device=dev, **kw)
         robust = {attack: info["accuracy"] for attack, info in res.extra["robust"].items()}
         clean = res.accuracy_mean
         rows.append({"method": method, "protocol": protocol, "steps": s.meta.get("steps"),
@@ -148,5 +172,7 @@ def main(argv: list[str] | None = None) -> int:
               "eps": a.eps, "pgd_steps": a.pgd_steps, "attack_n": a.attack_n, "eval_epochs": a.eval_epochs,
               "runs": a.runs, "budget": a.budget,
               "teacher": teacher.reference() if teacher is not None else {"model": None}, "rows": rows}
-    result["plot"] = str(_plot(rows, a.attacks, a.eps, out / "robustness.png"))
+    with bar("report"):
+        result["plot"] = str(_plot(rows, a.attacks, a.eps, out / "robustness.png"))
+    bar.close()
     return finish(out, result, _report(result), a.json)

@@ -245,6 +245,7 @@ def test_recipe_json_smoke(tmp_path, capsys):
         assert len(m["final_accuracy"]["per_seed"]) == 2 and 0 <= m["final_accuracy"]["mean"] <= 1
         assert "std" in m["forgetting"] and len(m["accuracy_after_experience"]["mean"]) == 2
     assert (tmp_path / "report.md").read_text().count("| dm |") == 1 and (tmp_path / "accuracy.png").stat().st_size > 0
+    assert "±" in (tmp_path / "report.md").read_text()  # two seeds: mean ± std
 
 
 @pytest.mark.parametrize("name", ["split_mnist", "split_fashion_mnist"])

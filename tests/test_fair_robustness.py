@@ -84,7 +84,7 @@ def test_robustness_recipe_writes_report_and_plot(tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("DISTILL_APPS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "rob"
     assert main(["recipe", "robustness", "--methods", "dm", "rded", "--ipc", "1", "--eps", "0.1", "0.3",
-                 "--attack-n", "60", "--eval-epochs", "3", "--steps", "2", "--set", "rded:mipc=10", "--model", "convnet-d2-w16", "--teacher-model",
+                 "--attack-n", "60", "--eval-epochs", "3", "--steps", "2", "--set", "rded.mipc=10", "--model", "convnet-d2-w16", "--teacher-model",
                  "convnet-d2-w16-bn", "--teacher-epochs", "1", "--out", str(out), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     got = {(r["method"], r["protocol"]) for r in res["rows"]}
@@ -92,7 +92,12 @@ def test_robustness_recipe_writes_report_and_plot(tmp_path, capsys, monkeypatch)
     for r in res["rows"]:
         assert set(r["robust"]) == {"fgsm", "pgd"} and set(r["robust"]["pgd"]) == {"0.1", "0.3"}
     assert (out / "report.md").exists() and (out / "robustness.png").stat().st_size > 0
-    assert "PGD 10 steps of eps/4" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "PGD 10 steps of eps/4" in md
+    # a result in words first, a caption under the figure, no ± for one run; files 0644
+    assert md.split("\n\n")[1].startswith("Under PGD at eps 0.3, the most robust student on digits (IPC 1)")
+    assert "](robustness.png)\n\n*Figure: test accuracy (y) of each student under attack" in md and "±" not in md
+    assert {oct((out / f).stat().st_mode & 0o777) for f in ("report.md", "robustness.png")} == {"0o644"}
 
 
 def test_budget_table_goes_between_the_readme_markers(tmp_path):

@@ -296,6 +296,7 @@ def test_simulation_two_clients_end_to_end_via_recipe(tmp_path, capsys):
                            capture_output=True, text=True, timeout=300)
         assert r.stdout.strip().splitlines()[-1] == info["sha256_server"], r.stderr[-2000:]
     assert (out / "report.md").read_text().count("| oneshot |") == 1 and (out / "federated.png").stat().st_size
+    assert (out / "accuracy_bytes.png").stat().st_size > 0 and "](accuracy_bytes.png)" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -193,3 +193,12 @@ def test_medical_recipe_saves_each_summary_with_its_data_card(breast, data_root,
     private = json.loads((out / "card_breastmnist_dp-dm_ipc1.json").read_text())["privacy"]
     assert 0 < private["epsilon"] <= 4.0 and private["private"] and saved["dp-dm"]["privacy"]["epsilon"] <= 4.0
     assert json.loads((out / "card_breastmnist_dm_ipc1.json").read_text())["privacy"] is None
+    # the report: a result in words first, every figure captioned, the dp-dm grid says why it looks like noise
+    md = (out / "report.md").read_text()
+    assert md.split("\n\n")[1].startswith("On breastmnist, the best shareable summary,")
+    dp_cap = md.split("](grid_breastmnist_dp-dm_ipc1.png)")[1].split("\n\n")[1]
+    assert dp_cap.startswith("*Figure: ") and "look like noise" in dp_cap and "differential privacy" in dp_cap
+    dm_cap = md.split("](grid_breastmnist_dm_ipc1.png)")[1].split("\n\n")[1]
+    assert dm_cap.startswith("*Figure: ") and "noise" not in dm_cap
+    assert "](anon_breastmnist_dm_ipc1.png)\n\n*Figure: anonymisation check" in md and "±" not in md
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir() if p.is_file()} == {"0o644"}

@@ -27,6 +27,20 @@ class DMConfig(MethodConfig):
     batch_real: int = 256
     init: str = "real"
     dsa_strategy: str = DEFAULT_STRATEGY
+    #: texture mode (trajectory matching's tileable textures): shift every synthetic image by a random circular
+    #: offset each step, so its wrap-around edges are matched like any interior pixels and it tiles seamlessly
+    roll: bool = False
+
+
+def random_roll(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Each (C, H, W) image of ``x`` circularly shifted by its own random (dy, dx) (differentiable)."""
+    n, _, h, w = x.shape
+    dy = torch.randint(h, (n, 1), generator=g)
+    dx = torch.randint(w, (n, 1), generator=g)
+    rows = ((torch.arange(h).view(1, h) + dy) % h).to(x.device)
+    cols = ((torch.arange(w).view(1, w) + dx) % w).to(x.device)
+    x = x.gather(2, rows.view(n, 1, h, 1).expand(-1, x.shape[1], -1, w))
+    return x.gather(3, cols.view(n, 1, 1, w).expand(-1, x.shape[1], h, -1))
 
 
 @register_method("dm")
@@ -61,7 +75,8 @@ class DM(Distiller):
         net = self.new_net(g)
         for p in net.parameters():
             p.requires_grad_(False)
-        er, es = self.embeddings(net, g, state.params["x"])
+        x = state.params["x"]
+        er, es = self.embeddings(net, g, random_roll(x, g) if self.cfg.roll else x)
         loss = mean_embedding_distance(er, es)
         self.update(state, loss)
         return {"loss": float(loss.detach())}

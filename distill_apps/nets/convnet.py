@@ -42,7 +42,8 @@ class ConvNet(nn.Module):
     """ConvNet-``depth`` with a feature extractor (``embed``) and a linear head (``classifier``)."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int], depth: int = 3,
-                 width: int = 128, norm: str = "instance", act: str = "relu", pool: str = "avg") -> None:
+                 width: int = 128, norm: str = "instance", act: str = "relu", pool: str = "avg",
+                 padding_mode: str = "zeros") -> None:
         """``depth`` blocks of conv 3x3 (``width`` channels), norm, activation and 2x2 pooling, then one linear
         classifier."""
         super().__init__()
@@ -53,7 +54,7 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         c, (h, w) = in_channels, image_size
         for i in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), make_norm(norm, width, (h, w)), make_act(act)]
+            layers += [nn.Conv2d(c, width, 3, padding=1, padding_mode=padding_mode), make_norm(norm, width, (h, w)), make_act(act)]
             c = width
             # pool unless that would leave a later block's conv and norm on a 1x1 map (instance norm outputs zeros
             # there): ConvNet-4 on 8x8 digits keeps its third map at 2x2; the last block may pool to 1x1
@@ -76,3 +77,6 @@ class ConvNet(nn.Module):
 register_model("convnet")(ConvNet)
 # DC's ConvNetBN: the teacher-based methods' network and the first of DM's BatchNorm evaluation pool
 register_model("convnet-bn")(partial(ConvNet, norm="batch"))
+# circular padding: the network sees an image as a torus, so what it is optimised into tiles without a seam
+# (trajectory matching's tileable textures, Cazenavette et al., CVPR 2022)
+register_model("convnet-circular")(partial(ConvNet, padding_mode="circular"))

@@ -124,9 +124,12 @@ def nearest(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024, exclude_self: b
     return torch.cat(dists), torch.cat(idxs)
 
 
-def side_by_side_png(left: torch.Tensor, right: torch.Tensor, path: str | Path, mean=(), std=()) -> Path:
-    """A PNG of image pairs: each row holds ``left[i]`` next to ``right[i]`` (de-normalised, clamped)."""
-    from torchvision.utils import save_image
+def side_by_side_png(left: torch.Tensor, right: torch.Tensor, path: str | Path, mean=(), std=(), *,
+                     left_titles: list[str] | None = None, right_titles: list[str] | None = None,
+                     title: str | None = None) -> Path:
+    """A PNG of image pairs: each row holds ``left[i]`` next to ``right[i]`` (de-normalised, clamped), up-scaled
+    and titled (default titles: "synthetic #i" / "nearest real"; pass class and distance to label them)."""
+    from ..figures import pairs_png
 
     def denorm(x):
         """Undo the normalisation and clamp to [0, 1] for display."""
@@ -135,11 +138,12 @@ def side_by_side_png(left: torch.Tensor, right: torch.Tensor, path: str | Path, 
             x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
         return x.clamp(0, 1)
 
-    pairs = torch.stack([denorm(left), denorm(right)], 1).flatten(0, 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(pairs, str(path), nrow=2, padding=2, pad_value=1.0)
-    return path
+    n = len(left)
+    return pairs_png(denorm(left), denorm(right), path,
+                     left_titles=left_titles or [f"synthetic #{i}" for i in range(n)],
+                     right_titles=right_titles or ["nearest real"] * n, suptitle=title)
 
 
 def nearest_neighbour_audit(summary, real, *, png: str | Path | None = None, pairs: int = 10,
@@ -167,7 +171,13 @@ def nearest_neighbour_audit(summary, real, *, png: str | Path | None = None, pai
            "ratio_median": float(d_syn.median() / d_base.median().clamp(min=1e-12))}
     if png is not None:
         order = torch.argsort(d_syn)[:pairs]
-        side_by_side_png(xs[order], real.x_train[i_syn[order]], png, summary.mean, summary.std)
+        names = getattr(real, "class_names", None) or [str(c) for c in range(real.num_classes)]
+        ys, yr = m.y.cpu(), real.y_train.cpu()
+        side_by_side_png(xs[order], real.x_train[i_syn[order]], png, summary.mean, summary.std,
+                         left_titles=[f"synthetic, class {names[int(ys[i])]}" for i in order.tolist()],
+                         right_titles=[f"real #{int(i_syn[i])}, class {names[int(yr[i_syn[i]])]}\nL2 "
+                                       f"{float(d_syn[i]):.2f}" for i in order.tolist()],
+                         title=f"closest pairs; test-to-train min L2 {base_min:.2f}")
         out["png"] = str(png)
         out["closest_pairs"] = [{"synthetic": int(i), "real_train": int(i_syn[i]), "l2": float(d_syn[i])}
                                 for i in order.tolist()]
