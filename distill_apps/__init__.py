@@ -49,7 +49,7 @@ PUBLIC_SUBMODULES: dict[str, tuple[str, ...] | None] = {
     "nets.convnet": ("ConvNet", "make_norm", "make_act"),  # the ConvNet's building blocks (NAS spaces)
     "train": ("fit", "predict", "accuracy", "target_loss"),  # training and scoring a fresh model
     "runtime": ("pick_device", "generator", "seeded_global_rng"),  # devices and named, seeded generators
-    "safe_io": ("write", "read", "write_json", "checksum"),  # the safetensors + JSON file format
+    "safe_io": ("write", "read", "write_json", "write_bytes", "write_png", "checksum"),  # the safetensors + JSON file format
     "registry": ("Registry",),
     "privacy": None,  # Opacus accounting and privacy audits
     "options": None,  # the --set KEY=VALUE / METHOD.KEY=VALUE option syntax of the CLI and recipes
@@ -58,5 +58,7 @@ PUBLIC_SUBMODULES: dict[str, tuple[str, ...] | None] = {
     "teachers": ("Teacher", "train_teacher", "load_teacher", "resolve_teacher"),  # cached teacher networks
     "robustness": ("robust_evaluate", "robust_accuracy", "check_eps", "fgsm", "pgd"),  # FGSM/PGD on students
     "fair": ("fair_scores", "hlr", "ior", "lrs", "ars"),  # DD-Ranking's label- and augmentation-robust scores
+    "figures": None,  # report figures: up-scaled images, labelled nearest-neighbour pairs
+    "textures": None,  # tileable textures (the textures recipe)
     "recipes.reporting": None,  # the shared ending of a recipe (results.json, report.md, data cards)
 }

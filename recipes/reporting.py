@@ -73,9 +73,9 @@ def write_data_card(stem: Path, card: dict[str, Any]) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------- what people read: text, figures, progress
 def write_file(path: Path, text: str) -> Path:
     """Write a report or JSON file atomically with the mode a plain ``open`` gives (0644 by default)."""
-    from distill_apps import safe_io
+    from distill_apps.safe_io import write_bytes
 
-    return safe_io.write_bytes(path, text.encode())
+    return write_bytes(path, text.encode())
 
 
 def pm(mean: float, std: float, n: int, fmt: str = ".2f", scale: float = 1.0) -> str:
@@ -98,12 +98,12 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
 
     import matplotlib.pyplot as plt
 
-    from distill_apps import safe_io
+    from distill_apps.safe_io import write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    return safe_io.write_bytes(path, buf.getvalue())
+    return write_bytes(path, buf.getvalue())
 
 
 def figure_markdown(path: str | Path, alt: str, caption: str) -> str:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import distill_apps as da
-    from distill_apps import safe_io
+    from distill_apps.safe_io import write_png
     from distill_apps.errors import ConfigError
     from distill_apps.figures import upscale
     from distill_apps.runtime import pick_device
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         previews.append(torch.cat([tile(t) for t in pix], dim=-1))  # the tiles' 3x3 previews side by side
         if kind == "circular":
             results["summary"] = str(s.save(out / "texture.safetensors"))
-            results["tile_pngs"] = [str(safe_io.write_png(out / f"tile_{i}.png", upscale(t, a.scale)))
+            results["tile_pngs"] = [str(write_png(out / f"tile_{i}.png", upscale(t, a.scale)))
                                 for i, t in enumerate(pix)]
     with bar("report"):
         sheet = upscale(torch.cat(previews, dim=-2), max(1, a.scale // 2))
-        results["preview"] = str(safe_io.write_png(out / "preview_3x3.png", sheet))
+        results["preview"] = str(write_png(out / "preview_3x3.png", sheet))
     bar.close()
     result = {"recipe": "textures", "dataset": real.name, "class": data.class_names[0], "size": a.size,
               "tiles": a.tiles, "method": a.method, "steps": a.steps, "config": opts, "seed": a.seed,
