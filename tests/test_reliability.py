@@ -383,9 +383,10 @@ def test_memory_limit_inside_a_step_saves_the_last_completed_step_and_resume_is_
     cfg = {"outer_loop": 2, "inner_loop": 1, "batch_real": 4}  # two image updates per step
     full = da.distill("dc", digits, 1, steps=2, seed=4, model=MODEL, progress=False, config=cfg)
     ck = tmp_path / "run.ckpt"
-    per_step = 2 * 10 + 1  # a check after each class of each outer loop, one after the step
+    per_step = 2 * 10 + 1  # about one check per class and outer loop, one after the step (the batched real
+    # gradients add checks of their own, so which class trips varies; any check inside step 1 will do)
     _counting_memory(monkeypatch, trip_at=per_step + 15)  # step 1, after its first image update
-    with pytest.raises(MemoryBudgetError, match=r"inside step 1 \(class 4\).*saved in"):
+    with pytest.raises(MemoryBudgetError, match=r"inside step 1 \(class \d+\).*saved in"):
         da.distill("dc", digits, 1, steps=2, seed=4, model=MODEL, progress=False, config=cfg, checkpoint=ck,
                    max_memory_gb=1.0)
     assert safe_io.read(ck, "checkpoint", 1)[1]["step"] == 1  # the state before the half-done step
