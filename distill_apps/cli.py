@@ -196,7 +196,9 @@ def _privacy(summary: Any) -> dict[str, Any] | None:
 
 
 def _emit(obj: dict[str, Any], as_json: bool, text: Callable[[], str]) -> None:
-    print(json.dumps(obj, indent=None if as_json else 2, default=str) if as_json else text())
+    out = json.dumps(obj, indent=None if as_json else 2, default=str) if as_json else text()
+    if out:  # a text with nothing left to say (its lines printed as they happened) prints nothing
+        print(out)
 
 
 def _parse_sets(items: list[str], method: str) -> dict[str, Any]:
@@ -271,6 +273,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
             summary.image_grid(files.grid, transform=getattr(real, "transform", None))
         except DistillError as exc:
             raise DistillError(f"The summary was saved to {out}, but its PNG grid was not: {exc}") from exc
+    saved = f"saved {out} ({summary.meta.get('steps')} steps)" + (f" and {out.with_suffix('.png')}" if grid else "")
+    print(saved, file=sys.stderr if a.json else sys.stdout, flush=True)  # now, not after the evaluation
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,
                               "steps": summary.meta.get("steps"), "budget": a.budget if a.steps is None else None,
                               "privacy": _privacy(summary)}
@@ -278,7 +282,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
         modality = MODALITIES.get(cls.modality)
         epochs = a.eval_epochs if a.eval_epochs is not None else (
             modality.quick_eval_epochs if a.budget == "quick" else None)
-        opts = {"runs": a.eval_runs, "epochs": epochs, "device": a.device, "model": a.model}
+        opts = {"runs": a.eval_runs, "epochs": epochs, "device": a.device, "model": a.model,
+                "progress": not (a.no_progress or a.json)}
         res = evaluate(summary, real, **opts)  # teacher-based summaries: their softlabel protocol and teacher
         if res.protocol == "softlabel":
             opts.update(protocol="softlabel", teacher=summary.meta["teacher"]["path"])
@@ -291,8 +296,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
                        "random_accuracy_mean": base.accuracy_mean, "random_accuracy_std": base.accuracy_std})
 
     def text() -> str:
-        png = f" and {out.with_suffix('.png')}" if grid else ""
-        lines = [f"saved {out} ({summary.meta.get('steps')} steps){png}"]
+        lines = []  # the `saved` line is already printed
         if summary.privacy is not None:
             lines.append(f"privacy: {summary.privacy}")
         if not a.no_eval:
