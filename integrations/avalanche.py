@@ -250,6 +250,14 @@ class DistilledBuffer(ExemplarsBuffer):
         self._updates = 0
         self.summaries: list[SyntheticSet] = []  # the raw summary of each experience, for inspection
 
+    def __repr__(self) -> str:
+        from distill_apps.reprs import one_line, shape
+
+        held = f"{len(self._x)} images of {len(self.classes)} classes" + (
+            f" ({shape(self.image_shape)})" if self.image_shape else "")
+        return one_line("DistilledBuffer", [self.method, f"max {self.max_size}", held, f"{self.label_kind} labels",
+                                            f"shrink {self.shrink}"])
+
     # ------------------------------------------------------------------ accounting
     def per_class(self, n_classes: int | None = None) -> int:
         """Images-worth of memory each class gets when ``n_classes`` classes share ``max_size``."""
@@ -462,6 +470,9 @@ class DistilledReplayPlugin(ReplayPlugin):
                          storage_policy=storage_policy)
         self._g = torch.Generator().manual_seed(seed)
         self.memory_rows_seen = 0
+
+    def __repr__(self) -> str:
+        return f"DistilledReplayPlugin(mem_size {self.mem_size}, {self.storage_policy!r})"
 
     def _custom(self) -> bool:
         sp = self.storage_policy

@@ -377,6 +377,12 @@ class ImageView:
     def device(self) -> torch.device:
         return self._device or self.data.stored(self.split).device
 
+    def __repr__(self) -> str:
+        from ..reprs import shape
+
+        sub = ", a subset" if self.index is not None else ""
+        return f"ImageView({self.data.name!r} {self.split}, {shape(self.shape)}, {self.device}{sub})"
+
     def __len__(self) -> int:
         return self.shape[0]
 

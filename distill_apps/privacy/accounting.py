@@ -85,7 +85,7 @@ def check_target(epsilon: float, delta: float) -> None:
         raise ConfigError(f"Target delta must lie in (0, 1), typically below 1/N; got {delta}.")
 
 
-@dataclass
+@dataclass(repr=False)
 class PrivacyBudget:
     """A target ``(epsilon, delta)`` and the releases spent so far, accounted by Opacus.
 
@@ -119,6 +119,10 @@ class PrivacyBudget:
     @property
     def steps(self) -> int:
         return int(sum(n for _, _, n in self.history))
+
+    def __repr__(self) -> str:
+        return (f"PrivacyBudget(target ({self.epsilon:g}, {self.delta:g}), {self.accountant}, {self.steps} releases, "
+                f"spent {self.spent():.3g})")
 
     def spent(self) -> float:
         """Epsilon spent so far at this budget's delta."""
