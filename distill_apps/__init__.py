@@ -62,5 +62,6 @@ PUBLIC_SUBMODULES: dict[str, tuple[str, ...] | None] = {
     "robustness": ("robust_evaluate", "robust_accuracy", "check_eps", "fgsm", "pgd"),  # FGSM/PGD on students
     "fair": ("fair_scores", "hlr", "ior", "lrs", "ars"),  # DD-Ranking's label- and augmentation-robust scores
     "recipes.reporting": None,  # the shared ending of a recipe (results.json, report.md, data cards)
+    "quiet": None,  # the host libraries' warnings filtered by the CLI, recipes and adapters (--verbose: all)
     "reprs": ("one_line", "human_bytes", "shape", "tensor_bytes", "field_bytes"),  # one-line reprs
 }

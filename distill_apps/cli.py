@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError, DistillError
+from .options import VERBOSE_HELP
+from .quiet import quieted
 
 RECIPES = {
     "continual": "continual_replay",
@@ -28,6 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the datasets (or $DISTILL_APPS_DATA)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def _data_options(p: argparse.ArgumentParser, distill: bool) -> None:
@@ -58,6 +61,7 @@ def _load_data(a: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="distill-apps", description="Dataset distillation and its applications.")
+    ap.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = ap.add_subparsers(dest="command", required=True)
 
     from .modality import ipc_help
@@ -494,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
-        return handlers[a.command](a)
+        with quieted(a.verbose):  # host libraries' noise filtered (distill_apps.quiet) unless --verbose
+            return handlers[a.command](a)
     except DistillError as exc:
         print(f"distill-apps: error: {exc}", file=sys.stderr)
         return 2

@@ -26,19 +26,22 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from distill_apps.quiet import quieted
+
 try:
-    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
-    from avalanche.benchmarks.utils import DataAttribute
-    from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
-    from avalanche.models.utils import avalanche_forward
-    from avalanche.training.plugins import ReplayPlugin
-    from avalanche.training.storage_policy import (
-        ClassBalancedBuffer,
-        ExemplarsBuffer,
-        HerdingSelectionStrategy,
-        ParametricBuffer,
-        ReservoirSamplingBuffer,
-    )
+    with quieted():  # qpsolvers' 'no QP solver found', raised while Avalanche imports (distill_apps.quiet)
+        from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+        from avalanche.benchmarks.utils import DataAttribute
+        from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+        from avalanche.models.utils import avalanche_forward
+        from avalanche.training.plugins import ReplayPlugin
+        from avalanche.training.storage_policy import (
+            ClassBalancedBuffer,
+            ExemplarsBuffer,
+            HerdingSelectionStrategy,
+            ParametricBuffer,
+            ReservoirSamplingBuffer,
+        )
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("The Avalanche integration needs avalanche-lib: pip install 'distill-apps[avalanche]'") from _exc
 
