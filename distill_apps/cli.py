@@ -478,7 +478,8 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     if a.name is None:
         print(recipe_listing(), file=sys.stderr)
         return 2
-    return int(_recipe_module(a.name).main(a.rest) or 0)
+    rest = a.rest + (["--verbose"] if a.verbose and "--verbose" not in a.rest else [])  # --verbose before `recipe`
+    return int(_recipe_module(a.name).main(rest) or 0)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):

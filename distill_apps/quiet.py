@@ -73,6 +73,8 @@ LOG_RULES: tuple[LogRule, ...] = (
             "deployment path, documented in the user guide)."),
     LogRule("flwr", 0, r"fraction_evaluate is set to 0\.0",
             "The recipe's strategies evaluate on the server on purpose; no federated evaluation is skipped."),
+    LogRule("nni.nas.experiment.config.experiment", 0, r"`training_service` will be ignored for sequential",
+            "NNI's note that the in-process sequential engine needs no training service (the search runs here)."),
 )
 
 

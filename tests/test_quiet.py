@@ -65,3 +65,20 @@ def test_recipe_help_lists_verbose(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["recipe", "continual", "--help"])
     assert exit_.value.code == 0 and "--verbose" in capsys.readouterr().out
+
+
+def test_verbose_before_recipe_reaches_the_recipe(monkeypatch):
+    import distill_apps.cli as cli
+
+    seen = []
+
+    class Recipe:
+        @staticmethod
+        def main(argv):
+            seen.append(argv)
+            return 0
+
+    monkeypatch.setattr(cli, "_recipe_module", lambda name: Recipe)
+    assert main(["--verbose", "recipe", "continual", "--epochs", "1"]) == 0
+    assert main(["recipe", "continual", "--verbose"]) == 0
+    assert seen == [["--epochs", "1", "--verbose"], ["--verbose"]]

@@ -89,7 +89,7 @@ def test_graph_summaries_and_data():
     cg = CondensedGraph(torch.rand(n, 50), torch.rand(n, n), torch.arange(3).repeat(10), 3,
                         meta={"method": "gcond", "dataset": "cora", "steps": 5})
     check(cg, "gcond", "cora", "30 nodes", "50 features", "3 classes", "5 steps")
-    g = GraphData("cora", torch.rand(100, 50), torch.eye(100).to_sparse_csr(), torch.arange(4).repeat(25),
+    g = GraphData("cora", torch.rand(100, 50), torch.eye(100).to_sparse(), torch.arange(4).repeat(25),
                   torch.arange(20), torch.arange(20, 40), torch.arange(40, 100), 4)
     check(g, "cora", "100 nodes", "50 features", "20/20/60 train/val/test")
     gs = GraphSet(torch.rand(12, 9, 7), torch.ones(12, 9, 9), torch.ones(12, 9, dtype=torch.bool),
