@@ -27,7 +27,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """``--help`` that shows every option's default (and keeps the description's line breaks)."""
 
 
-VERBOSE_HELP = "show every warning and log line of the host libraries (default: those that concern you)"
+VERBOSE_HELP = "show every warning and log line of the host libraries, not only those that concern you"
 
 
 class CommandParser(argparse.ArgumentParser):
