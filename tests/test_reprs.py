@@ -138,3 +138,11 @@ def test_nni_objects(summary, digits):
     res = dn.SearchResult({"depth": 2}, 0.9, [{"sample": {"depth": d}, "accuracy": 0.5} for d in range(50)],
                           "evolution", 12.0, "/tmp/x")
     check(res, "evolution", "50 trials", "90.00 %")
+
+
+def test_flower_config():
+    pytest.importorskip("flwr")
+    from distill_apps.integrations.flower import FederatedConfig
+
+    cfg = FederatedConfig(num_clients=5, method_config={"lr_img": 0.5}, dp=True)
+    check(cfg, "dm ipc 10 on digits", "5 clients dirichlet alpha 0.5", "3 rounds", "dp epsilon 1")
