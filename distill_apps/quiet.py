@@ -4,8 +4,10 @@ qpsolvers that say nothing a distill-apps user can act on, filtered in one place
 :data:`RULES` lists each filtered warning as ``(category, message pattern, module pattern, reason)``;
 :data:`LOG_RULES` the host log records dropped (Flower logs through the ``flwr`` logger, not ``warnings``).
 The CLI and the recipes call :func:`quiet_hosts` (``--verbose`` shows everything instead); the adapters wrap the
-host calls that emit them in :func:`quieted`, so Python users of an adapter get the same quiet. Nothing of the
-package's own (:class:`~distill_apps.errors.DistillWarning`) is ever filtered here.
+host calls that emit them in :func:`quieted`, so Python users of an adapter get the same quiet. A warning is
+dropped twice over: by ``warnings`` filters, and when it is about to be shown (:func:`is_quieted`), since some hosts
+put their own filter in front of ours. Nothing of the package's own (:class:`~distill_apps.errors.DistillWarning`)
+is ever filtered here.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["RULES", "LOG_RULES", "Rule", "LogRule", "quiet_hosts", "quieted"]
+__all__ = ["RULES", "LOG_RULES", "Rule", "LogRule", "quiet_hosts", "quieted", "is_quieted"]
 
 
 @dataclass(frozen=True)
@@ -109,12 +111,35 @@ def _log_filters(active: bool) -> None:
         _FILTERS[name].active = active
 
 
+def is_quieted(message: Warning | str, category: type[Warning], filename: str) -> bool:
+    """Whether a warning about to be shown is one of :data:`RULES` (its module pattern looked for in the path
+    of the file it is attributed to)."""
+    return any(issubclass(category, r.category) and re.match(r.message, str(message), re.I)
+               and (not r.module or re.search(rf"(^|[/\\]){r.module}([/\\.]|$)", filename)) for r in RULES)
+
+
+class _QuietShow:
+    """``warnings.showwarning`` that drops :data:`RULES`' warnings at the last step, since some hosts re-add
+    their own filter in front of ours (Avalanche's ``@deprecated`` calls ``simplefilter("once")`` on each call)."""
+
+    def __init__(self, shown) -> None:
+        self.shown = shown
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if not is_quieted(message, category, filename):
+            self.shown(message, category, filename, lineno, file, line)
+
+
 def _warning_filters(verbose: bool) -> None:
     if verbose:
         warnings.simplefilter("default")  # every warning, once per place (DeprecationWarnings included)
+        if isinstance(warnings.showwarning, _QuietShow):
+            warnings.showwarning = warnings.showwarning.shown
         return
     for r in RULES:
         warnings.filterwarnings("ignore", message=r.message, category=r.category, module=r.module)
+    if not isinstance(warnings.showwarning, _QuietShow):
+        warnings.showwarning = _QuietShow(warnings.showwarning)
 
 
 def quiet_hosts(verbose: bool = False) -> None:

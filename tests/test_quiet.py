@@ -82,3 +82,21 @@ def test_verbose_before_recipe_reaches_the_recipe(monkeypatch):
     assert main(["--verbose", "recipe", "continual", "--epochs", "1"]) == 0
     assert main(["recipe", "continual", "--verbose"]) == 0
     assert seen == [["--epochs", "1", "--verbose"], ["--verbose"]]
+
+
+def test_a_host_that_re_adds_its_own_filter_is_still_quiet():
+    """Avalanche's ``@deprecated`` puts ``simplefilter("once", DeprecationWarning)`` in front of every filter on
+    each call; the warning is still dropped (at show time) unless verbose."""
+    where = dict(category=DeprecationWarning, lineno=123, module="avalanche.training.plugins.replay",
+                 filename="/venv/site-packages/avalanche/training/plugins/replay.py")
+    text = "Call to deprecated function update (removal in version 0.7: switch to pre_adapt and post_adapt)"
+    with warnings.catch_warnings(record=True) as log:
+        with quieted(False):
+            warnings.simplefilter("once", DeprecationWarning)  # what the host does before warning
+            warnings.warn_explicit(text, **where)
+            warnings.warn_explicit("a deprecation that is ours to fix", **where)
+        assert [str(w.message) for w in log] == ["a deprecation that is ours to fix"]
+        with quieted(True):
+            warnings.simplefilter("once", DeprecationWarning)
+            warnings.warn_explicit(text, **where)
+        assert str(log[-1].message) == text
