@@ -146,3 +146,7 @@ def test_flower_config():
 
     cfg = FederatedConfig(num_clients=5, method_config={"lr_img": 0.5}, dp=True)
     check(cfg, "dm ipc 10 on digits", "5 clients dirichlet alpha 0.5", "3 rounds", "dp epsilon 1")
+
+
+def test_registries():
+    check(da.METHODS, f"{len(da.METHODS.names())} methods", "cafe, dc")  # cut to one line when long
