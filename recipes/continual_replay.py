@@ -21,6 +21,7 @@ import random
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -224,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(m, mpc, s) for mpc in a.mem_per_class for m in memories for s in a.seeds]
     from tqdm.auto import tqdm
 
-    for m, mpc, s in tqdm(jobs, desc="continual", disable=a.json, file=sys.stderr):  # host notices: quiet.py
-        runs.append(run_stream(m, mpc, s, a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Avalanche 0.6 marks its own update() deprecated
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        for m, mpc, s in tqdm(jobs, desc="continual", disable=a.json, file=sys.stderr):
+            runs.append(run_stream(m, mpc, s, a))
     rows = aggregate(runs)
     md, png = write_report(rows, a, out)
     (out / "results.json").write_text(json.dumps({"args": vars(a), "results": rows, "runs": runs}, indent=1))
