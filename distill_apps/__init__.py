@@ -24,6 +24,9 @@ from .data import RealData, from_folder, from_hf, from_tensors, from_torch, list
 from .engine import METHODS, Distiller, DistillState, distill, list_methods, register_method  # noqa: E402
 from .errors import DistillError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
+from .reprs import eval_result_repr as _eval_result_repr  # noqa: E402
+
+EvalResult.__repr__ = _eval_result_repr  # one line, not the per-run list (reprs.py; evaluate.py keeps the fields)
 from .cross_arch import CrossArchResult, evaluate_cross_arch  # noqa: E402
 from .nets import build_model, list_models  # noqa: E402
 from .summaries import Privacy, Summary, load_summary  # noqa: E402
@@ -61,4 +64,6 @@ PUBLIC_SUBMODULES: dict[str, tuple[str, ...] | None] = {
     "figures": None,  # report figures: up-scaled images, labelled nearest-neighbour pairs
     "textures": None,  # tileable textures (the textures recipe)
     "recipes.reporting": None,  # the shared ending of a recipe (results.json, report.md, data cards)
+    "quiet": None,  # the host libraries' warnings filtered by the CLI, recipes and adapters (--verbose: all)
+    "reprs": ("one_line", "human_bytes", "shape", "tensor_bytes", "field_bytes"),  # one-line reprs
 }

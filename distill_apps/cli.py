@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError, DistillError
+from .options import VERBOSE_HELP
+from .quiet import quieted
 
 RECIPES = {
     "continual": "continual_replay",
@@ -29,6 +31,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the datasets (or $DISTILL_APPS_DATA)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def _data_options(p: argparse.ArgumentParser, distill: bool) -> None:
@@ -59,6 +62,7 @@ def _load_data(a: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="distill-apps", description="Dataset distillation and its applications.")
+    ap.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = ap.add_subparsers(dest="command", required=True)
 
     from .modality import ipc_help
@@ -197,7 +201,9 @@ def _privacy(summary: Any) -> dict[str, Any] | None:
 
 
 def _emit(obj: dict[str, Any], as_json: bool, text: Callable[[], str]) -> None:
-    print(json.dumps(obj, indent=None if as_json else 2, default=str) if as_json else text())
+    out = json.dumps(obj, indent=None if as_json else 2, default=str) if as_json else text()
+    if out:  # a text with nothing left to say (its lines printed as they happened) prints nothing
+        print(out)
 
 
 def _parse_sets(items: list[str], method: str) -> dict[str, Any]:
@@ -274,6 +280,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
                                labels=names if names and len(names) == summary.num_classes else True)
         except DistillError as exc:
             raise DistillError(f"The summary was saved to {out}, but its PNG grid was not: {exc}") from exc
+    saved = f"saved {out} ({summary.meta.get('steps')} steps)" + (f" and {out.with_suffix('.png')}" if grid else "")
+    print(saved, file=sys.stderr if a.json else sys.stdout, flush=True)  # now, not after the evaluation
     result: dict[str, Any] = {"path": str(out), "method": a.method, "dataset": real.name, "ipc": a.ipc,
                               "steps": summary.meta.get("steps"), "budget": a.budget if a.steps is None else None,
                               "privacy": _privacy(summary)}
@@ -281,7 +289,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
         modality = MODALITIES.get(cls.modality)
         epochs = a.eval_epochs if a.eval_epochs is not None else (
             modality.quick_eval_epochs if a.budget == "quick" else None)
-        opts = {"runs": a.eval_runs, "epochs": epochs, "device": a.device, "model": a.model}
+        opts = {"runs": a.eval_runs, "epochs": epochs, "device": a.device, "model": a.model,
+                "progress": not (a.no_progress or a.json)}
         res = evaluate(summary, real, **opts)  # teacher-based summaries: their softlabel protocol and teacher
         if res.protocol == "softlabel":
             opts.update(protocol="softlabel", teacher=summary.meta["teacher"]["path"])
@@ -294,8 +303,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
                        "random_accuracy_mean": base.accuracy_mean, "random_accuracy_std": base.accuracy_std})
 
     def text() -> str:
-        png = f" and {out.with_suffix('.png')}" if grid else ""
-        lines = [f"saved {out} ({summary.meta.get('steps')} steps){png}"]
+        lines = []  # the `saved` line is already printed
         if summary.privacy is not None:
             lines.append(f"privacy: {summary.privacy}")
         if not a.no_eval:
@@ -473,7 +481,8 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     if a.name is None:
         print(recipe_listing(), file=sys.stderr)
         return 2
-    return int(_recipe_module(a.name).main(a.rest) or 0)
+    rest = a.rest + (["--verbose"] if a.verbose and "--verbose" not in a.rest else [])  # --verbose before `recipe`
+    return int(_recipe_module(a.name).main(rest) or 0)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
@@ -493,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
-        return handlers[a.command](a)
+        with quieted(a.verbose):  # host libraries' noise filtered (distill_apps.quiet) unless --verbose
+            return handlers[a.command](a)
     except DistillError as exc:
         print(f"distill-apps: error: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from .summary import SyntheticSet
 ZOO = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18")  # DC's cross-architecture pool ("M")
 
 
-@dataclass
+@dataclass(repr=False)
 class CrossArchResult:
     """Per model: the summary's :class:`EvalResult` and (unless turned off) the random subset's."""
 
@@ -41,6 +41,14 @@ class CrossArchResult:
         return {"dataset": self.dataset, "method": self.method, "ipc": self.ipc, "models": list(self.models),
                 "baseline": "random" if self.baseline else None, "baseline_seed": self.baseline_seed,
                 "rows": rows}
+
+    def __repr__(self) -> str:
+        from .reprs import one_line
+
+        scores = [f"{m} {100 * self.summary[m].accuracy_mean:.1f}"
+                  + (f"/{100 * self.baseline[m].accuracy_mean:.1f}" if m in self.baseline else "") for m in self.models]
+        return one_line("CrossArchResult", [self.method or "summary", self.dataset, f"ipc {self.ipc}",
+                                            "% summary/random:" if self.baseline else "%:", *scores])
 
     def table(self) -> str:
         """A text table: one row per model (summary, random subset, epochs and augmentation)."""

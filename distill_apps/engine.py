@@ -63,7 +63,7 @@ class _EmbedView(nn.Module):
         return self.net.embed(x)
 
 
-@dataclass
+@dataclass(repr=False)
 class DistillState:
     """Everything that changes during distillation, and so everything a checkpoint holds."""
 
@@ -73,6 +73,14 @@ class DistillState:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # non-learned tensors (labels, ...)
     info: dict[str, Any] = field(default_factory=dict)  # JSON-able counters
     step: int = 0
+
+    def __repr__(self) -> str:
+        from .reprs import field_bytes, human_bytes, one_line, shape
+
+        return one_line("DistillState", [f"step {self.step}",
+                                         *(f"{k} {shape(v)}" for k, v in self.params.items()),
+                                         f"{len(self.optimizers)} optimizers", f"{len(self.modules)} modules",
+                                         f"{len(self.buffers)} buffers", human_bytes(field_bytes(self))])
 
 
 class Distiller(ABC):

@@ -27,9 +27,27 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """``--help`` that shows every option's default (and keeps the description's line breaks)."""
 
 
+VERBOSE_HELP = "show every warning and log line of the host libraries, not only those that concern you"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser :func:`make_parser` returns: it has ``--verbose``, and parsing applies
+    :func:`distill_apps.quiet.quiet_hosts` (host libraries' noise filtered unless ``--verbose``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        from .quiet import quiet_hosts
+
+        quiet_hosts(getattr(ns, "verbose", False))
+        return ns, rest
+
+
 def make_parser(prog: str, description: str | None = None, **kw: Any) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` for a command, recipe or benchmark whose ``--help`` shows defaults and choices."""
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, **kw)
+    """An ``ArgumentParser`` for a command, recipe or benchmark whose ``--help`` shows defaults and choices, with
+    ``--verbose``; parsing its arguments quiets the host libraries (:mod:`distill_apps.quiet`) unless given."""
+    ap = CommandParser(prog=prog, description=description, formatter_class=HelpFormatter, **kw)
+    ap.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    return ap
 
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:

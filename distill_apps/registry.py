@@ -49,3 +49,8 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         """Iterate over the registered names, sorted."""
         return iter(self.names())
+
+    def __repr__(self) -> str:
+        from .reprs import one_line
+
+        return one_line("Registry", [f"{len(self._items)} {self.kind}s", ", ".join(self.names())])

@@ -72,6 +72,12 @@ class Summary(ABC):
         """The dataset the summary was distilled from (as ``load_dataset`` names it)."""
         return self.meta.get("dataset")
 
+    def __repr__(self) -> str:
+        """One line: kind, method, source, what it holds and its size (never the tensors)."""
+        from .reprs import summary_repr
+
+        return summary_repr(self)
+
     def describe(self) -> dict[str, Any]:
         """A short, JSON-able description: kind, modality, method, source dataset, budget and contents."""
         m = self.meta
@@ -79,7 +85,7 @@ class Summary(ABC):
                 "ipc": m.get("ipc"), "steps": m.get("steps"), **self.contents()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Privacy:
     """What a private summary's release spent: ``(epsilon, delta)`` under ``accountant`` (Opacus' ``rdp`` or
     ``prv``), with the mechanism's parameters. A run asked for with ``non_private: true`` reports
@@ -108,6 +114,9 @@ class Privacy:
     def as_dict(self) -> dict[str, Any]:
         """JSON-able fields (``epsilon`` stays a float; ``inf`` for a non-private run)."""
         return asdict(self)
+
+    def __repr__(self) -> str:
+        return f"Privacy({self})"
 
     def __str__(self) -> str:
         if not self.private:

@@ -93,7 +93,7 @@ def library_versions() -> dict[str, str]:
 
 
 @register_summary
-@dataclass
+@dataclass(repr=False)
 class SyntheticSet(Summary):
     """A distilled image summary. ``x`` is normalised ``(N, C, H, W)``; ``y`` int64 ``(N,)``."""
 
@@ -297,6 +297,15 @@ class SyntheticSet(Summary):
         return {"images": len(self.y) if self.decoder is None else None, "classes": self.num_classes,
                 "image_shape": list(self.image_shape), "label_kind": self.label_kind, "decoder": self.decoder,
                 "stored_floats": self.storage_floats()}
+
+    def __repr__(self) -> str:
+        """``SyntheticSet(dm, digits, 10 classes x 10 ipc, 1x8x8, hard labels, 6.3 KB)``."""
+        from .reprs import shape, summary_repr
+
+        form = f"factorised ({self.decoder} decoder, {self.storage_floats()} floats)" if self.decoder else None
+        return summary_repr(self, [f"{self.num_classes} classes x {self.ipc} ipc", shape(self.image_shape),
+                                   f"{self.label_kind} labels", form,
+                                   f"learned lr {self.lr:.3g}" if self.lr is not None else None])
 
     def evaluate(self, data: Any = None, **kw):
         """:func:`distill_apps.evaluate.evaluate` on ``data`` (default: the dataset it was distilled from)."""

@@ -61,7 +61,7 @@ class TeacherConfig:
             raise ConfigError(f"Teacher lr must be > 0 and batch_size >= 1; got {self.lr}, {self.batch_size}.")
 
 
-@dataclass
+@dataclass(repr=False)
 class Teacher:
     """A trained teacher: the network (eval mode, frozen) and what its file says about it."""
 
@@ -114,6 +114,15 @@ class Teacher:
         """Move the teacher's network to ``device``; returns the teacher."""
         self.model.to(device)
         return self
+
+    def __repr__(self) -> str:
+        from .reprs import one_line
+
+        m = self.meta
+        return one_line("Teacher", [f"{m.get('model')} on {m.get('dataset')}", f"seed {m.get('seed')}",
+                                    f"{(m.get('train') or {}).get('epochs')} epochs",
+                                    f"test {100 * float(m.get('test_accuracy', float('nan'))):.2f} %",
+                                    f"sha256 {self.sha256[:12]}", "cached" if self.cached else None])
 
     def check_compatible(self, real: RealData) -> None:
         """Refuse a teacher of another dataset, image shape or class count."""

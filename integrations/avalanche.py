@@ -26,19 +26,22 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from distill_apps.quiet import quieted
+
 try:
-    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
-    from avalanche.benchmarks.utils import DataAttribute
-    from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
-    from avalanche.models.utils import avalanche_forward
-    from avalanche.training.plugins import ReplayPlugin
-    from avalanche.training.storage_policy import (
-        ClassBalancedBuffer,
-        ExemplarsBuffer,
-        HerdingSelectionStrategy,
-        ParametricBuffer,
-        ReservoirSamplingBuffer,
-    )
+    with quieted():  # qpsolvers' 'no QP solver found', raised while Avalanche imports (distill_apps.quiet)
+        from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+        from avalanche.benchmarks.utils import DataAttribute
+        from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+        from avalanche.models.utils import avalanche_forward
+        from avalanche.training.plugins import ReplayPlugin
+        from avalanche.training.storage_policy import (
+            ClassBalancedBuffer,
+            ExemplarsBuffer,
+            HerdingSelectionStrategy,
+            ParametricBuffer,
+            ReservoirSamplingBuffer,
+        )
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("The Avalanche integration needs avalanche-lib: pip install 'distill-apps[avalanche]'") from _exc
 
@@ -252,6 +255,14 @@ class DistilledBuffer(ExemplarsBuffer):
         self._t = torch.zeros(0, dtype=torch.long)
         self._updates = 0
         self.summaries: list[SyntheticSet] = []  # the raw summary of each experience, for inspection
+
+    def __repr__(self) -> str:
+        from distill_apps.reprs import one_line, shape
+
+        held = f"{len(self._x)} images of {len(self.classes)} classes" + (
+            f" ({shape(self.image_shape)})" if self.image_shape else "")
+        return one_line("DistilledBuffer", [self.method, f"max {self.max_size}", held, f"{self.label_kind} labels",
+                                            f"shrink {self.shrink}"])
 
     # ------------------------------------------------------------------ accounting
     def per_class(self, n_classes: int | None = None) -> int:
@@ -477,6 +488,9 @@ class DistilledReplayPlugin(ReplayPlugin):
                          storage_policy=storage_policy)
         self._g = torch.Generator().manual_seed(seed)
         self.memory_rows_seen = 0
+
+    def __repr__(self) -> str:
+        return f"DistilledReplayPlugin(mem_size {self.mem_size}, {self.storage_policy!r})"
 
     def _custom(self) -> bool:
         """Whether the memory needs soft targets or weights (otherwise the plain ReplayPlugin path runs)."""

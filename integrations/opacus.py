@@ -17,6 +17,7 @@ import torch
 
 import distill_apps as da
 from distill_apps.privacy import check_accountant, check_target
+from distill_apps.quiet import quieted
 from distill_apps.runtime import generator, pick_device
 from distill_apps.train import accuracy
 
@@ -55,6 +56,7 @@ class DPSGDResult:
         return asdict(self)
 
 
+@quieted()  # Opacus' secure-RNG and alpha-range notices, torch's backward-hook note (distill_apps.quiet)
 def dp_sgd_baseline(real, *, epsilon: float, delta: float = 1e-5, epochs: int = 5, batch_size: int = 256,
                     lr: float = 0.1, momentum: float = 0.9, max_grad_norm: float = 1.0, model: str = "convnet",
                     accountant: str = "rdp", seed: int = 0, device: str = "auto", return_model: bool = False,

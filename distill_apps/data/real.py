@@ -394,6 +394,12 @@ class ImageView:
         """The device rows are returned on."""
         return self._device or self.data.stored(self.split).device
 
+    def __repr__(self) -> str:
+        from ..reprs import shape
+
+        sub = ", a subset" if self.index is not None else ""
+        return f"ImageView({self.data.name!r} {self.split}, {shape(self.shape)}, {self.device}{sub})"
+
     def __len__(self) -> int:
         """Number of images in the view."""
         return self.shape[0]

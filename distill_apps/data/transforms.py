@@ -30,7 +30,7 @@ VERSION = 1
 PROBE_TOL = 1e-3
 
 
-@dataclass
+@dataclass(repr=False)
 class ZCA:
     """A fitted ZCA whitening: ``apply(x) = ((x.flatten(1) - mean) @ matrix).view_as(x)``; ``invert`` undoes it."""
 
@@ -43,6 +43,9 @@ class ZCA:
     def __post_init__(self) -> None:
         """Start the per-device cache of the whitening tensors."""
         self._on: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def __repr__(self) -> str:
+        return f"ZCA(reg {self.reg:g}, {self.mean.numel()} dimensions)"
 
     def _at(self, device: torch.device):
         """Mean, whitening matrix and inverse on ``device`` (copied once per device)."""

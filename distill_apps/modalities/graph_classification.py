@@ -47,7 +47,7 @@ FORMAT_VERSION = 1
 
 # ---------------------------------------------------------------------- data
 @register_summary
-@dataclass
+@dataclass(repr=False)
 class GraphSet(Summary):
     """Graphs as padded dense tensors: ``x`` (G, n, F), ``adj`` (G, n, n) 0/1 without self-loops, ``mask`` (G, n)
     true on real nodes, ``y`` (G,) int64. Used for real datasets and condensed summaries alike."""
@@ -87,6 +87,14 @@ class GraphSet(Summary):
         """Indices of the graphs of each class."""
         return [torch.nonzero(self.y == c).flatten() for c in range(self.num_classes)]
 
+    def __repr__(self) -> str:
+        """A summary's line (method, source, sizes), or for real graphs ``GraphSet(mutag, 150 graphs, ...)``."""
+        from ..reprs import counted, field_bytes, human_bytes, one_line, summary_repr
+
+        if self.meta.get("method"):
+            return summary_repr(self)
+        return one_line("GraphSet", [self.name or "graphs", *counted(self.contents()), human_bytes(field_bytes(self))])
+
     def subset(self, idx: torch.Tensor) -> "GraphSet":
         """The graphs at ``idx`` as a new GraphSet."""
         return GraphSet(self.x[idx], self.adj[idx], self.mask[idx], self.y[idx], self.num_classes, self.name,
@@ -125,7 +133,7 @@ class GraphSet(Summary):
                                              lr=0.01 if lr is None else lr, seed=seed, device=device, **kw)
 
 
-@dataclass
+@dataclass(repr=False)
 class GraphDataset:
     """A graph-classification dataset with a fixed, seeded, stratified train/val/test split."""
 
@@ -139,6 +147,15 @@ class GraphDataset:
     def num_classes(self) -> int:
         """Number of graph classes."""
         return self.train.num_classes
+
+    def __repr__(self) -> str:
+        from ..reprs import field_bytes, human_bytes, one_line
+
+        t = self.train
+        return one_line("GraphDataset", [self.name, f"{len(t)}/{len(self.val)}/{len(self.test)} train/val/test graphs",
+                                         f"{t.x.shape[1]} nodes max", f"{t.num_features} features",
+                                         f"{self.num_classes} classes",
+                                         human_bytes(sum(field_bytes(s) for s in (t, self.val, self.test)))])
 
     def check_ipc(self, ipc: int) -> None:
         """The budget is synthetic graphs per class: positive and at most the smallest class's training graphs."""

@@ -49,7 +49,7 @@ class EmptyInteractionsError(DataError):
 
 
 # ---------------------------------------------------------------------- data
-@dataclass
+@dataclass(repr=False)
 class Interactions:
     """Implicit feedback: ``train`` and held-out ``test`` binary matrices (users x items), disjoint."""
 
@@ -68,6 +68,14 @@ class Interactions:
     def num_items(self) -> int:
         """Number of items."""
         return int(self.train.shape[1])
+
+    def __repr__(self) -> str:
+        from ..reprs import field_bytes, human_bytes, one_line
+
+        return one_line("Interactions", [self.name, f"{self.num_users} users x {self.num_items} items",
+                                         f"{int(self.train.count_nonzero())} train / "
+                                         f"{int(self.test.count_nonzero())} test interactions",
+                                         human_bytes(field_bytes(self))])
 
     def check_ipc(self, ipc: int) -> None:
         """The budget is the number of synthetic users (in total), a positive integer."""
@@ -177,7 +185,7 @@ def ranking_metrics(scores: torch.Tensor, train: torch.Tensor, test: torch.Tenso
 
 # ---------------------------------------------------------------------- the summary
 @register_summary
-@dataclass
+@dataclass(repr=False)
 class SyntheticInteractions(Summary):
     """A distilled (or sub-sampled) support set of ``matrix`` (users x items, values in [0, 1]) for the ∞-AE."""
 

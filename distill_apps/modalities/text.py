@@ -85,7 +85,7 @@ def read_tsv(path: str | os.PathLike) -> tuple[list[str], list[int]]:
     return sents, labels
 
 
-@dataclass
+@dataclass(repr=False)
 class TextData:
     """Token-id tensors ``(N, L)`` (0-padded) for train and dev, labels, the vocabulary and the frozen table."""
 
@@ -113,6 +113,14 @@ class TextData:
     def max_len(self) -> int:
         """Length of a padded sentence, in tokens."""
         return int(self.train_ids.shape[1])
+
+    def __repr__(self) -> str:
+        from ..reprs import field_bytes, human_bytes, one_line
+
+        return one_line("TextData", [self.name, f"{len(self.train_y)}/{len(self.dev_y)} train/dev sentences",
+                                     f"{self.num_classes} classes", f"vocabulary {len(self.vocab)}",
+                                     f"{self.dim}-d embedding", f"length {self.max_len}",
+                                     human_bytes(field_bytes(self))])
 
     @property
     def dim(self) -> int:
@@ -262,7 +270,7 @@ def new_textcnn(data: TextData, g: torch.Generator, device: torch.device | str =
 
 # ---------------------------------------------------------------------- summary
 @register_summary
-@dataclass
+@dataclass(repr=False)
 class TextSummary(Summary):
     """Synthetic sentences ``x`` (n, L, d) in the embedding space of the dataset's frozen table, soft-label
     logits ``soft`` (n, K), their hard labels ``y`` and the learned step size ``lr``."""

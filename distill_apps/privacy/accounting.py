@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, DistillError
+from ..quiet import quieted
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -48,6 +49,7 @@ def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: 
 
 
 @functools.lru_cache(maxsize=4096)
+@quieted()  # Opacus' "optimal order is the largest alpha" hint (distill_apps.quiet.RULES)
 def _epsilon(accountant: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     """Opacus' epsilon for a history (cached: an RDP/PRV evaluation costs up to a second on a busy CPU)."""
     acc = make_accountant(accountant)
@@ -55,6 +57,7 @@ def _epsilon(accountant: str, history: tuple[tuple[float, float, int], ...], del
     return float(acc.get_epsilon(delta=delta))
 
 
+@quieted()
 def calibrate_noise(target_epsilon: float, target_delta: float, sample_rate: float, steps: int,
                     accountant: str = "rdp", epsilon_tolerance: float = 0.01) -> float:
     """The noise multiplier that keeps ``steps`` releases at ``sample_rate`` within ``(target_epsilon,
@@ -86,7 +89,7 @@ def check_target(epsilon: float, delta: float) -> None:
         raise ConfigError(f"Target delta must lie in (0, 1), typically below 1/N; got {delta}.")
 
 
-@dataclass
+@dataclass(repr=False)
 class PrivacyBudget:
     """A target ``(epsilon, delta)`` and the releases spent so far, accounted by Opacus.
 
@@ -124,6 +127,10 @@ class PrivacyBudget:
     def steps(self) -> int:
         """Number of releases accounted so far."""
         return int(sum(n for _, _, n in self.history))
+
+    def __repr__(self) -> str:
+        return (f"PrivacyBudget(target ({self.epsilon:g}, {self.delta:g}), {self.accountant}, {self.steps} releases, "
+                f"spent {self.spent():.3g})")
 
     def spent(self) -> float:
         """Epsilon spent so far at this budget's delta."""

@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord
 from distill_apps.errors import ConfigError
 
 
-@dataclass
+@dataclass(repr=False)
 class FederatedConfig:
     """Everything one federated run needs (data, partition, the clients' distillation, strategies, limits).
 
@@ -75,6 +75,16 @@ class FederatedConfig:
             STRATEGIES.get(name)
         if not isinstance(self.method_config, dict):
             raise ConfigError(f"method_config must be a mapping of method options; got {self.method_config!r}.")
+
+    def __repr__(self) -> str:
+        """The run in one line (every field: :meth:`as_dict`)."""
+        from distill_apps.reprs import one_line
+
+        split = f"dirichlet alpha {self.alpha:g}" if self.partition == "dirichlet" else self.partition
+        return one_line("FederatedConfig", [
+            f"{self.method} ipc {self.ipc} on {self.dataset}", f"{self.num_clients} clients {split}",
+            f"{self.strategies} x {self.rounds} rounds", self.model, f"seed {self.seed}",
+            f"dp epsilon {self.dp_epsilon:g}" if self.dp else None, self.device])
 
     def strategy_names(self) -> list[str]:
         """The strategies to run, in order."""

@@ -6,12 +6,14 @@ import os
 from typing import Any
 
 from distill_apps.errors import DistillError
+from distill_apps.quiet import quieted
 
 from .client import client_app
 from .config import FederatedConfig
 from .server import make_server_app
 
 
+@quieted()  # Flower's INFO lines and its run_simulation deprecation, Ray's tips (distill_apps.quiet)
 def simulate(cfg: FederatedConfig, *, num_cpus: int | None = None, verbose: bool = False) -> dict[str, Any]:
     """Run ``cfg`` in Flower's simulation engine and return the server's results."""
     from flwr.simulation import run_simulation

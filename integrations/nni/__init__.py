@@ -21,11 +21,10 @@ candidates to be right. One module per concern:
 
 Everything NNI writes goes under the ``workdir`` you pass (a fresh temp dir when omitted), never ``~``.
 """
-import warnings
+from distill_apps.quiet import quieted
 
 try:
-    with warnings.catch_warnings():  # NNI 3.0 warns about every torch.nn class newer than it (harmless)
-        warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module", category=RuntimeWarning)
+    with quieted():  # NNI 3.0 warns about every torch.nn class newer than it (distill_apps.quiet.RULES)
         import nni  # noqa: F401
         import nni.nas.evaluator  # noqa: F401
         import nni.nas.experiment  # noqa: F401

@@ -44,7 +44,7 @@ def holdout_split(real: RealData, val_per_class: int, seed: int = 0) -> tuple[Re
     return rest, real.x_train[val], real.y_train[val]
 
 
-@dataclass
+@dataclass(repr=False)
 class ProxyTask:
     """What each candidate trains on (``summary``) and is scored on (held-out real ``x_val``, ``y_val``).
 
@@ -64,6 +64,13 @@ class ProxyTask:
     flip_invariant: bool = False
     seed: int = 0
     device: str = "cpu"
+
+    def __repr__(self) -> str:
+        from distill_apps.reprs import one_line
+
+        return one_line("ProxyTask", [f"{self.summary.meta.get('method', 'summary')} {len(self.summary)} images",
+                                      f"{len(self.y_val)} validation images", f"{self.epochs} epochs",
+                                      f"augment {self.augment}", self.device])
 
     def __post_init__(self) -> None:
         """Refuse epochs < 1 and validation images that do not match the summary's shape or labels."""

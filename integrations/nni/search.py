@@ -79,7 +79,7 @@ def workdir_path(workdir: str | os.PathLike | None) -> Path:
     return path.resolve()
 
 
-@dataclass
+@dataclass(repr=False)
 class SearchResult:
     """What a search tried and what it found; ``trials`` rows are ``{sample, accuracy}``."""
 
@@ -94,6 +94,13 @@ class SearchResult:
     def as_dict(self) -> dict[str, Any]:
         """The result as a plain dict (JSON-ready)."""
         return asdict(self)
+
+    def __repr__(self) -> str:
+        from distill_apps.reprs import one_line
+
+        return one_line("SearchResult", [self.strategy, f"{len(self.trials)} trials",
+                                         f"best {100 * self.best_accuracy:.2f} %", f"{self.best}",
+                                         f"{self.seconds:.0f} s"])
 
 
 def _run_nas(space: ModelSpace, evaluator: Any, strategy: Any, name: str, trials: int, work: Path,

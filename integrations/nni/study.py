@@ -42,7 +42,7 @@ def proxy_preference(name: str, spearman_rho: float) -> tuple[float, bool]:
     return (-2.0 if math.isnan(spearman_rho) else spearman_rho, name not in BASELINE_PROXIES)
 
 
-@dataclass
+@dataclass(repr=False)
 class StudyResult:
     """Per-architecture accuracies (full data vs each proxy), correlations and timings."""
 
@@ -64,6 +64,12 @@ class StudyResult:
         return [{"proxy": n, **{k: p[k] for k in ("spearman", "kendall", "top_k_overlap", "top_k", "mean_proxy_acc",
                                                   "seconds_per_candidate", "speedup", "distill_seconds",
                                                   "amortised_speedup")}} for n, p in self.proxies.items()]
+
+    def __repr__(self) -> str:
+        from distill_apps.reprs import one_line
+
+        rho = [f"{n} rho {p.get('spearman', float('nan')):.2f}" for n, p in self.proxies.items()]
+        return one_line("StudyResult", [self.dataset, f"ipc {self.ipc}", f"{len(self.archs)} architectures", *rho])
 
     def best_proxy(self) -> str:
         """The proxy with the highest Spearman rho; a tie goes to a distilled proxy (:func:`proxy_preference`)."""
