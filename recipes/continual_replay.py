@@ -21,7 +21,6 @@ import random
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -265,12 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     jobs = [(m, mpc, s) for mpc in a.mem_per_class for m in memories for s in a.seeds]
     bar = StageBar(len(jobs) + 1, "continual", disable=a.json)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Avalanche 0.6 marks its own update() deprecated
-        warnings.filterwarnings("ignore", message="No loggers specified")
-        for m, mpc, s in jobs:
-            with bar(f"stream: {m}, {mpc}/class, seed {s}"):
-                runs.append(run_stream(m, mpc, s, a))
+    for m, mpc, s in jobs:  # Avalanche's own notices are filtered by distill_apps.quiet (shown with --verbose)
+        with bar(f"stream: {m}, {mpc}/class, seed {s}"):
+            runs.append(run_stream(m, mpc, s, a))
     rows = aggregate(runs)
     with bar("report"):
         md, png = write_report(rows, a, out)
