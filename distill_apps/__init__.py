@@ -24,6 +24,7 @@ from .data import RealData, from_folder, from_hf, from_tensors, from_torch, list
 from .engine import METHODS, Distiller, DistillState, distill, list_methods, register_method  # noqa: E402
 from .errors import DistillError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
+from .fit_summary import score, train_on_summary  # noqa: E402
 from .cross_arch import CrossArchResult, evaluate_cross_arch  # noqa: E402
 from .nets import build_model, list_models  # noqa: E402
 from .summaries import Privacy, Summary, load_summary  # noqa: E402
@@ -36,7 +37,7 @@ __all__ = [
     "DistillState", "distill", "list_methods", "register_method", "DistillError", "EvalResult", "evaluate",
     "build_model", "list_models", "SyntheticSet", "Summary", "load_summary", "Privacy",
     "CrossArchResult", "evaluate_cross_arch",
-    "Teacher", "train_teacher", "load_teacher",
+    "Teacher", "train_teacher", "load_teacher", "train_on_summary", "score",
 ]
 
 #: Public submodules and the names they offer besides ``__all__`` (None: the submodule's own ``__all__``).
@@ -47,7 +48,8 @@ PUBLIC_SUBMODULES: dict[str, tuple[str, ...] | None] = {
     "data": None,  # RealData, load_dataset, the dataset registry, class-incremental and federated splits
     "nets": None,  # build_model and the model registry
     "nets.convnet": ("ConvNet", "make_norm", "make_act"),  # the ConvNet's building blocks (NAS spaces)
-    "train": ("fit", "predict", "accuracy", "target_loss"),  # training and scoring a fresh model
+    "train": ("fit", "predict", "accuracy", "target_loss"),  # the one training loop and its scoring
+    "fit_summary": None,  # train a fresh model on a summary, score it (train_on_summary, score, fresh_model)
     "runtime": ("pick_device", "generator", "seeded_global_rng"),  # devices and named, seeded generators
     "safe_io": ("write", "read", "write_json", "checksum"),  # the safetensors + JSON file format
     "registry": ("Registry",),

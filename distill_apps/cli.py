@@ -278,7 +278,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
         modality = MODALITIES.get(cls.modality)
         epochs = a.eval_epochs if a.eval_epochs is not None else (
             modality.quick_eval_epochs if a.budget == "quick" else None)
-        opts = {"runs": a.eval_runs, "epochs": epochs, "device": a.device, "model": a.model}
+        opts = {"runs": a.eval_runs, "epochs": epochs, "device": a.device, "model": a.model,
+                "progress": not (a.no_progress or a.json)}
         res = evaluate(summary, real, **opts)  # teacher-based summaries: their softlabel protocol and teacher
         if res.protocol == "softlabel":
             opts.update(protocol="softlabel", teacher=summary.meta["teacher"]["path"])
