@@ -18,7 +18,7 @@ import torch
 from .data import RealData, data_for_summary
 from .errors import ConfigError, DataError
 from .eval_augment import check_augment, resolve_augment
-from .fit_summary import auto_progress, fresh_model, learned_lr, score, train_on_summary
+from .fit_summary import auto_progress, fresh_model, learned_lr, run_range, score, train_on_summary
 from .modality import check_modality
 from .registry import Registry
 from .runtime import generator, pick_device
@@ -119,15 +119,6 @@ def evaluate(summary: Summary, dataset: Any = None, *, model: str | None = None,
     return PROTOCOLS.get(protocol)(summary, real, model=model, runs=runs, epochs=epochs, lr=lr,
                                    batch_size=batch_size, augment=augment, seed=seed, device=dev,
                                    progress=progress, **kw)
-
-
-def run_range(runs: int, desc: str, progress: bool):
-    """``range(runs)``, under a progress bar named ``desc`` when ``progress`` (the protocols' outer bar)."""
-    if not progress:
-        return range(runs)
-    from tqdm.auto import tqdm
-
-    return tqdm(range(runs), desc=desc, unit="run", leave=False)
 
 
 @register_protocol("train")

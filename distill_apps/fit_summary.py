@@ -28,7 +28,7 @@ from .runtime import memory_format
 from .train import accuracy, fit, predict
 
 __all__ = ["train_on_summary", "score", "fresh_model", "learned_lr", "resolve_transform", "DataTraits",
-           "auto_progress", "METRICS", "DEFAULT_LR"]
+           "auto_progress", "run_range", "METRICS", "DEFAULT_LR"]
 
 #: learning rate of the field's protocol when neither the caller nor the summary gives one
 DEFAULT_LR = 0.01
@@ -48,6 +48,16 @@ def auto_progress(progress: bool | None) -> bool:
         return bool(sys.stderr.isatty())
     except (AttributeError, ValueError):  # replaced or closed stderr
         return False
+
+
+def run_range(runs: int, desc: str, progress: bool):
+    """``range(runs)``, under a progress bar named ``desc`` when ``progress``: the outer bar of an evaluation
+    (one tick per trained model; :func:`train_on_summary` draws the inner bar over its steps)."""
+    if not progress:
+        return range(runs)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(runs), desc=desc, unit="run", leave=False)
 
 
 def learned_lr(summary: Any, lr: float | None = None, default: float = DEFAULT_LR) -> float:

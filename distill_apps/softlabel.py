@@ -25,8 +25,8 @@ import torch
 from .crops import cutmix, resized_crops
 from .data import RealData
 from .errors import ConfigError, DataError, SummaryFormatError
-from .evaluate import EvalResult, register_protocol, run_range
-from .fit_summary import fresh_model, score, train_on_summary
+from .evaluate import EvalResult, register_protocol
+from .fit_summary import fresh_model, run_range, score, train_on_summary
 from .runtime import generator
 from .summary import SyntheticSet
 from .teachers import Teacher, load_teacher

@@ -32,7 +32,7 @@ from distill_apps import RealData, SyntheticSet
 from distill_apps.data import DATASETS, data_root
 from distill_apps.errors import ConfigError, DataError
 from distill_apps.privacy import side_by_side_png
-from distill_apps.fit_summary import fresh_model
+from distill_apps.fit_summary import fresh_model, run_range
 from distill_apps.runtime import generator, pick_device
 
 __all__ = ["SIZES", "flags_2d", "load_medmnist", "allocate_budget", "distill_medical", "select_subset", "auc_binary",
@@ -209,12 +209,7 @@ def evaluate_medical(summary, real: RealData, *, model: str = "convnet", runs: i
         x, yv = x[idx], yv[idx]
     data = (x.to(dev), yv.to(dev), m.label_kind)
     rows = []
-    runs_it = range(runs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        runs_it = tqdm(runs_it, desc=f"evaluate {model} ({real.name})", unit="run", leave=False)
-    for r in runs_it:
+    for r in run_range(runs, f"evaluate {model} ({real.name})", progress):
         g = generator("evaluate-medical", seed, r)
         net = fresh_model(model, real, g, dev)
         da.train_on_summary(summary, net, epochs=epochs, lr=lr, augment=augment, data=real, training_data=data,

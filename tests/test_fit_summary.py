@@ -180,3 +180,15 @@ def test_auto_progress_follows_the_terminal(monkeypatch):
     assert auto_progress(None) is False
     monkeypatch.setattr(sys, "stderr", Tty())
     assert auto_progress(None) is True
+
+
+def test_nni_proxy_honours_lr_zero(digits, learned):
+    pytest.importorskip("nni")
+    from distill_apps.integrations.nni.proxy import ProxyTask, train_and_score
+
+    net = fresh_model(TINY, digits, generator("t", 0))
+    w0 = _weights(net)
+    task = ProxyTask(learned, digits.x_test[:50], digits.y_test[:50], epochs=2, lr=0.0, augment=None)
+    res = train_and_score(net, task)
+    assert all(torch.equal(a, b) for a, b in zip(w0, _weights(net)))  # was: task.lr 0 -> the learned 0.05
+    assert res["accuracy"] == da.score(net, (digits.x_test[:50], digits.y_test[:50]))

@@ -144,8 +144,7 @@ def learned_schedule_protocol(summary, real, *, model: str, runs: int, seed: int
     import numpy as np
 
     from ..errors import DataError
-    from ..evaluate import run_range
-    from ..fit_summary import fresh_model, score, train_on_summary
+    from ..fit_summary import fresh_model, run_range, score, train_on_summary
     from ..runtime import generator
 
     lrs, epochs = summary.meta.get("inner_lrs"), summary.meta.get("inner_epochs")
