@@ -24,12 +24,12 @@ from .data import RealData, from_folder, from_hf, from_tensors, from_torch, list
 from .engine import METHODS, Distiller, DistillState, distill, list_methods, register_method  # noqa: E402
 from .errors import DistillError  # noqa: E402
 from .evaluate import EvalResult, evaluate  # noqa: E402
-from .fit_summary import score, train_on_summary  # noqa: E402
 from .cross_arch import CrossArchResult, evaluate_cross_arch  # noqa: E402
 from .nets import build_model, list_models  # noqa: E402
 from .summaries import Privacy, Summary, load_summary  # noqa: E402
 from .summary import SyntheticSet  # noqa: E402
 from .teachers import Teacher, load_teacher, train_teacher  # noqa: E402
+from .fit_summary import score, train_on_summary  # noqa: E402
 
 __all__ = [
     "__version__", "DSA", "MethodConfig", "RealData", "list_datasets", "load_dataset", "from_folder", "from_tensors",
@@ -48,14 +48,14 @@ PUBLIC_SUBMODULES: dict[str, tuple[str, ...] | None] = {
     "data": None,  # RealData, load_dataset, the dataset registry, class-incremental and federated splits
     "nets": None,  # build_model and the model registry
     "nets.convnet": ("ConvNet", "make_norm", "make_act"),  # the ConvNet's building blocks (NAS spaces)
-    "train": ("fit", "predict", "accuracy", "target_loss"),  # the one training loop and its scoring
-    "fit_summary": None,  # train a fresh model on a summary, score it (train_on_summary, score, fresh_model)
+    "train": ("fit", "predict", "accuracy", "target_loss"),  # training and scoring a fresh model
     "runtime": ("pick_device", "generator", "seeded_global_rng"),  # devices and named, seeded generators
     "safe_io": ("write", "read", "write_json", "checksum"),  # the safetensors + JSON file format
     "registry": ("Registry",),
     "privacy": None,  # Opacus accounting and privacy audits
     "options": None,  # the --set KEY=VALUE / METHOD.KEY=VALUE option syntax of the CLI and recipes
     "summary": ("SyntheticSet",),
+    "fit_summary": None,  # train a fresh model on a summary, score it (train_on_summary, score, fresh_model)
     "summaries": ("Summary", "Privacy", "load_summary"),
     "teachers": ("Teacher", "train_teacher", "load_teacher", "resolve_teacher"),  # cached teacher networks
     "robustness": ("robust_evaluate", "robust_accuracy", "check_eps", "fgsm", "pgd"),  # FGSM/PGD on students

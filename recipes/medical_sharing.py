@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
                                 image_shape=real.image_shape, mean=real.mean, std=real.std,
                                 meta={"method": "full", "dataset": real.name})
             ev = medical.evaluate_medical(full, real, model=a.model, runs=a.runs, epochs=a.full_epochs,
-                                          lr=0.01, seed=a.seed, device=dev, progress=not a.json)
+                                          lr=0.01, seed=a.seed, device=dev)
             entry["full"] = ev
         for ipc in a.ipc:
             for base in ("proportional", "balanced"):
                 sub = medical.select_subset(real, ipc, budget=base, seed=a.seed)
                 ev = medical.evaluate_medical(sub, real, model=a.model, runs=a.runs, epochs=a.epochs, seed=a.seed,
-                                              device=dev, progress=not a.json)
+                                              device=dev)
                 entry["rows"].append({"method": f"random-{base}", "ipc": ipc, **ev})
             for method in methods:
                 s = medical.distill_medical(method, real, ipc, budget=a.budget, steps=a.steps,
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 s.image_grid(out / f"grid_{tag}.png")
                 augment = "dsa" if s.meta.get("eval_augment") == "dsa" else None
                 ev = medical.evaluate_medical(s, real, model=a.model, runs=a.runs, epochs=a.epochs, seed=a.seed,
-                                              device=dev, augment=augment, progress=not a.json)
+                                              device=dev, augment=augment)
                 anon = medical.anonymisation_check(s, real, png=out / f"anon_{tag}.png", seed=a.seed)
                 checks = {k: v for k, v in anon.items() if k not in ("nearest_real_l2", "nearest_real_ssim")}
                 path = s.save(out / f"summary_{tag}.safetensors")

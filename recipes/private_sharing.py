@@ -125,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 s = da.distill(method, real, a.ipc, steps=steps, config=cfg, model=a.model, seed=seed, device=dev,
                                progress=not a.json)
                 ev = da.evaluate(s, real, model=a.model, runs=a.eval_runs, epochs=a.eval_epochs, augment=None,
-                                 device=dev, seed=seed, progress=not a.json)
-                mia = audit_summary(s, real, model=a.model, epochs=a.eval_epochs, n=a.audit_n, seed=seed, device=dev,
-                                    progress=not a.json)
+                                 device=dev, seed=seed)
+                mia = audit_summary(s, real, model=a.model, epochs=a.eval_epochs, n=a.audit_n, seed=seed, device=dev)
                 tag = f"{method}_eps{'inf' if eps is None else f'{eps:g}'}"
                 nn = nearest_neighbour_audit(s, real, png=out / f"nn_{tag}.png" if seed == a.seed else None,
                                              pairs=10, seed=seed)
