@@ -150,6 +150,9 @@ def train_on_summary(summary: Any, model: nn.Module, *, epochs: int | None = Non
     elif epochs is None and steps is None:
         epochs = aug.default_epochs()
     lr_used = learned_lr(summary, lr, default_lr)
+    if not 0 <= lr_used < float("inf"):
+        raise ConfigError(f"The learning rate must be >= 0 and finite; got {lr_used}. Pass lr=None to use the "
+                          "summary's learned rate (else 0.01).")
     opt = None
     if isinstance(optimizer, torch.optim.Optimizer):
         opt = optimizer

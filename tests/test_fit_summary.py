@@ -110,6 +110,8 @@ def test_lr_zero_is_honoured_and_none_means_the_learned_lr(digits, learned):
     w0 = _weights(net)
     da.train_on_summary(learned, net, epochs=3, lr=0, generator=generator("t", 1))
     assert all(torch.equal(a, b) for a, b in zip(w0, _weights(net)))  # lr 0: SGD moves nothing
+    with pytest.raises(ConfigError, match="learning rate"):
+        da.train_on_summary(learned, net, epochs=1, lr=-0.1)
     runs = {}
     for lr in (None, 0.05, 0.01):
         net = fresh_model(TINY, digits, generator("t", 0))
