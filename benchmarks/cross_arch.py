@@ -29,7 +29,6 @@ import torch
 import distill_apps as da
 from distill_apps.eval_augment import auto_augment, resolve_augment
 from distill_apps.nets import build_model
-from distill_apps.train import accuracy, fit
 
 ZOO = ["convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18"]
 # DC (Zhao, Mopuri & Bilen, ICLR 2021), Table 1: ConvNet test accuracy (%) of DC summaries under DC's protocol
@@ -139,13 +138,13 @@ def estimate(a: argparse.Namespace) -> int:
                 if ea.label in seen:  # dc resolves to none off MNIST
                     continue
                 seen.add(ea.label)
-                fit(net, s.x, s.y, epochs=1, generator=g, augment=ea.transform)  # warm-up: first-call costs
+                da.train_on_summary(s, net, epochs=1, generator=g, augment=ea)  # warm-up: first-call costs
                 t0, c0 = time.perf_counter(), time.process_time()
-                fit(net, s.x, s.y, epochs=a.estimate_epochs, generator=g, augment=ea.transform)
+                da.train_on_summary(s, net, epochs=a.estimate_epochs, generator=g, augment=ea)
                 per_epoch = (time.perf_counter() - t0) / a.estimate_epochs
                 cpu_epoch = (time.process_time() - c0) / a.estimate_epochs
                 t0, c0 = time.perf_counter(), time.process_time()
-                accuracy(net, real.x_test[:1000], real.y_test[:1000])
+                da.score(net, (real.x_test[:1000], real.y_test[:1000]))
                 scale = len(real.y_test) / 1000
                 test, cpu_test = (time.perf_counter() - t0) * scale, (time.process_time() - c0) * scale
                 epochs = a.epochs or ea.default_epochs()

@@ -148,26 +148,22 @@ def eval_timing(s: da.SyntheticSet, real: da.RealData, augment: str | None, a: a
                 epochs: int = 5) -> tuple[float, float]:
     """Seconds per training epoch on the summary (the evaluation's fit: batch 256, DSA when the protocol uses it)
     and seconds of one test pass over the real test split."""
-    from distill_apps.augment import DSA
-    from distill_apps.nets import build_model
+    from distill_apps.fit_summary import fresh_model
     from distill_apps.runtime import generator, pick_device
-    from distill_apps.train import accuracy, fit
 
     dev = pick_device(a.device)
     data = da.data.data_for_summary(s, real)
     m = s.materialize()
     g = generator("estimate-eval")
-    net = build_model(a.model, data.image_shape[0], data.num_classes, data.image_shape[1:], generator=g, device=dev)
-    dsa = DSA.for_dataset(data.flip_invariant) if augment == "dsa" else None
-    target = m.soft if m.soft is not None else m.y
-    kw = dict(lr=0.01, batch_size=256, label_kind=m.label_kind, generator=g,
-              augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None)
-    fit(net, m.x.to(dev), target.to(dev), epochs=1, **kw)  # warm-up
+    net = fresh_model(a.model, data, g, dev)
+    kw = dict(lr=0.01, batch_size=256, generator=g, augment="dsa" if augment == "dsa" else None, data=data,
+              training_data=m.training_data(dev))
+    da.train_on_summary(m, net, epochs=1, **kw)  # warm-up
     t0 = time.perf_counter()
-    fit(net, m.x.to(dev), target.to(dev), epochs=epochs, **kw)
+    da.train_on_summary(m, net, epochs=epochs, **kw)
     per_epoch = (time.perf_counter() - t0) / epochs
     t0 = time.perf_counter()
-    accuracy(net, data.view("test", dev), data.y_test)
+    da.score(net, data)
     return per_epoch, time.perf_counter() - t0
 
 

@@ -32,6 +32,7 @@ from .nets import build_model, list_models  # noqa: E402
 from .summaries import Privacy, Summary, load_summary  # noqa: E402
 from .summary import SyntheticSet  # noqa: E402
 from .teachers import Teacher, load_teacher, train_teacher  # noqa: E402
+from .fit_summary import score, train_on_summary  # noqa: E402
 
 __all__ = [
     "__version__", "DSA", "MethodConfig", "RealData", "list_datasets", "load_dataset", "from_folder", "from_tensors",
@@ -39,7 +40,7 @@ __all__ = [
     "DistillState", "distill", "list_methods", "register_method", "DistillError", "EvalResult", "evaluate",
     "build_model", "list_models", "SyntheticSet", "Summary", "load_summary", "Privacy",
     "CrossArchResult", "evaluate_cross_arch",
-    "Teacher", "train_teacher", "load_teacher",
+    "Teacher", "train_teacher", "load_teacher", "train_on_summary", "score",
 ]
 
 #: Public submodules and the names they offer besides ``__all__`` (None: the submodule's own ``__all__``).
@@ -57,6 +58,7 @@ PUBLIC_SUBMODULES: dict[str, tuple[str, ...] | None] = {
     "privacy": None,  # Opacus accounting and privacy audits
     "options": None,  # the --set KEY=VALUE / METHOD.KEY=VALUE option syntax of the CLI and recipes
     "summary": ("SyntheticSet",),
+    "fit_summary": None,  # train a fresh model on a summary, score it (train_on_summary, score, fresh_model)
     "summaries": ("Summary", "Privacy", "load_summary"),
     "teachers": ("Teacher", "train_teacher", "load_teacher", "resolve_teacher"),  # cached teacher networks
     "robustness": ("robust_evaluate", "robust_accuracy", "check_eps", "fgsm", "pgd"),  # FGSM/PGD on students

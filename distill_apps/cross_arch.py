@@ -93,14 +93,18 @@ def parse_models(models: str | Sequence[str]) -> list[str]:
 def evaluate_cross_arch(summary: SyntheticSet, dataset: RealData | str | None = None, *,
                         models: str | Sequence[str] = ZOO, runs: int = 3, epochs: int | None = None,
                         augment: str | None = "auto", baseline: bool = True, seed: int = 0, device: str = "auto",
-                        data_root: str | None = None, progress: bool = False, **kw) -> CrossArchResult:
+                        data_root: str | None = None, progress: bool | None = None, **kw) -> CrossArchResult:
     """Evaluate ``summary`` with each of ``models`` (default DC's six) and, beside it, a random real subset.
 
     The protocol is one for the whole table: ``augment`` (``auto``: the summary's paper's) is resolved once from
     the summary and used for the baseline too, as are ``epochs`` (``None``: 1,000 when augmenting, else 300),
     ``runs`` and ``seed``. The random subset has the summary's images per class and is drawn with the seed it was
     distilled with (``meta["seed"]``, default 0). Extra keywords go to :func:`~distill_apps.evaluate.evaluate`.
+    ``progress``: bars over each evaluation's runs and steps (``None``: when someone watches, as ``evaluate``).
     """
+    from .fit_summary import auto_progress
+
+    progress = auto_progress(progress)
     names = parse_models(models)
     aug = check_augment(augment)
     if aug == "auto":

@@ -473,7 +473,8 @@ def run(d: Distiller, total: int, *, checkpoint=None, checkpoint_every: int = 0,
             if eval_every and state.step % eval_every == 0 and d.rank == 0:
                 from .evaluate import evaluate
 
-                res = evaluate(d.export(state), d.real, runs=1, epochs=min(300, 100), device=str(d.device))
+                res = evaluate(d.export(state), d.real, runs=1, epochs=min(300, 100), device=str(d.device),
+                               progress=False)
                 msg = f"step {state.step}: quick eval {res}"
                 (bar.write if bar else print)(msg)
             last = state.step == total

@@ -18,13 +18,12 @@ import torch
 from .data import RealData, data_for_summary
 from .errors import ConfigError, DataError
 from .eval_augment import check_augment, resolve_augment
+from .fit_summary import auto_progress, fresh_model, learned_lr, run_range, score, train_on_summary
 from .modality import check_modality
-from .nets import build_model
 from .registry import Registry
-from .runtime import generator, memory_format, pick_device
+from .runtime import generator, pick_device
 from .summaries import Summary
 from .summary import SyntheticSet
-from .train import accuracy, fit
 
 PROTOCOLS: Registry[Callable[..., "EvalResult"]] = Registry("evaluation protocol")
 register_protocol = PROTOCOLS.register
@@ -76,7 +75,8 @@ def check_compatible(summary: SyntheticSet, real: RealData) -> None:
 def evaluate(summary: Summary, dataset: Any = None, *, model: str | None = None,
              runs: int = 3, epochs: int | None = None, lr: float | None = None, batch_size: int = 256,
              augment: str | None = "auto", protocol: str | None = None, seed: int = 0, device: str = "auto",
-             data_root: str | None = None, progress: bool = False, force_dataset: bool = False, **kw) -> EvalResult:
+             data_root: str | None = None, progress: bool | None = None, force_dataset: bool = False,
+             **kw) -> EvalResult:
     """Evaluate ``summary`` on the real test split of ``dataset`` (default: the one it was distilled from, as its
     metadata records it; any data object :func:`~distill_apps.data.as_real_data` takes). The summary's data
     transform (ZCA) is applied again to the test images.
@@ -89,11 +89,15 @@ def evaluate(summary: Summary, dataset: Any = None, *, model: str | None = None,
     ``protocol`` to ``train``. A dataset other than the one in the summary's metadata is refused
     unless ``force_dataset=True`` (then a warning says so). A summary of another modality (graph, recommender,
     text) is scored by its own protocol (``summary.evaluate``) with the same ``runs``/``epochs``/``lr``/``seed``
-    options.
+    options. ``progress`` shows a bar over the runs and one over each run's training steps; ``None`` (default)
+    shows them when someone watches (a terminal or a notebook, see :func:`~distill_apps.fit_summary.auto_progress`).
+    Every protocol trains through :func:`~distill_apps.fit_summary.train_on_summary` and scores with
+    :func:`~distill_apps.fit_summary.score`.
     """
     from .validation import check_int, check_same_dataset
 
     check_int("runs", runs, 1)
+    progress = auto_progress(progress)
     if epochs is not None:
         check_int("epochs", epochs, 1)
     if not isinstance(summary, SyntheticSet):
@@ -124,26 +128,19 @@ def train_from_scratch(summary: SyntheticSet, real: RealData, *, model: str, run
                        on_student: Callable[[torch.nn.Module, int], Any] | None = None) -> EvalResult:
     """``on_student(net, run)`` is called with every trained model (e.g. to attack it, see robustness.py)."""
     t0 = time.perf_counter()
-    x_train, target, label_kind = summary.training_data(device)  # factorised: decoded in chunks or per minibatch
-    lr_used = lr if lr is not None else (summary.lr or 0.01)
+    data = summary.training_data(device)  # decoded once (factorised: in chunks, or per minibatch when large)
+    lr_used = learned_lr(summary, lr)
     accs: list[float] = []
-    it = range(runs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=f"evaluate {model}", leave=False)
-    x_test, y_test = real.view("test", device), real.y_test  # normalised batch by batch, on the device
     aug = None
-    for r in it:
+    for r in run_range(runs, f"evaluate {model}", progress):
         g = generator("evaluate", seed, r)
-        net = memory_format(build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:],
-                                        generator=g, device=device), device)
+        net = fresh_model(model, real, g, device)
         if aug is None:  # the augmentation (and so the epoch count) may depend on the net: DC's crop_noise for BN
             aug = resolve_augment(augment, summary, real, net)
             epochs = aug.default_epochs() if epochs is None else epochs
-        fit(net, x_train, target, epochs=epochs, lr=lr_used, batch_size=batch_size,
-            label_kind=label_kind, augment=aug.transform, generator=g, amp=amp)
-        accs.append(accuracy(net, x_test, y_test))
+        train_on_summary(summary, net, epochs=epochs, lr=lr_used, batch_size=batch_size, augment=aug,
+                         training_data=data, generator=g, amp=amp, progress=progress)
+        accs.append(score(net, real))
         if on_student is not None:
             on_student(net, r)
     return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "train",

@@ -26,11 +26,10 @@ from .crops import cutmix, resized_crops
 from .data import RealData
 from .errors import ConfigError, DataError, SummaryFormatError
 from .evaluate import EvalResult, register_protocol
-from .nets import build_model
+from .fit_summary import fresh_model, run_range, score, train_on_summary
 from .runtime import generator
 from .summary import SyntheticSet
 from .teachers import Teacher, load_teacher
-from .train import accuracy, fit
 
 AUGMENTS = ("crop_cutmix", "crop", "cutmix", "dsa", "none")
 DEFAULTS = {"epochs": 300, "lr": 1e-3, "weight_decay": 0.01, "optimizer": "adamw", "schedule": "cosine",
@@ -131,24 +130,16 @@ def softlabel_protocol(summary: SyntheticSet, real: RealData, *, model: str, run
     if temp <= 0:
         raise ConfigError(f"temperature must be > 0; got {temp}.")
     aug = student_augment(aug_name, real.flip_invariant, scale, beta, real.image_shape)
-    x = m.x.to(device)
-    target = m.y.to(device) if not fixed else m.soft.to(device)
+    data = (m.x.to(device), m.y.to(device) if not fixed else m.soft.to(device), "logits")
     target_fn = None if fixed else (lambda xb: t.logits(xb))
     accs: list[float] = []
-    it = range(runs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=f"softlabel {model}", leave=False)
-    x_test = real.x_test.to(device)
-    for r in it:
+    for r in run_range(runs, f"softlabel {model}", progress):
         g = generator("evaluate-softlabel", seed, r)
-        net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
-                          device=device)
-        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=wd)
-        fit(net, x, target, epochs=epochs, batch_size=batch_size, optimizer=opt, schedule="cosine",
-            label_kind="logits", augment=aug, target_fn=target_fn, temperature=temp, generator=g, amp=amp)
-        accs.append(accuracy(net, x_test, real.y_test))
+        net = fresh_model(model, real, g, device)
+        train_on_summary(m, net, epochs=epochs, lr=lr, batch_size=batch_size, optimizer="adamw", weight_decay=wd,
+                         schedule="cosine", augment=aug, target_fn=target_fn, temperature=temp, training_data=data,
+                         generator=g, amp=amp, progress=progress)
+        accs.append(score(net, real))
         if on_student is not None:
             on_student(net, r)
     extra = {"labels": "fixed soft labels" if fixed else "teacher relabels every augmented batch",

@@ -8,7 +8,7 @@ per minibatch by a teacher (the soft-label protocol of SRe2L/RDED) are options o
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +42,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | Non
         label_kind: str = "hard", augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         generator: torch.Generator | None = None, decay_at_half: bool = True, amp: bool = True,
         optimizer: torch.optim.Optimizer | None = None, progress: bool = False,
-        schedule: str | None = None, target_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        temperature: float = 1.0) -> nn.Module:
+        schedule: str | Sequence[float] | None = None,
+        target_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, temperature: float = 1.0,
+        shuffle: bool = True) -> nn.Module:
     """Train ``model`` on tensors ``(x, y)`` for ``epochs`` passes or ``steps`` minibatches; returns the model.
 
     ``x`` may also be an image *source*: any object with ``len(x)``, ``x[idx] -> images`` for a LongTensor of
@@ -51,7 +52,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | Non
     of a factorised summary on demand). ``augment(xb, generator)`` is applied to every minibatch (e.g. DSA with a
     fresh draw per image).
     ``schedule``: ``"step"`` (lr x0.1 at half, the field's default), ``"cosine"`` (cosine decay to 0 over the
-    run, as SRe2L/RDED's students) or ``"none"``; ``None`` follows ``decay_at_half``. ``target_fn(xb)``, when
+    run, as SRe2L/RDED's students), ``"none"``, or a sequence of per-step learning rates, one per step (DD's
+    learned step sizes); ``None`` follows ``decay_at_half``. ``shuffle=False`` takes the minibatches in order
+    (with ``batch_size >= len(x)``: the whole set, as is, every step). ``target_fn(xb)``, when
     given, computes the targets of each (augmented) minibatch instead of reading ``y`` (FKD-style relabelling
     by a teacher); ``temperature`` is passed to :func:`target_loss`.
     """
@@ -65,12 +68,19 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | Non
     per_epoch = max(1, -(-n // bs))
     total = steps if steps is not None else epochs * per_epoch
     opt = optimizer or torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    per_step = None
+    if schedule is not None and not isinstance(schedule, str):
+        per_step, schedule = [float(v) for v in schedule], "per-step"
+        if len(per_step) != total:
+            raise ValueError(f"a per-step schedule needs one learning rate per step: {total} steps, "
+                             f"{len(per_step)} rates")
     schedule = schedule or ("step" if decay_at_half else "none")
-    if schedule not in ("step", "cosine", "none"):
-        raise ValueError(f"unknown schedule {schedule!r}: use step, cosine or none")
+    if schedule not in ("step", "cosine", "none", "per-step"):
+        raise ValueError(f"unknown schedule {schedule!r}: use step, cosine, none or a list of per-step rates")
     base_lrs = [group["lr"] for group in opt.param_groups]
     model.train()
-    order = torch.randperm(n, generator=g)
+    draw = (lambda: torch.randperm(n, generator=g)) if shuffle else (lambda: torch.arange(n))
+    order = draw()
     pos = 0
     it = range(total)
     if progress:
@@ -84,8 +94,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int | Non
         elif schedule == "cosine":
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * step / total))
+        elif per_step is not None:
+            for group in opt.param_groups:
+                group["lr"] = per_step[step]
         if pos + bs > n:
-            order, pos = torch.randperm(n, generator=g), 0
+            order, pos = draw(), 0
         idx = order[pos:pos + bs].to(dev)
         pos += bs
         xb, yb = x[idx], y[idx]

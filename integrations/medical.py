@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 
 import distill_apps as da
-from distill_apps import DSA, RealData, SyntheticSet
+from distill_apps import RealData, SyntheticSet
 from distill_apps.data import DATASETS, data_root
 from distill_apps.errors import ConfigError, DataError
 from distill_apps.privacy import side_by_side_png
+from distill_apps.fit_summary import fresh_model, run_range
 from distill_apps.runtime import generator, pick_device
-from distill_apps.train import fit, predict
 
 __all__ = ["SIZES", "flags_2d", "load_medmnist", "allocate_budget", "distill_medical", "select_subset", "auc_binary",
            "clinical_metrics", "evaluate_medical", "ssim", "anonymisation_check"]
@@ -191,9 +191,11 @@ def clinical_metrics(logits: torch.Tensor, y: torch.Tensor, task: str, threshold
 
 def evaluate_medical(summary, real: RealData, *, model: str = "convnet", runs: int = 3, epochs: int = 300,
                      lr: float | None = None, seed: int = 0, device: str = "auto", augment: str | None = None,
-                     class_weighted: bool = False) -> dict[str, Any]:
-    """Train ``runs`` fresh models on ``summary`` (the field's protocol, :func:`~distill_apps.train.fit`) and report
-    MedMNIST AUC/ACC on the official test split, mean and std, with the clinical per-class figures of run 0.
+                     class_weighted: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Train ``runs`` fresh models on ``summary`` (the field's protocol, :func:`distill_apps.train_on_summary`:
+    ``lr=None`` takes the summary's learned lr, else 0.01) and report MedMNIST AUC/ACC on the official test
+    split, mean and std, with the clinical per-class figures of run 0. ``augment`` names an evaluation
+    augmentation (``dsa``, ``dc``, ``none``).
 
     ``class_weighted=True`` trains on a class-balanced resampling of the summary (each class equally often), the
     usual remedy when a proportional summary keeps the data's imbalance.
@@ -206,15 +208,14 @@ def evaluate_medical(summary, real: RealData, *, model: str = "convnet", runs: i
         reps = (counts.max() / counts[m.y]).round().long()
         idx = torch.arange(len(m.y)).repeat_interleave(reps)
         x, yv = x[idx], yv[idx]
-    dsa = DSA.for_dataset(real.flip_invariant) if augment == "dsa" else None
+    data = (x.to(dev), yv.to(dev), m.label_kind)
     rows = []
-    for r in range(runs):
+    for r in run_range(runs, f"evaluate {model} ({real.name})", progress):
         g = generator("evaluate-medical", seed, r)
-        net = da.build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
-                          device=dev)
-        fit(net, x.to(dev), yv.to(dev), epochs=epochs, lr=lr or summary.lr or 0.01, label_kind=m.label_kind,
-            augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g)
-        rows.append(clinical_metrics(predict(net, real.x_test.to(dev)), real.y_test, real.task))
+        net = fresh_model(model, real, g, dev)
+        da.train_on_summary(summary, net, epochs=epochs, lr=lr, augment=augment, data=real, training_data=data,
+                            generator=g, progress=progress)
+        rows.append(da.score(net, real, metric=lambda logits, y: clinical_metrics(logits, y, real.task)))
     auc, acc = [r["auc"] for r in rows], [r["acc"] for r in rows]
     return {"auc_mean": float(np.mean(auc)), "auc_std": float(np.std(auc)), "acc_mean": float(np.mean(acc)),
             "acc_std": float(np.std(acc)), "runs": runs, "epochs": epochs, "model": model, "task": real.task,

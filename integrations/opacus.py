@@ -19,7 +19,6 @@ import distill_apps as da
 from distill_apps.privacy import check_accountant, check_target
 from distill_apps.quiet import quieted
 from distill_apps.runtime import generator, pick_device
-from distill_apps.train import accuracy
 
 __all__ = ["DPSGDResult", "dp_sgd_baseline"]
 
@@ -97,7 +96,7 @@ def dp_sgd_baseline(real, *, epsilon: float, delta: float = 1e-5, epochs: int = 
             loss_fn(net(xb.to(dev)), yb.to(dev)).backward()
             opt.step()
             steps += 1
-    acc = accuracy(net, real.x_test.to(dev), real.y_test)
+    acc = da.score(net, real)
     res = DPSGDResult(accuracy=acc, epsilon=float(engine.get_epsilon(delta)), delta=delta, target_epsilon=epsilon,
                       noise_multiplier=float(opt.noise_multiplier), max_grad_norm=max_grad_norm, steps=steps,
                       epochs=epochs, batch_size=batch_size, accountant=accountant, model=model,

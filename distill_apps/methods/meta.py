@@ -149,30 +149,23 @@ def learned_schedule_protocol(summary, real, *, model: str, runs: int, seed: int
     import numpy as np
 
     from ..errors import DataError
-    from ..nets import build_model
+    from ..fit_summary import fresh_model, run_range, score, train_on_summary
     from ..runtime import generator
-    from ..train import accuracy
 
     lrs, epochs = summary.meta.get("inner_lrs"), summary.meta.get("inner_epochs")
     if not lrs or not epochs:
         raise DataError("The 'schedule' protocol needs a summary with learned step sizes (meta inner_lrs and "
                         "inner_epochs, as dd writes); use protocol='train' for this summary.")
     t0, m = time.perf_counter(), summary.materialize()
-    x, y = m.x.to(device), (m.soft if m.soft is not None else m.y).to(device)
+    data = (m.x.to(device), (m.soft if m.soft is not None else m.y).to(device), m.label_kind)
     accs = []
-    for r in range(runs):
+    for r in run_range(runs, f"schedule {model}", progress):
         g = generator("evaluate-schedule", seed, r)
-        net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g,
-                          device=device)
-        opt = torch.optim.SGD(net.parameters(), lr=1.0)
-        net.train()
-        for lr in list(lrs) * int(epochs):
-            for group in opt.param_groups:
-                group["lr"] = float(lr)
-            opt.zero_grad(set_to_none=True)
-            target_loss(net(x), y, m.label_kind).backward()
-            opt.step()
-        accs.append(accuracy(net, real.view("test", device), real.y_test))
+        net = fresh_model(model, real, g, device)
+        # plain full-batch SGD steps (no momentum, weight decay or mixed precision) at the learned rates
+        train_on_summary(m, net, schedule=list(lrs) * int(epochs), momentum=0.0, weight_decay=0.0,
+                         training_data=data, generator=g, amp=False, progress=progress)
+        accs.append(score(net, real))
     return EvalResult(float(np.mean(accs)), float(np.std(accs)), accs, runs, model, real.name, "schedule",
                       int(epochs), None, None, time.perf_counter() - t0,
                       {"inner_lrs": list(lrs), "unrolled_steps": len(lrs) * int(epochs)})

@@ -79,20 +79,17 @@ def membership_inference(model: nn.Module, members: tuple[torch.Tensor, torch.Te
 
 
 def audit_summary(summary, real, *, model: str = "convnet", epochs: int = 300, n: int = 1000, seed: int = 0,
-                  device: str = "auto") -> MIAResult:
-    """Train ``model`` on the summary (as a user of it would), then attack it with ``n`` real training images
-    (members of the private data) against ``n`` real test images (non-members)."""
-    from ..nets import build_model
+                  device: str = "auto", lr: float | None = None, progress: bool = False) -> MIAResult:
+    """Train ``model`` on the summary as a user of it would (:func:`~distill_apps.fit_summary.train_on_summary`;
+    ``lr=None``: the summary's learned lr, else 0.01), then attack it with ``n`` real training images (members
+    of the private data) against ``n`` real test images (non-members)."""
+    from ..fit_summary import fresh_model, train_on_summary
     from ..runtime import generator, pick_device
-    from ..train import fit
 
     dev = pick_device(device)
     g = generator("mia", seed)
-    m = summary.materialize()
-    net = build_model(model, real.image_shape[0], real.num_classes, real.image_shape[1:], generator=g, device=dev)
-    target = m.soft if m.soft is not None else m.y
-    fit(net, m.x.to(dev), target.to(dev), epochs=epochs, lr=summary.lr or 0.01, label_kind=m.label_kind,
-        generator=g)
+    net = fresh_model(model, real, g, dev)
+    train_on_summary(summary, net, epochs=epochs, lr=lr, generator=g, progress=progress)
     k = min(n, len(real.x_train), len(real.x_test))
     im = torch.randperm(len(real.x_train), generator=g)[:k]
     it = torch.randperm(len(real.x_test), generator=g)[:k]

@@ -25,7 +25,6 @@ from distill_apps import RealData, SyntheticSet
 from distill_apps.errors import DataError, SummaryFormatError
 from distill_apps.registry import Registry
 from distill_apps.runtime import generator, pick_device
-from distill_apps.train import accuracy, fit
 
 from .config import FederatedConfig
 from .wire import record_bytes, summary_from_records
@@ -264,9 +263,8 @@ class SummaryStrategy(FedAvg):
             return None
         g = generator("flower-server", self.cfg.seed, self.name, server_round)
         net = self.new_model(g)
-        target = union.soft if union.soft is not None else union.y
-        fit(net, union.x, target, epochs=self.cfg.server_epochs, lr=union.lr or self.cfg.server_lr,
-            batch_size=256, label_kind=union.label_kind, generator=g)
+        da.train_on_summary(union, net, epochs=self.cfg.server_epochs, default_lr=self.cfg.server_lr,
+                            batch_size=256, generator=g)  # the union's learned lr when it has one
         return ArrayRecord({k: v.detach().cpu() for k, v in net.state_dict().items()})
 
     # ------------------------------------------------------------------ driving one strategy
@@ -276,7 +274,7 @@ class SummaryStrategy(FedAvg):
             return None
         net = self.new_model(generator("flower-eval", self.cfg.seed))
         net.load_state_dict(arrays.to_torch_state_dict())
-        return MetricRecord({"accuracy": accuracy(net, self.real.x_test, self.real.y_test)})
+        return MetricRecord({"accuracy": da.score(net, self.real)})
 
     def run(self, grid: Grid) -> dict[str, Any]:
         """Run the strategy on ``grid`` and return its report (accuracy per round, bytes, failures)."""

@@ -13,11 +13,12 @@ import torch
 from nni.nas.evaluator import FunctionalEvaluator
 from torch import nn
 
-from distill_apps import DSA, RealData, SyntheticSet
+import distill_apps as da
+from distill_apps import RealData, SyntheticSet
 from distill_apps.errors import ConfigError, DataError
+from distill_apps.fit_summary import DataTraits
 from distill_apps.runtime import generator, pick_device
 from distill_apps.safe_io import read, write
-from distill_apps.train import accuracy, fit
 
 from .space import reinit_
 
@@ -114,7 +115,7 @@ class ProxyTask:
 def train_and_score(model: nn.Module, task: ProxyTask, *, lr: float | None = None,
                     weight_decay: float | None = None, epochs: int | None = None,
                     batch_size: int | None = None, seed: int | None = None) -> dict[str, float]:
-    """Train ``model`` on the task's summary with :func:`~distill_apps.train.fit`; score on the real split.
+    """Train ``model`` on the task's summary with :func:`distill_apps.train_on_summary`; score on the real split.
 
     Keyword overrides are the hyper-parameters HPO tunes. Returns ``accuracy`` (validation), ``train_seconds``
     and ``seconds`` (training + scoring).
@@ -122,18 +123,14 @@ def train_and_score(model: nn.Module, task: ProxyTask, *, lr: float | None = Non
     dev = pick_device(task.device)
     t0 = time.perf_counter()
     m = task.summary.materialize()
-    target = m.soft if m.soft is not None else m.y
-    aug = task.augment_used
-    dsa = DSA.for_dataset(task.flip_invariant) if aug == "dsa" else None
     g = generator("nas-proxy-train", task.seed if seed is None else seed)
     model = model.to(dev)
-    fit(model, m.x.to(dev), target.to(dev), epochs=epochs or task.epochs,
-        lr=lr if lr is not None else (task.lr or m.lr or 0.01),
-        weight_decay=task.weight_decay if weight_decay is None else weight_decay, momentum=task.momentum,
-        batch_size=batch_size or task.batch_size, label_kind=m.label_kind,
-        augment=(lambda xb, gg: dsa(xb, gg)) if dsa else None, generator=g)
+    da.train_on_summary(m, model, epochs=epochs or task.epochs, lr=lr if lr is not None else task.lr,
+                        weight_decay=task.weight_decay if weight_decay is None else weight_decay,
+                        momentum=task.momentum, batch_size=batch_size or task.batch_size,
+                        augment=task.augment_used, data=DataTraits.of(m, task.flip_invariant), generator=g)
     t1 = time.perf_counter()
-    acc = accuracy(model, task.x_val.to(dev), task.y_val)
+    acc = da.score(model, (task.x_val.to(dev), task.y_val))
     return {"accuracy": acc, "train_seconds": t1 - t0, "seconds": time.perf_counter() - t0}
 
 

@@ -22,7 +22,7 @@ from distill_apps import RealData, SyntheticSet
 from distill_apps.errors import ConfigError
 from distill_apps.runtime import generator, pick_device
 from distill_apps.safe_io import write_json
-from distill_apps.train import accuracy, fit
+from distill_apps.train import fit
 
 from .proxy import ProxyTask, holdout_split, train_and_score
 from .ranking import kendall_tau, spearman, top_k_overlap
@@ -82,9 +82,9 @@ def train_full(space: ModelSpace, sample: dict[str, Any], real: RealData, epochs
     t0 = time.perf_counter()
     g = generator("nas-full", seed, arch_key(sample))
     net = build_candidate(space, sample, generator("nas-candidate-init", seed, arch_key(sample)), dev)
-    fit(net, real.x_train.to(dev), real.y_train.to(dev), epochs=epochs, lr=0.01, generator=g)
+    fit(net, real.x_train.to(dev), real.y_train.to(dev), epochs=epochs, lr=0.01, generator=g)  # real data
     secs = time.perf_counter() - t0
-    return accuracy(net, real.x_test.to(dev), real.y_test), secs
+    return da.score(net, real), secs
 
 
 class StudyCheckpoint:
