@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
                                 meta={"method": "full", "dataset": real.name})
             with bar(f"full-data model {flag}"):
                 ev = medical.evaluate_medical(full, real, model=a.model, runs=a.runs, epochs=a.full_epochs,
-                                              lr=0.01, seed=a.seed, device=dev)
+                                              lr=0.01, seed=a.seed, device=dev, progress=not a.json)
             entry["full"] = ev
         for ipc in a.ipc:
             for base in ("proportional", "balanced"):
                 with bar(f"random-{base} IPC {ipc}"):
                     sub = medical.select_subset(real, ipc, budget=base, seed=a.seed)
                     ev = medical.evaluate_medical(sub, real, model=a.model, runs=a.runs, epochs=a.epochs,
-                                                  seed=a.seed, device=dev)
+                                                  seed=a.seed, device=dev, progress=not a.json)
                 entry["rows"].append({"method": f"random-{base}", "ipc": ipc, **ev})
             for method in methods:
                 with bar(f"distil {method} IPC {ipc}"):
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 augment = "dsa" if s.meta.get("eval_augment") == "dsa" else None
                 with bar(f"evaluate {method} IPC {ipc}"):
                     ev = medical.evaluate_medical(s, real, model=a.model, runs=a.runs, epochs=a.epochs,
-                                                  seed=a.seed, device=dev, augment=augment)
+                                                  seed=a.seed, device=dev, augment=augment,
+                                                  progress=not a.json)
                 with bar(f"anonymisation check {method} IPC {ipc}"):
                     anon = medical.anonymisation_check(s, real, png=out / f"anon_{tag}.png", seed=a.seed)
                 checks = {k: v for k, v in anon.items() if k not in ("nearest_real_l2", "nearest_real_ssim")}

@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                                    device=dev, progress=not a.json)
                 with bar(f"evaluate {what}"):
                     ev = da.evaluate(s, real, model=a.model, runs=a.eval_runs, epochs=a.eval_epochs, augment=None,
-                                     device=dev, seed=seed)
+                                     device=dev, seed=seed, progress=not a.json)
                 tag = f"{method}_eps{'inf' if eps is None else f'{eps:g}'}"
                 with bar(f"audit {what}"):
                     mia = audit_summary(s, real, model=a.model, epochs=a.eval_epochs, n=a.audit_n, seed=seed,
-                                        device=dev)
+                                        device=dev, progress=not a.json)
                     nn = nearest_neighbour_audit(s, real, png=out / f"nn_{tag}.png" if seed == a.seed else None,
                                                  pairs=10, seed=seed)
                 p = s.meta["privacy"]

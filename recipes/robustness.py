@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         with bar(f"train + attack {method} ({protocol})"):
             res = robust_evaluate(s, real, attack=list(a.attacks), eps=a.eps, protocol=protocol, n=a.attack_n,
                                   steps=a.pgd_steps, seed=a.seed, model=a.model, runs=a.runs, epochs=a.eval_epochs,
-                                  device=dev, **kw)
+                                  device=dev, progress=not a.json, **kw)
         robust = {attack: info["accuracy"] for attack, info in res.extra["robust"].items()}
         clean = res.accuracy_mean
         rows.append({"method": method, "protocol": protocol, "steps": s.meta.get("steps"),
