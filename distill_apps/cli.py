@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "its image folder)")
     e.add_argument("--model", default=None, help="default: convnet for images; graphs, interactions and text use "
                    "their own (gcn, inf-ae, textcnn)")
-    e.add_argument("--runs", type=int, default=3)
+    e.add_argument("--runs", type=int, default=3, help="evaluation runs (fresh networks; mean ± std from 2)")
     e.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
     e.add_argument("--protocol", default=None, help="images: train (from scratch; the default), softlabel (a teacher "
                    "relabels each batch; the default of sre2l/rded summaries), krr (kernel methods) or schedule (DD); "
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default=None, help="default digits (with --teacher: check it is for this dataset)")
     t.add_argument("--model", default="convnet-bn", help="e.g. convnet-bn, convnet-w64-bn, resnet18-bn")
     t.add_argument("--epochs", type=int, default=None, help="passes over the real training split (default 2)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the teacher's initialisation and batches")
     t.add_argument("--teacher", default=None, metavar="PATH", help="load and check this teacher file instead")
     t.add_argument("--out", default=None, help="also write the teacher here (refuses to overwrite)")
     t.add_argument("--retrain", action="store_true", help="train again even if the cache holds this teacher")

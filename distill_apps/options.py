@@ -29,7 +29,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if action.default in (None, False, []) or "default" in help_text.lower():
+        unset = action.default is None or action.default is False or action.default == []
+        if unset or "default" in help_text.lower():
             return help_text
         return super()._get_help_string(action)
 

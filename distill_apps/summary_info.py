@@ -93,7 +93,7 @@ def format_info(info: dict[str, Any]) -> str:
               if isinstance(src, dict) else None)
     ev = info["evaluation"]
     lines = [
-        f"{info['path']}: a {info['kind']} ({info['modality']} summary)",
+        f"{info['path']}: {info['modality']} summary (file kind {info['kind']!r})",
         f"  method      {info['method']}" + (f" ({info['family']})" if info.get("family") else ""),
         f"  data        {info['dataset']}" + (f" [{src.get('kind')}: {source}]" if isinstance(src, dict) and source
                                               else "")
