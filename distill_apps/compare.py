@@ -148,7 +148,7 @@ def _plot(rows: list[dict], x_key: str, xlabel: str, title: str, caption_line: s
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for m in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r[x_key])
+        pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r["ipc"])  # a line runs through IPCs
         xs, ys = [r[x_key] for r in pts], [r["accuracy_mean"] for r in pts]
         err = [r["accuracy_std"] if r["runs"] >= 2 else 0.0 for r in pts]
         line = ax.errorbar(xs, ys, yerr=err if any(err) else None, marker="o", capsize=3, label=m)
