@@ -586,7 +586,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     rows = compare(real, methods, a.ipc, steps=a.steps, budget=a.budget, configs=configs, runs=a.runs,
                    epochs=a.epochs, model=a.model, distill_model=a.model, protocol=a.protocol, seed=a.seed,
                    device=a.device, time_limit=a.time_limit, progress=show, on_row=on_row)
-    line = caption(rows, a.budget, a.seed)
+    line = caption(rows, a.budget, a.seed, a.steps)
     settings = {k: getattr(a, k) for k in ("dataset", "methods", "ipc", "budget", "steps", "runs", "epochs",
                                            "protocol", "model", "seed", "time_limit", "set")}
     files = write_report(rows, out, settings, line)

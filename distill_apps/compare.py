@@ -119,7 +119,7 @@ def markdown(rows: list[dict], caption_line: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def caption(rows: list[dict], budget: str, seed: int) -> str:
+def caption(rows: list[dict], budget: str, seed: int, steps: int | None = None) -> str:
     """One line saying what the table and plots show and with what settings."""
     if not rows:
         return "No cells were run."
@@ -130,7 +130,8 @@ def caption(rows: list[dict], budget: str, seed: int) -> str:
     return (f"Test accuracy (%) on {r0['dataset']} of {methods} at IPC {ipcs}: a {r0['model']} trained from scratch on "
             f"each summary ({r0['protocol']} protocol" + (f", {'/'.join(map(str, eps))} epochs" if eps else "")
             + f", {r0['runs']} run{'s' if r0['runs'] != 1 else ''}" + (", mean ± std" if r0["runs"] >= 2 else "")
-            + f"); distilled with the {budget} budget (steps per row), seed {seed}; distill s is the wall time of "
+            + (f"); distilled for {steps} steps (methods that optimise)" if steps is not None else f"); distilled with the {budget} budget "
+               "(steps per row)") + f", seed {seed}; distill s is the wall time of "
             "the distillation on this machine.")
 
 
