@@ -130,8 +130,9 @@ def caption(rows: list[dict], budget: str, seed: int, steps: int | None = None) 
     return (f"Test accuracy (%) on {r0['dataset']} of {methods} at IPC {ipcs}: a {r0['model']} trained from scratch on "
             f"each summary ({r0['protocol']} protocol" + (f", {'/'.join(map(str, eps))} epochs" if eps else "")
             + f", {r0['runs']} run{'s' if r0['runs'] != 1 else ''}" + (", mean ± std" if r0["runs"] >= 2 else "")
-            + (f"); distilled for {steps} steps (methods that optimise)" if steps is not None else f"); distilled with the {budget} budget "
-               "(steps per row)") + f", seed {seed}; distill s is the wall time of "
+            + (f"); distilled for {steps} steps (methods that optimise)" if steps is not None
+               else f"); distilled with the {budget} budget (steps per row)")
+            + f", seed {seed}; distill s is the wall time of "
             "the distillation on this machine.")
 
 

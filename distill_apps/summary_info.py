@@ -98,8 +98,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"  data        {info['dataset']}" + (f" [{src.get('kind')}: {source}]" if isinstance(src, dict) and source
                                               else "")
         + (f", {info['transform']}-whitened" if info["transform"] else ""),
-        f"  budget      ipc {info['ipc']}, {info['steps']} steps" + (f", seed {info['seed']}" if info['seed'] is not None
-                                                                      else "")
+        f"  budget      ipc {info['ipc']}, {info['steps']} steps"
+        + (f", seed {info['seed']}" if info["seed"] is not None else "")
         + (f", model {info['model']}" if info.get("model") else ""),
         f"  evaluation  protocol {ev['protocol']}" + (f", augment {ev['augment']}" if ev["augment"] else "")
         + (f", teacher {ev['teacher']}" if ev["teacher"] else ""),
@@ -108,8 +108,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"  size        {_size(info['tensor_bytes'])} of tensors in a {_size(info['file_bytes'])} file "
         f"(format version {info['format_version']})",
     ]
-    lines += [f"    {t['name']:<16} {t['dtype']:<8} {'x'.join(map(str, t['shape'])) or 'scalar':<16} {_size(t['bytes'])}"
-              for t in info["tensors"]]
+    lines += [f"    {t['name']:<16} {t['dtype']:<8} {'x'.join(map(str, t['shape'])) or 'scalar':<16} "
+              f"{_size(t['bytes'])}" for t in info["tensors"]]
     c = info["checksums"]
     lines += [f"  sha256      file    {c['file_sha256']}", f"              tensors {c['tensors_sha256']} (verified)",
               f"              header  {c['header_sha256'] or 'none (container format 1)'}"
