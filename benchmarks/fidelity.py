@@ -34,44 +34,9 @@ from pathlib import Path
 import torch
 
 import distill_apps as da
+from distill_apps import compare
+from distill_apps.compare import PAPER, dataset_label  # noqa: F401  (the published figures live in the package)
 from distill_apps.options import add_set_argument, make_parser, method_options
-
-# Published test accuracy (%) with ConvNet-3; (method, dataset, ipc) -> figure. Sources: DC (Zhao et al. 2021,
-# Table 1: random/herding/k-center/DC), DSA (Zhao & Bilen 2021), DM (Zhao & Bilen 2023), IDC (Kim et al. 2022),
-# MTT (Cazenavette et al. 2022), TESLA (Cui et al. 2023), KIP (Nguyen et al. 2021), FRePO (Zhou et al. 2022),
-# DD (Wang et al. 2018), CAFE (Wang et al. 2022), HaBa (Liu et al. 2022), LinBa (Deng & Russakovsky 2022).
-PAPER = {
-    ("random", "mnist", 1): 64.9, ("random", "mnist", 10): 95.1, ("random", "mnist", 50): 97.9,
-    ("herding", "mnist", 1): 89.2, ("herding", "mnist", 10): 93.7, ("herding", "mnist", 50): 94.8,
-    ("kcenter", "mnist", 1): 89.3, ("kcenter", "mnist", 10): 84.4, ("kcenter", "mnist", 50): 97.4,
-    ("dc", "mnist", 1): 91.7, ("dc", "mnist", 10): 97.4, ("dc", "mnist", 50): 98.8,
-    ("dsa", "mnist", 1): 88.7, ("dsa", "mnist", 10): 97.8, ("dsa", "mnist", 50): 99.2,
-    ("dm", "mnist", 1): 89.7, ("dm", "mnist", 10): 97.5, ("dm", "mnist", 50): 98.6,
-    ("idc", "mnist", 1): 94.2, ("idc", "mnist", 10): 98.4,
-    # CIFAR-10 random: the figures the project compares against (15.4 / 31.0, as in later trajectory-matching
-    # papers' tables); DC's and MTT's own tables report 14.4 / 26.0 for a random subset.
-    ("random", "cifar10", 1): 15.4, ("random", "cifar10", 10): 31.0, ("dc", "cifar10", 1): 28.3,
-    ("dc", "cifar10", 10): 44.9, ("dsa", "cifar10", 1): 28.8, ("dsa", "cifar10", 10): 52.1,
-    ("dm", "cifar10", 1): 26.0, ("dm", "cifar10", 10): 48.9, ("mtt", "cifar10", 1): 46.3,
-    ("mtt", "cifar10", 10): 65.3, ("tesla", "cifar10", 1): 48.5, ("tesla", "cifar10", 10): 66.4,
-    ("kip", "cifar10", 1): 49.9, ("kip", "cifar10", 10): 62.7, ("frepo", "cifar10", 1): 46.8,
-    ("frepo", "cifar10", 10): 65.5, ("dd", "cifar10", 10): 36.8, ("cafe", "cifar10", 1): 30.3,
-    ("cafe", "cifar10", 10): 46.3, ("haba", "cifar10", 1): 48.3, ("haba", "cifar10", 10): 69.9,
-    ("linba", "cifar10", 1): 66.4, ("linba", "cifar10", 10): 71.2,
-    ("herding", "cifar10", 1): 21.5, ("herding", "cifar10", 10): 31.6, ("kcenter", "cifar10", 1): 21.5,
-    ("kcenter", "cifar10", 10): 14.7, ("idc", "cifar10", 1): 50.6, ("idc", "cifar10", 10): 67.5,
-}
-
-# Image folders holding a copy of a benchmark dataset: (paper key, label used in every result row).
-FOLDER_COPIES = {"cifar10-jpg": ("cifar10", "CIFAR-10 (JPEG q75 copy)")}
-
-
-def dataset_label(real: da.RealData) -> tuple[str, str]:
-    """(key for PAPER, label for the rows): a folder copy of CIFAR-10 is reported as "CIFAR-10 (JPEG q75 copy)"."""
-    if real.source.get("kind") == "imagefolder" and real.name in FOLDER_COPIES:
-        return FOLDER_COPIES[real.name]
-    return real.name, real.name
-
 
 def cell_options(method: str, ipc: int, a: argparse.Namespace) -> tuple[int | None, dict, float | None]:
     """Steps, method options and time limit of one cell: ``--steps-for m[:ipc]=N`` overrides ``--steps``
@@ -87,29 +52,11 @@ def cell_options(method: str, ipc: int, a: argparse.Namespace) -> tuple[int | No
 
 
 def run_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Namespace) -> list[dict]:
-    """Distil once, evaluate under every requested protocol; one row per protocol."""
-    key, label = dataset_label(dataset)
+    """Distil once, evaluate under every requested protocol; one row per protocol (:func:`compare.run_cell`)."""
     steps, config, limit = cell_options(method, ipc, a)
-    t0 = time.perf_counter()
-    s = da.distill(method, dataset, ipc, steps=steps, budget=a.budget, seed=a.seed, device=a.device,
-                   progress=not a.quiet, time_limit=limit, config=config or None)
-    t_distill = time.perf_counter() - t0
-    epochs = a.epochs if a.epochs is not None else (300 if a.budget == "quick" and not a.paper_eval else None)
-    rows = []
-    for protocol in a.protocols:
-        if protocol == "schedule" and "inner_lrs" not in s.meta:
-            continue  # DD's own protocol applies to summaries with a learned schedule only
-        res = da.evaluate(s, dataset, runs=a.runs, epochs=epochs, device=a.device, model=a.model, protocol=protocol)
-        rows.append({"method": method, "dataset": label, "ipc": ipc, "budget": a.budget,
-                     "steps": s.meta["steps"], "time_limit": limit, "distill_seconds": round(t_distill, 1),
-                     "eval_seconds": round(res.seconds, 1), "cell_seconds": round(time.perf_counter() - t0, 1),
-                     "source": dataset.source.get("kind"), "zca": dataset.transform is not None,
-                     "config": config, "accuracy_mean": 100 * res.accuracy_mean,
-                     "accuracy_std": 100 * res.accuracy_std, "accuracies": [100 * v for v in res.accuracies],
-                     "runs": res.runs, "epochs": res.epochs, "augment": res.augment, "protocol": res.protocol,
-                     "model": res.model, "storage_floats": s.storage_floats(),
-                     "paper": PAPER.get((method, key, ipc))})
-    return rows
+    return compare.run_cell(method, dataset, ipc, steps=steps, budget=a.budget, config=config, time_limit=limit,
+                            runs=a.runs, epochs=a.epochs, model=a.model, protocols=a.protocols, seed=a.seed,
+                            device=a.device, paper_eval=a.paper_eval, progress=not a.quiet)
 
 
 def steps_within(planned: int, step_s: float, time_limit: float | None) -> int:
@@ -196,7 +143,7 @@ def estimate_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Names
     steps_run = steps_within(planned, step_s, limit)
     distill_s = t_init + steps_run * step_s + experts_s
     s = d.export(state)
-    protocol_epochs = a.epochs if a.epochs is not None else (300 if a.budget == "quick" and not a.paper_eval else None)
+    protocol_epochs = compare.eval_epochs(a.budget, a.epochs, a.paper_eval)
     augment = "dsa" if s.meta.get("eval_augment") == "dsa" else None
     epochs = protocol_epochs if protocol_epochs is not None else (1000 if augment == "dsa" else 300)
     per_epoch, test_pass = eval_timing(s, dataset, augment, a)
@@ -211,7 +158,7 @@ def estimate_cell(method: str, dataset: da.RealData, ipc: int, a: argparse.Names
 
 
 def markdown(rows: list[dict]) -> str:
-    """The results (or the ``--estimate`` plan) as a markdown table."""
+    """The results table (:func:`compare.markdown`), or the estimates' table for ``--estimate`` rows."""
     if rows and "cell_seconds_est" in rows[0]:
         lines = ["| method | dataset | IPC | steps (planned / within limit) | s per step | distill s | eval epochs | "
                  "s per epoch | eval s (all runs) | cell s (est.) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -221,15 +168,7 @@ def markdown(rows: list[dict]) -> str:
                          f"{r['eval_epochs']}{' +DSA' if r['eval_augment'] else ''} | {r['eval_epoch_seconds']} | "
                          f"{r['eval_seconds_est']} | {r['cell_seconds_est']} |")
         return "\n".join(lines) + "\n"
-    lines = ["| method | dataset | IPC | steps | protocol | ours (%) | paper (%) | distill s | eval |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        paper = "-" if r["paper"] is None else f"{r['paper']:.1f}"
-        ev = f"{r['runs']} runs" + (f" × {r['epochs']} ep" if r.get("protocol", "train") == "train" else "")
-        lines.append(f"| {r['method']} | {r['dataset']} | {r['ipc']} | {r['steps']} | {r.get('protocol', 'train')} | "
-                     f"{r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f} | {paper} | {r['distill_seconds']} | "
-                     f"{ev}{' +DSA' if r['augment'] else ''} |")
-    return "\n".join(lines) + "\n"
+    return compare.markdown(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

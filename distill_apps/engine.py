@@ -265,7 +265,7 @@ def make_distiller(method: str, real: RealData, ipc: int, config: dict[str, Any]
 
 
 def distill(method: str = "dm", dataset: str | RealData | None = None, ipc: int = 10, *, steps: int | None = None,
-            budget: str = "paper", model: str | None = None, seed: int = 0, device: str = "auto",
+            budget: str = "quick", model: str | None = None, seed: int = 0, device: str = "auto",
             data_root: str | None = None, config: dict[str, Any] | MethodConfig | None = None,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool | str = False,
             overwrite: bool = False, eval_every: int = 0,
@@ -282,8 +282,9 @@ def distill(method: str = "dm", dataset: str | RealData | None = None, ipc: int 
     ``dataset`` is a registered name, ``imagefolder:<path>``, a :class:`RealData`, a map-style torch ``Dataset``,
     ``(x, y)`` tensors or a Hugging Face ``Dataset`` (converted by :func:`~distill_apps.data.as_real_data`).
 
-    ``steps`` overrides the method's iteration count; otherwise ``budget="paper"`` runs the paper's count and
-    ``budget="quick"`` a CPU-minutes preset. With ``checkpoint`` and ``checkpoint_every=N`` the state is saved
+    ``steps`` overrides the method's iteration count; otherwise ``budget="quick"`` (the default, as on the command
+    line) runs a CPU-minutes preset and ``budget="paper"`` the paper's count (hours to days on a CPU). With
+    ``checkpoint`` and ``checkpoint_every=N`` the state is saved
     atomically every N steps (the last two are kept); ``resume=True`` continues from it (refusing a checkpoint of
     another run; starting fresh with a warning when there is none, or refusing with ``resume="require"``). An
     existing checkpoint is never overwritten by a run that does not resume it, unless ``overwrite=True``.

@@ -24,7 +24,15 @@ SET_HELP = ("method option, repeatable: KEY=VALUE for every method that has KEY,
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` that shows every option's default (and keeps the description's line breaks)."""
+    """``--help`` that shows every option's default (and keeps the description's line breaks); options whose help
+    already says their default, flags (default off) and options without a default (None, []) are left as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == []
+        if unset or "default" in help_text.lower():
+            return help_text
+        return super()._get_help_string(action)
 
 
 VERBOSE_HELP = "show every warning and log line of the host libraries, not only those that concern you"
