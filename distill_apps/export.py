@@ -24,20 +24,8 @@ __all__ = ["pixels", "class_folder_names", "export_pngs"]
 
 
 def pixels(summary: Any, transform: Any = None) -> torch.Tensor:
-    """The summary's (materialised) images as pixels in [0, 1], ``(N, C, H, W)``: the whitening undone with
-    ``transform`` (``real.transform``; required when the summary records one), then the normalisation."""
-    m = summary.materialize()
-    x = m.x.detach().float().cpu()
-    recorded = (summary.meta.get("data") or {}).get("transform")
-    if recorded is not None and transform is None:
-        raise DataError(f"This summary's images are {recorded.get('kind')}-whitened: its data (loaded with the same "
-                        "ZCA option) is needed to turn them back into pixels; pass it (--dataset / transform=).")
-    if transform is not None:
-        x = transform.invert(x)
-    if summary.mean and summary.std:
-        x = x * torch.tensor(summary.std).view(1, -1, 1, 1) + torch.tensor(summary.mean).view(1, -1, 1, 1)
-    return x.clamp(0, 1)
-
+    """The summary's images as pixels in [0, 1] (:meth:`SyntheticSet.pixels <distill_apps.summary.SyntheticSet.pixels>`)."""
+    return summary.pixels(transform)
 
 def class_folder_names(summary: Any) -> list[str]:
     """One folder name per class: the class names the summary records (made safe as file names), else the ids.

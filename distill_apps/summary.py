@@ -344,6 +344,21 @@ class SyntheticSet(Summary):
             raise SummaryFormatError(f"{path}: {exc} The file is damaged or was edited: re-create it.") from exc
         return out
 
+    def pixels(self, transform: Any = None) -> torch.Tensor:
+        """The (materialised) images as pixels in [0, 1], ``(N, C, H, W)`` on the CPU: the whitening undone with
+        ``transform`` (``real.transform``; required when the summary records one), then the normalisation."""
+        x = self.materialize().x.detach().float().cpu()
+        recorded = (self.meta.get("data") or {}).get("transform")
+        if recorded is not None and transform is None:
+            raise DataError(f"This summary's images are {recorded.get('kind')}-whitened: its data (loaded with the "
+                            "same zca option) is needed to turn them back into pixels; pass it (--dataset, or "
+                            "transform=real.transform).")
+        if transform is not None:
+            x = transform.invert(x)
+        if self.mean and self.std:
+            x = x * torch.tensor(self.std).view(1, -1, 1, 1) + torch.tensor(self.mean).view(1, -1, 1, 1)
+        return x.clamp(0, 1)
+
     def image_grid(self, path: str | os.PathLike, per_class: int | None = None, transform: Any = None, *,
                    scale: int | None = None, labels: Any = True) -> Path:
         """Write a PNG grid of the (materialised, de-normalised) images, one row per class. A summary of
@@ -353,15 +368,7 @@ class SyntheticSet(Summary):
         pixels wide); ``labels`` puts a label left of each row: a list of class names (e.g. ``real.class_names``),
         ``True`` for the class indices, ``False`` for none."""
         m = self.materialize()
-        x = m.x.detach().float().cpu()
-        recorded = (self.meta.get("data") or {}).get("transform")
-        if recorded is not None and transform is None:
-            raise DataError(f"This summary's images are {recorded.get('kind')}-whitened: pass transform=real.transform "
-                            "(the data loaded with the same zca option) to draw them as pixels.")
-        if transform is not None:
-            x = transform.invert(x)
-        if self.mean and self.std:
-            x = x * torch.tensor(self.std).view(1, -1, 1, 1) + torch.tensor(self.mean).view(1, -1, 1, 1)
+        x = self.pixels(transform)
         rows, ncol = [], per_class or max(1, max(int((m.y == c).sum()) for c in range(self.num_classes)))
         for c in range(self.num_classes):
             xc = x[m.y == c][:ncol]
