@@ -29,6 +29,7 @@ RECIPES = {
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    """Options every command shares: --device, --data-root and --json."""
     p.add_argument("--data-root", default=None, help="folder holding the datasets (or $DISTILL_APPS_DATA)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -53,6 +54,7 @@ def _data_options(p: argparse.ArgumentParser, distill: bool) -> None:
 
 
 def _load_data(a: argparse.Namespace):
+    """Load ``--dataset`` with the command's image-folder, flip, ZCA and download options."""
     from .data import load_dataset
 
     flip = {"auto": None, "yes": True, "no": False}[getattr(a, "flip", "auto")]
@@ -62,6 +64,7 @@ def _load_data(a: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``distill-apps`` argument parser: every command and its options, with defaults in --help."""
     from . import __version__
 
     ap = argparse.ArgumentParser(prog="distill-apps", description="Dataset distillation and its applications.",
@@ -169,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _recipe_module(name: str):
+    """Import the module of recipe ``name``, or refuse naming the recipes there are."""
     import importlib
 
     try:
@@ -212,6 +216,7 @@ def _privacy(summary: Any) -> dict[str, Any] | None:
 
 
 def _emit(obj: dict[str, Any], as_json: bool, text: Callable[[], str]) -> None:
+    """Print ``result`` as one JSON object (``--json``) or as the text ``text()`` makes."""
     out = json.dumps(obj, indent=None if as_json else 2, default=str) if as_json else text()
     if out:  # a text with nothing left to say (its lines printed as they happened) prints nothing
         print(out)
@@ -253,6 +258,7 @@ def _check_distill_options(a: argparse.Namespace):
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
+    """``distill-apps distill``: distil, save (summary + PNG), then score it against a random subset."""
     from .engine import METHODS, distill
     from .evaluate import evaluate
     from .modality import MODALITIES, check_modality, default_dataset
@@ -333,6 +339,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    """``distill-apps evaluate``: score a summary file of any kind (one model, a model table, fair scores or attacks)."""
     from .eval_augment import check_augment
     from .evaluate import evaluate
     from .summaries import load_summary
@@ -421,6 +428,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_teacher(a: argparse.Namespace) -> int:
+    """``distill-apps teacher``: train (or load and check) a teacher, optionally copying it to --out."""
     from .teachers import load_teacher, train_teacher
 
     if a.teacher:
@@ -450,6 +458,7 @@ def cmd_teacher(a: argparse.Namespace) -> int:
 
 
 def cmd_methods(a: argparse.Namespace) -> int:
+    """``distill-apps methods``: every registered method with family, modality, default dataset and paper."""
     from .engine import METHODS
     from .modality import MODALITIES, default_dataset
 
@@ -468,6 +477,7 @@ def cmd_methods(a: argparse.Namespace) -> int:
 
 
 def cmd_datasets(a: argparse.Namespace) -> int:
+    """``distill-apps datasets``: every registered dataset, its modality and whether its files are present."""
     from .data import DATASETS, data_root, dataset_present
 
     root = data_root(a.data_root)
@@ -555,6 +565,7 @@ def _tool_parsers(sub) -> None:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
+    """``distill-apps info``: what a summary file holds (:mod:`distill_apps.summary_info`)."""
     from .summary_info import format_info, summary_info
 
     info = summary_info(a.path)
@@ -563,6 +574,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    """``distill-apps export``: one PNG per image in class folders (:mod:`distill_apps.export`)."""
     from .export import export_pngs
     from .summaries import load_summary
 
@@ -579,6 +591,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
+    """``distill-apps compare``: methods x IPCs on one dataset under one protocol (:mod:`distill_apps.compare`)."""
     from .compare import caption, check_report_dir, compare, write_report
     from .options import method_options, split_list
 
@@ -609,6 +622,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_recipe(a: argparse.Namespace) -> int:
+    """``distill-apps recipe NAME ...``: run a recipe with the remaining arguments."""
     if a.name is None:
         print(recipe_listing(), file=sys.stderr)
         return 2
@@ -627,6 +641,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The console entry point: run a command; bad input prints one paragraph and returns 2."""
     a = build_parser().parse_args(argv)
     handlers = {"distill": cmd_distill, "evaluate": cmd_evaluate, "teacher": cmd_teacher, "methods": cmd_methods,
                 "datasets": cmd_datasets, "recipe": cmd_recipe, "info": cmd_info, "export": cmd_export,

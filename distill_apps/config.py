@@ -152,6 +152,7 @@ class MethodConfig:
         check_config(self)
 
     def as_dict(self) -> dict[str, Any]:
+        """The options as a plain dict (what summaries and checkpoints record)."""
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:

@@ -34,6 +34,7 @@ class CrossArchResult:
     baseline_seed: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The table as a JSON-ready dict (per model: summary and random-subset results)."""
         rows = []
         for m in self.models:
             s, b = self.summary[m], self.baseline.get(m)

@@ -104,6 +104,7 @@ def resolve_augment(name: str, summary, real, net: nn.Module) -> EvalAugmentatio
 
 
 def has_batchnorm(net: nn.Module) -> bool:
+    """Whether ``net`` holds a BatchNorm layer (DC's protocol then adds noise to its crop-scale-rotate)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
@@ -169,6 +170,7 @@ class DCAugment:
         return 4 if side >= 28 else max(1, round(4 * side / 32))
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> DCParams:
+        """Draw this batch's augmentation parameters from ``g`` (one draw per batch, as DC's protocol)."""
         n = shape[0]
         g = generator
         op = torch.tensor([DC_OPS.index(o) for o in self.ops])[torch.randint(len(self.ops), (n,), generator=g)]

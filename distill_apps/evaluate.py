@@ -46,6 +46,7 @@ class EvalResult:
     metric: str = "accuracy"  # what accuracy_* hold: "accuracy", or e.g. "ndcg@10" for recommenders
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict."""
         return asdict(self)
 
     def score(self) -> str:

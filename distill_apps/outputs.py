@@ -39,6 +39,7 @@ class RunOutputs:
 
     @classmethod
     def for_out(cls, out: str | os.PathLike) -> "RunOutputs":
+        """The file names one ``--out`` implies: the summary, its PNG grid and its checkpoint."""
         out = Path(out)
         return cls(out, out.with_suffix(".png"), out.with_suffix(".ckpt"))
 

@@ -84,6 +84,7 @@ class DecodedImages:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of torch, torchvision, numpy and distill-apps, recorded in every summary's metadata."""
     import numpy
 
     from . import __version__
@@ -161,6 +162,7 @@ class SyntheticSet(Summary):
 
     @property
     def ipc(self) -> int:
+        """Images per class: the metadata's ``ipc``, else the labels' count per class."""
         return int(self.meta.get("ipc", max(1, len(self.y) // max(1, self.num_classes))))
 
     def materialize(self, chunk: int = DECODE_CHUNK) -> "SyntheticSet":
@@ -220,6 +222,7 @@ class SyntheticSet(Summary):
         return (self.x.numel() if self.x is not None else 0) + sum(v.numel() for v in self.params.values())
 
     def label_floats(self) -> int:
+        """The soft labels as float32 (hard labels: None)."""
         return 0 if self.soft is None else self.soft.numel()
 
     def to(self, device: torch.device | str) -> "SyntheticSet":

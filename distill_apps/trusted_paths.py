@@ -31,6 +31,7 @@ def allow(path: str | os.PathLike) -> None:
 
 
 def trusted_roots() -> list[Path]:
+    """The folders a path read from a file may point into: the data root, the cache root and $DISTILL_APPS_TRUSTED_PATHS."""
     from .data.registry import cache_root, data_root
 
     roots = [data_root(), cache_root()]

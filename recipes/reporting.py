@@ -139,10 +139,12 @@ class StageBar:
 
         @contextlib.contextmanager
         def stage():
+            """Name the stage now running on the bar."""
             self.bar.set_postfix_str(name, refresh=True)
             yield
             self.bar.update(1)
         return stage()
 
     def close(self) -> None:
+        """Close the progress bar."""
         self.bar.close()
