@@ -86,8 +86,9 @@ def dataset_fingerprint(real: RealData) -> str:
 
 def default_cache_dir() -> Path:
     """Where expert trajectories are cached: ``$DISTILL_APPS_CACHE/experts``, else ``~/.cache/distill_apps/experts``."""
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "distill_apps") / "experts"
+    from .data.registry import cache_root
+
+    return cache_root() / "experts"
 
 
 def trajectory_key(real: RealData, model: str, config: ExpertConfig, seed: int) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def plan_outputs(out: str | os.PathLike, *, need_bytes: int, checkpointing: bool
 
 def fallback_paths(out: Path) -> list[Path]:
     """Where a summary goes when ``out`` cannot be written: the cache root, then the temporary folder."""
-    from .trusted_paths import cache_root
+    from .data.registry import cache_root
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{out.stem}-{stamp}-{os.getpid()}{out.suffix or '.safetensors'}"

@@ -154,8 +154,9 @@ def check_compatible(meta: dict[str, Any], real: RealData, path: Path | str | No
 # ---------------------------------------------------------------------- cache keys
 def default_cache_dir() -> Path:
     """Where teachers are cached: ``$DISTILL_APPS_CACHE/teachers``, else ``~/.cache/distill_apps/teachers``."""
-    root = os.environ.get("DISTILL_APPS_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "distill_apps") / "teachers"
+    from .data.registry import cache_root
+
+    return cache_root() / "teachers"
 
 
 def teacher_key(real: RealData, model: str, config: TeacherConfig, seed: int) -> dict[str, Any]:

@@ -45,7 +45,9 @@ GEN_VERSION = 1
 
 def cache_dir() -> Path:
     """``$DISTILL_APPS_CACHE`` or ``~/.cache/distill_apps``: where trained generators are kept."""
-    return Path(os.environ.get("DISTILL_APPS_CACHE", Path.home() / ".cache" / "distill_apps"))
+    from ..data.registry import cache_root
+
+    return cache_root()
 
 
 class Generator(nn.Module):

@@ -138,7 +138,9 @@ def normalize_sparse(edge_index: torch.Tensor, n: int) -> torch.Tensor:
 def pyg_dataset(cls_name: str, raw: Path, family: str, name: str, cache_dir: str | os.PathLike | None = None):
     """``torch_geometric.datasets.<cls_name>(cache/family, name)`` over a writable copy of the read-only ``raw``
     folder (``$DISTILL_APPS_CACHE`` or ``~/.cache/distill_apps``), since PyG writes ``processed/`` beside it."""
-    cache = Path(cache_dir or os.environ.get("DISTILL_APPS_CACHE") or Path.home() / ".cache" / "distill_apps")
+    from ..data.registry import cache_root
+
+    cache = cache_root(cache_dir)
     dest = cache / family / name / "raw"
     if not dest.is_dir():
         dest.parent.mkdir(parents=True, exist_ok=True)
