@@ -9,12 +9,23 @@ import torch
 from .data.real import RealData
 from .errors import ConfigError
 
-__all__ = ["texture_data", "seam_gaps", "tile"]
+__all__ = ["texture_data", "mirror_tile", "seam_gaps", "tile"]
 
 
-def texture_data(real: RealData, cls: int | str, size: int, crops: int = 1024, seed: int = 0) -> RealData:
+def mirror_tile(x: torch.Tensor) -> torch.Tensor:
+    """``(..., h, w)`` -> ``(..., 2h, 2w)``: the image beside its left-right mirror, above their up-down mirror.
+    The result is periodic with no seam (its last column is its first, its last row its first): the classic way
+    to make a photograph tile, applied to the real crops so that the data a texture is matched to hold no seams."""
+    top = torch.cat([x, x.flip(-1)], -1)
+    return torch.cat([top, top.flip(-2)], -2)
+
+
+def texture_data(real: RealData, cls: int | str, size: int, crops: int = 1024, seed: int = 0,
+                 tileable: bool = True) -> RealData:
     """One class of ``real`` as ``crops`` random ``size x size`` crops taken from the middle half of its images
-    (the garment, not the empty border), labelled as a single class; ``cls`` is an index or a class name."""
+    (the garment, not the empty border), labelled as a single class; ``cls`` is an index or a class name. With
+    ``tileable`` (the default) each crop is ``size/2`` pixels mirrored to ``size`` (:func:`mirror_tile`), so the
+    real textures tile themselves; otherwise plain crops, whose opposite edges do not meet."""
     if isinstance(cls, str) and not cls.isdigit():
         if cls not in real.class_names:
             raise ConfigError(f"{real.name} has no class {cls!r}; its classes: {', '.join(real.class_names)}.")
@@ -25,6 +36,9 @@ def texture_data(real: RealData, cls: int | str, size: int, crops: int = 1024, s
     _, h, w = real.image_shape
     if not 4 <= size <= min(h, w):
         raise ConfigError(f"--size {size} must lie in [4, {min(h, w)}] for {real.name} images of {h}x{w}.")
+    if tileable and size % 2:
+        raise ConfigError(f"--size {size} must be even: a tileable crop is a {size}/2-pixel crop mirrored to {size}.")
+    size = size // 2 if tileable else size
     x = real.x_train[real.y_train.cpu() == cls].float().cpu()
     g = torch.Generator().manual_seed(seed)
     pick = torch.randint(len(x), (crops,), generator=g)
@@ -35,6 +49,8 @@ def texture_data(real: RealData, cls: int | str, size: int, crops: int = 1024, s
     oy = torch.randint(lo_y, hi_y + 1, (crops,), generator=g)
     ox = torch.randint(lo_x, hi_x + 1, (crops,), generator=g)
     out = torch.stack([x[i, :, a:a + size, b:b + size] for i, a, b in zip(pick.tolist(), oy.tolist(), ox.tolist())])
+    if tileable:
+        out = mirror_tile(out)
     y = torch.zeros(crops, dtype=torch.long)
     n_test = max(1, crops // 8)
     return RealData(f"{real.name}:{real.class_names[cls]}-textures", out, y, out[:n_test], y[:n_test], 1, real.mean,

@@ -22,10 +22,10 @@ from distill_apps.recipes.reporting import StageBar, figure_markdown, finish
 #: the one line `distill-apps recipe --help` shows
 SUMMARY = "tileable textures (circular padding) distilled from one class, with 3x3 previews and a seam check"
 
-#: the recipe's defaults per method (``--set METHOD.KEY=VALUE`` overrides): noise start, a random circular shift of
-#: every texture each step (``roll``, trajectory matching's texture mode), no DSA (its zero fill would teach the
-#: texture an edge)
-PRESETS: dict[str, dict[str, Any]] = {"dm": {"init": "noise", "dsa_strategy": "none", "roll": True, "lr_img": 3.0,
+#: the recipe's defaults per method (``--set METHOD.KEY=VALUE`` overrides): start from the real (tileable) crops,
+#: a random circular shift of every texture each step (``roll``, trajectory matching's texture mode), no DSA (its
+#: zero fill would teach the texture an edge), a step size that changes the crops without drowning them in noise
+PRESETS: dict[str, dict[str, Any]] = {"dm": {"init": "real", "dsa_strategy": "none", "roll": True, "lr_img": 0.3,
                                              "batch_real": 128}}
 
 
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = make_parser("distill-apps recipe textures", __doc__.split("\n\n")[0] + f"\n\nPresets: {PRESETS}.")
     ap.add_argument("--dataset", default="fashion_mnist", help="a registered image dataset")
     ap.add_argument("--class", dest="cls", default="Coat", help="the class the textures come from (name or index)")
-    ap.add_argument("--size", type=int, default=16, help="side of a texture tile in pixels (crops of this size)")
+    ap.add_argument("--size", type=int, default=16, help="side of a texture tile in pixels (even: the real data "
+                    "are size/2 crops mirrored to size, so they tile themselves)")
     ap.add_argument("--crops", type=int, default=1024, help="random crops of the class used as real data")
     ap.add_argument("--tiles", type=int, default=4, help="textures to distil")
     ap.add_argument("--method", default="dm", help="a registered image distillation method")

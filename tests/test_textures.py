@@ -22,6 +22,18 @@ def test_circular_convnet_sees_the_image_as_a_torus():
         assert same == wraps, name
 
 
+def test_tileable_crops_have_no_seam():
+    """The real data a texture is matched to: mirrored crops are periodic (wrap gap 0), plain crops are not."""
+    from distill_apps.textures import texture_data
+
+    real = da.load_dataset("fashion_mnist")
+    tiled = texture_data(real, "Coat", 16, crops=64, seed=0)
+    g = seam_gaps(tiled.x_train)
+    assert g["wrap_columns"] == 0.0 and g["wrap_rows"] == 0.0 and g["inside_columns"] > 0
+    plain = seam_gaps(texture_data(real, "Coat", 16, crops=64, seed=0, tileable=False).x_train)
+    assert plain["wrap_columns"] > plain["inside_columns"]
+
+
 def test_seam_gaps_and_tiling():
     ramp = torch.arange(8.).view(1, 1, 8).expand(1, 8, 8)  # columns 0..7: a seam of 7 at the wrap
     g = seam_gaps(ramp)
@@ -53,6 +65,11 @@ def test_textures_recipe_writes_tiles_preview_and_report(tmp_path, capsys):
     assert g == seam_gaps(s.x)  # the report's figures are the saved textures' own
     seamless = g["wrap_columns"] <= g["inside_columns"] and g["wrap_rows"] <= g["inside_rows"]
     assert res["circular"]["seamless"] == seamless
+    # the distilled tiles join without a seam: across the wrap-around edges they differ no more than inside
+    assert seamless, g
+    for t in s.x:
+        gt = seam_gaps(t)
+        assert gt["wrap_columns"] <= gt["inside_columns"] and gt["wrap_rows"] <= gt["inside_rows"], gt
     assert res["plain"]["model"] == "convnet-d2-w8"
     md = (out / "report.md").read_text()
     assert md.split("\n\n")[1].startswith("4 texture tiles of 12x12 pixels were distilled with dm")
