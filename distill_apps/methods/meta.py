@@ -21,7 +21,7 @@ Kernels and KRR live in :mod:`distill_apps.kernels`; the unrolled training in :m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class DDConfig(MethodConfig):
     lr_init: float = 0.02  # initial inner step size
     lr_img: float = 0.01  # Adam, images
     lr_lr: float = 0.01  # Adam, log step sizes
-    tbptt_window: int = 10  # unrolled steps back-propagated through; 0 = full BPTT
+    tbptt_window: int = field(default=10, metadata={"min": 0})  # unrolled steps back-propagated through; 0 = full BPTT
     init_mode: str = "random"  # random | fixed
     batch_syn: int = 0  # inner minibatch; 0 = the whole synthetic set every step
     batch_real: int = 20  # real images per class in the outer loss
