@@ -278,6 +278,7 @@ class _RecomputedUnroll(torch.autograd.Function):
                 if t % chunk == 0:
                     store.put(t // chunk, theta, vel)
                 spec.update_(t, theta, vel, spec.grad_value(t, theta, xd, yd), lrd)
+                torch.clear_autocast_cache()  # each step's parameter leaves: their bf16 casts must not pile up
                 check_memory(f"unroll step {t}")
         ctx.spec, ctx.chunk, ctx.exact, ctx.store = spec, chunk, exact, store
         ctx.save_for_backward(x, y, lr)
@@ -309,6 +310,7 @@ class _RecomputedUnroll(torch.autograd.Function):
             if needs[5]:
                 glr = torch.zeros_like(lr)
             for c in reversed(range(store.n)):
+                torch.clear_autocast_cache()  # the previous chunk's casts (see forward)
                 check_memory(f"backward unroll step {c * chunk}")
                 theta0, vel0 = store.get(c)
                 t0, t1 = c * chunk, min((c + 1) * chunk, steps)
