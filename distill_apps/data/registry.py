@@ -75,6 +75,15 @@ def _missing_error(name: str, root: Path, files: tuple[str, ...]) -> DataError:
     )
 
 
+def _download_error(name: str, root: Path, exc: BaseException) -> DataError:
+    """The DataError for a ``--download`` that failed (typically: no network), with the offline fix."""
+    return DataError(
+        f"Downloading dataset {name!r} into {root} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). Without network access, "
+        f"copy its files there from another machine, or point --data-root (or ${DATA_ENV}) at a folder that holds "
+        "them, and run without --download."
+    )
+
+
 def dataset_present(name: str, root: str | os.PathLike | None = None) -> bool:
     """Whether the files dataset ``name`` needs are present under the data root."""
     spec = DATASETS.get(name.split(":")[0] if name.startswith("medmnist:") else name)
@@ -184,9 +193,9 @@ def _torchvision(name: str, cls_name: str, folder: str, flip_invariant: bool, ro
     try:
         tr = cls(str(root), train=True, download=download)
         te = cls(str(root), train=False, download=download)
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # files missing, or (with --download) no network
         spec = DATASETS.get(name)
-        raise _missing_error(name, root, spec.files) from exc
+        raise (_download_error(name, root, exc) if download else _missing_error(name, root, spec.files)) from exc
     xtr, xte = tr.data, te.data
     xtr = xtr.numpy() if torch.is_tensor(xtr) else xtr
     xte = xte.numpy() if torch.is_tensor(xte) else xte
@@ -248,7 +257,12 @@ def _medmnist(root: Path, flag: str = "pneumoniamnist", download: bool = False, 
         )
     cls = getattr(medmnist, info["python_class"])
     kw = {} if size == 28 else {"size": size}
-    splits = {s: cls(split=s, root=str(folder), download=download, **kw) for s in ("train", "val", "test")}
+    try:
+        if download:
+            folder.mkdir(parents=True, exist_ok=True)
+        splits = {s: cls(split=s, root=str(folder), download=download, **kw) for s in ("train", "val", "test")}
+    except (RuntimeError, OSError) as exc:
+        raise _download_error(f"medmnist:{flag}", root, exc) from exc
     task = {"binary-class": "binary", "multi-class": "multiclass", "multi-label, binary-class": "multilabel",
             "ordinal-regression": "ordinal"}.get(info["task"], "multiclass")
 
