@@ -115,9 +115,9 @@ def evaluate_cross_arch(summary: SyntheticSet, dataset: RealData | str | None = 
     results = {m: evaluate(summary, real, model=m, **common) for m in names}
     ipc, base, base_seed = summary_ipc(summary), {}, None
     if baseline:
-        from .engine import distill
+        from .fair import random_subset
 
         base_seed = int(summary.meta.get("seed", 0) or 0)
-        rnd = distill("random", real, ipc, seed=base_seed, device=device, progress=False)
+        rnd = random_subset(real, ipc, base_seed, device=device)  # the augmentation is given explicitly (common)
         base = {m: evaluate(rnd, real, model=m, **common) for m in names}
     return CrossArchResult(real.name, summary.meta.get("method"), ipc, names, results, base, base_seed)

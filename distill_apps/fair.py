@@ -84,11 +84,13 @@ def hard_label_view(summary: SyntheticSet) -> SyntheticSet:
     return replace(m, soft=None, label_kind="hard")
 
 
-def random_subset(real: RealData, ipc: int, seed: int = 0, eval_augment: str | None = None) -> SyntheticSet:
-    """A class-balanced random real subset at ``ipc`` (the ``random`` method), evaluated like the summary."""
+def random_subset(real: RealData, ipc: int, seed: int = 0, eval_augment: str | None = None,
+                  device: str = "auto") -> SyntheticSet:
+    """A class-balanced random real subset at ``ipc`` (the ``random`` method), evaluated like the summary (the
+    baseline the CLI and the fair scores set beside a summary)."""
     from .engine import distill
 
-    rnd = distill("random", real, ipc, seed=seed, progress=False)
+    rnd = distill("random", real, ipc, seed=seed, device=device, progress=False)
     rnd.meta["eval_augment"] = eval_augment
     return rnd
 

@@ -84,11 +84,10 @@ def ipc_help() -> str:
 
 
 def _image_baseline(real: Any, summary: Any, ipc: int, seed: int, device: str) -> Any:
-    from .engine import distill
+    """A random real subset of the summary's size, evaluated with the summary's augmentation."""
+    from .fair import random_subset
 
-    rnd = distill("random", real, ipc, seed=seed, device=device, progress=False)
-    rnd.meta["eval_augment"] = summary.meta.get("eval_augment")  # same protocol as the summary
-    return rnd
+    return random_subset(real, ipc, seed, summary.meta.get("eval_augment"), device)
 
 
 # the quick budget evaluates images for 300 epochs (the paper protocol's no-augmentation count) to stay in CPU

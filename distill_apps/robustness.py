@@ -124,7 +124,7 @@ def robust_evaluate(summary, dataset=None, *, attack: str | tuple[str, ...] | li
     if steps < 1:
         raise ConfigError(f"PGD needs steps >= 1; got {steps}.")
     real = data_for_summary(summary, dataset, evaluate_kw.get("data_root"))
-    x_t, y_t = real.x_test[:n], real.y_test[:n]
+    x_t, y_t = real.images(slice(0, n), "test"), real.y_test[:n]  # only the attacked images, not the whole split
     per_run: dict[str, list[dict[str, float]]] = {name: [] for name in attacks}
 
     def attack_student(net: nn.Module, run: int) -> None:

@@ -39,7 +39,7 @@ def texture_data(real: RealData, cls: int | str, size: int, crops: int = 1024, s
     if tileable and size % 2:
         raise ConfigError(f"--size {size} must be even: a tileable crop is a {size}/2-pixel crop mirrored to {size}.")
     size = size // 2 if tileable else size
-    x = real.x_train[real.y_train.cpu() == cls].float().cpu()
+    x = real.images((real.y_train.cpu() == cls).nonzero().squeeze(1), "train", device="cpu")  # just this class
     g = torch.Generator().manual_seed(seed)
     pick = torch.randint(len(x), (crops,), generator=g)
     # crop corners inside the central region: an image's middle half is where the fabric is
