@@ -20,12 +20,8 @@ import torch
 
 from .errors import ConfigError, DataError
 
-__all__ = ["pixels", "class_folder_names", "export_pngs"]
+__all__ = ["class_folder_names", "export_pngs"]
 
-
-def pixels(summary: Any, transform: Any = None) -> torch.Tensor:
-    """The summary's images as pixels in [0, 1] (:meth:`SyntheticSet.pixels <distill_apps.summary.SyntheticSet.pixels>`)."""
-    return summary.pixels(transform)
 
 def class_folder_names(summary: Any) -> list[str]:
     """One folder name per class: the class names the summary records (made safe as file names), else the ids.
@@ -65,7 +61,7 @@ def export_pngs(summary: Any, png_dir: str | os.PathLike, *, transform: Any = No
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; refusing to overwrite it. Choose another --png-dir, or pass "
                           "--overwrite (overwrite=True) to replace its contents.")
-    x = pixels(summary, transform)
+    x = summary.pixels(transform)
     y = summary.materialize().y.cpu()
     names = class_folder_names(summary)
     out.parent.mkdir(parents=True, exist_ok=True)
