@@ -165,7 +165,7 @@ def markdown(rows: list[dict]) -> str:
         for r in rows:
             lines.append(f"| {r['method']} | {r['dataset']} | {r['ipc']} | {r['planned_steps']} / "
                          f"{r['steps_within_time_limit']} | {r['step_seconds']} | {r['distill_seconds_est']} | "
-                         f"{r['eval_epochs']}{' +DSA' if r['eval_augment'] else ''} | {r['eval_epoch_seconds']} | "
+                         f"{r['eval_epochs']}{compare.augment_label(r['eval_augment'])} | {r['eval_epoch_seconds']} | "
                          f"{r['eval_seconds_est']} | {r['cell_seconds_est']} |")
         return "\n".join(lines) + "\n"
     return compare.markdown(rows)

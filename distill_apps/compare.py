@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["PAPER", "FOLDER_COPIES", "dataset_label", "eval_epochs", "run_cell", "markdown", "caption",
-           "compare", "plot_accuracy_vs_ipc", "plot_accuracy_vs_time", "write_report", "REPORT_FILES"]
+__all__ = ["PAPER", "FOLDER_COPIES", "dataset_label", "eval_epochs", "run_cell", "markdown", "augment_label",
+           "caption", "compare", "plot_accuracy_vs_ipc", "plot_accuracy_vs_time", "write_report", "REPORT_FILES"]
 
 # Published test accuracy (%) with ConvNet-3; (method, dataset, ipc) -> figure. Sources: DC (Zhao et al. 2021,
 # Table 1: random/herding/k-center/DC), DSA (Zhao & Bilen 2021), DM (Zhao & Bilen 2023), IDC (Kim et al. 2022),
@@ -101,6 +101,14 @@ def run_cell(method: str, dataset: Any, ipc: int, *, steps: int | None = None, b
     return rows
 
 
+def augment_label(augment) -> str:
+    """`` +dsa`` / `` +dc`` for the evaluation augmentation a row was trained with, ``""`` for none (older rows stored
+    ``True`` for DSA and ``False``/``None`` for none)."""
+    if augment is True:
+        return " +dsa"
+    return "" if augment in (None, False, "", "none") else f" +{augment}"
+
+
 def _score(r: dict) -> str:
     return f"{r['accuracy_mean']:.1f}" + (f" ± {r['accuracy_std']:.1f}" if r["runs"] >= 2 else "")
 
@@ -115,7 +123,7 @@ def markdown(rows: list[dict], caption_line: str | None = None) -> str:
         ev = f"{r['runs']} runs" + (f" × {r['epochs']} ep" if r.get("protocol", "train") == "train" else "")
         lines.append(f"| {r['method']} | {r['dataset']} | {r['ipc']} | {r['steps']} | {r.get('protocol', 'train')} | "
                      f"{_score(r)} | "
-                     f"{paper} | {r['distill_seconds']} | {ev}{' +DSA' if r['augment'] else ''} |")
+                     f"{paper} | {r['distill_seconds']} | {ev}{augment_label(r['augment'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -154,6 +154,9 @@ def test_compare_writes_json_markdown_and_two_plots(tmp_path, capsys):
     md = (out / "compare.md").read_text()
     assert md.startswith(data["caption"]) and "Test accuracy (%) on digits of random, dm at IPC 1, 2" in md
     assert md.count("\n| ") == 1 + 4 and "±" not in md  # a header and 4 rows; one run: no std
+    for r, line in zip(rows, md.rstrip().splitlines()[-4:]):  # the row's own evaluation augmentation, none: nothing
+        assert line.endswith("ep" + ("" if r["augment"] in (None, "none") else f" +{r['augment']}") + " |"), line
+    assert {r["augment"] for r in rows} == {"none", "dsa"}  # random subset unaugmented, DM with DSA
     for name in ("accuracy_vs_ipc.png", "accuracy_vs_time.png"):
         w, h = Image.open(out / name).size
         assert w > 400 and h > 300
