@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .data import RealData, data_for_summary
-from .errors import ConfigError, DataError
+from .errors import DataError
 from .eval_augment import check_augment, resolve_augment
 from .fit_summary import auto_progress, fresh_model, learned_lr, run_range, score, train_on_summary
 from .modality import check_modality

@@ -78,9 +78,9 @@ def _missing_error(name: str, root: Path, files: tuple[str, ...]) -> DataError:
 def _download_error(name: str, root: Path, exc: BaseException) -> DataError:
     """The DataError for a ``--download`` that failed (typically: no network), with the offline fix."""
     return DataError(
-        f"Downloading dataset {name!r} into {root} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). Without network access, "
-        f"copy its files there from another machine, or point --data-root (or ${DATA_ENV}) at a folder that holds "
-        "them, and run without --download."
+        f"Downloading dataset {name!r} into {root} failed ({type(exc).__name__}: "
+        f"{' '.join(str(exc).split())[:200]}). Without network access, copy its files there from another "
+        f"machine, or point --data-root (or ${DATA_ENV}) at a folder that holds them, and run without --download."
     )
 
 
