@@ -7,7 +7,7 @@ HaBa) counted and shown separately.
 
 Budgets are CPU seconds of the (single-threaded, ``OMP_NUM_THREADS=1``) process, not wall-clock seconds: on a
 shared machine the wall clock measures the other jobs too. Each iterative method is calibrated once (CPU time of
-its set-up and of one step, from runs of 1 and 3 steps) and run for the number of steps that fits each budget,
+its set-up and of one step, from runs of 1 and 3 or 11 steps) and run for the number of steps that fits each budget,
 so schedules (SRe2L's cosine) end where the budget ends; the row records the CPU and wall seconds the run
 actually took. RDED, which does not iterate, grows its candidate pool instead (``--rded-mipc``); random subsets
 are one point. Students: each method's own protocol (``train``
@@ -16,7 +16,8 @@ random subset once more), ``--epochs`` epochs, ``--runs`` runs. Teachers and exp
 budgets (cached) and their training CPU time is stored with each row (``prep_seconds``); a cached artefact keeps
 the time measured when it was made (teachers record it; experts: the time this script measured into its JSON).
 
-Writes the rows to ``--out`` (JSON, appended after every point) and the plot next to it (``.png``);
+Writes the rows to ``--out`` (JSON, appended after every point; a rerun skips the points already there, so an
+interrupted run resumes) and the plot next to it (``.png``);
 ``benchmarks/budget_table.py`` turns the JSON into the README's "which method for which budget" table. Designed
 for any dataset ``load_dataset`` reads (e.g. ``imagefolder:../shared/datasets/cifar10-jpg`` once that source
 exists); run MNIST first.
@@ -57,14 +58,21 @@ def _expert_prep(real, method: str, model: str, seed: int, cfg: dict[str, Any], 
 
 
 def calibrate(method: str, real, ipc: int, cfg: dict[str, Any], seed: int, model: str) -> tuple[float, float]:
-    """CPU seconds of ``method``'s set-up and of one step, from runs of 1 and 3 steps."""
-    times = []
-    for n in (1, 3):
+    """CPU seconds of ``method``'s set-up and of one step, from a run of 1 step and one of 3 (11 when a step is
+    cheap, so timer noise does not swamp the difference); no set-up is assumed when the difference is not positive.
+    """
+    def run(n: int) -> float:
         c0 = time.process_time()
         da.distill(method, real, ipc, steps=n, config=cfg or None, seed=seed, model=model, progress=False)
-        times.append(time.process_time() - c0)
-    per = max((times[1] - times[0]) / 2, 1e-3)
-    return max(times[0] - per, 0.0), per
+        return time.process_time() - c0
+
+    t1 = run(1)
+    n = 3 if t1 > 10 else 11
+    tn = run(n)
+    per = (tn - t1) / (n - 1)
+    if per <= 0:
+        return 0.0, tn / n
+    return max(t1 - per, 0.0), per
 
 
 def plot(rows: list[dict], path: Path, title: str) -> Path:
@@ -166,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             points = [(m, {"mipc": m}) for m in a.rded_mipc]
         else:
             points = [(b, {}) for b in a.budgets]
+        have = {(r["method"], r["protocol"], r["budget"]) for r in rows
+                if (r["dataset"], r["ipc"]) == (real.name, a.ipc)}
+        points = [(b, e) for b, e in points if any((method, p, b) not in have for p in protocols)]  # resume
         setup = per_step = None
-        if method not in ("random", "rded"):
+        if points and method not in ("random", "rded"):
             setup, per_step = calibrate(method, real, a.ipc, cfg, a.seed, a.model)
         for budget, extra in points:
             c = {**cfg, **extra}
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                         "accuracy": res.accuracy_mean, "accuracy_std": res.accuracy_std,
                         "eval_seconds": round(res.seconds, 1), "epochs": res.epochs, "augment": res.augment,
                         "runs": a.runs, "model": a.model, "machine": machine(),
+                        "config": {k: v for k, v in c.items() if k != "teacher"},
                         "teacher": teacher.reference() if (soft_prep or method in TEACHER_METHODS) else None})
     png = plot([r for r in rows if r["dataset"] == real.name and r["ipc"] == a.ipc], out.with_suffix(".png"),
                f"{real.name}, IPC {a.ipc}: accuracy against CPU time ({a.model} students)")
