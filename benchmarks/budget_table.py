@@ -47,6 +47,25 @@ def table(rows: list[dict], budgets: list[float]) -> str:
     return "\n".join(lines)
 
 
+def points(rows: list[dict]) -> str:
+    """Markdown tables of every measured point (method, protocol, budget, steps, CPU seconds, accuracy)."""
+    lines = []
+    for (ds, ipc) in sorted({(r["dataset"], r["ipc"]) for r in rows}):
+        rs = sorted((r for r in rows if r["dataset"] == ds and r["ipc"] == ipc),
+                    key=lambda r: (r["method"], r["protocol"], float(r["budget"])))
+        lines += [f"**{ds}, IPC {ipc}**: every point", "",
+                  "| method | protocol | budget | steps | distil CPU s | teacher / experts CPU s | accuracy % |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rs:
+            budget = f"pool {r['budget']}" if r["method"] == "rded" else ("-" if not r["budget"] else
+                                                                          f"{float(r['budget']):.0f} s")
+            prep = "-" if not r.get("prep_kind") else f"{r['prep_kind']} {r.get('prep_seconds') or 0:.0f}"
+            lines.append(f"| {r['method']} | {r['protocol']} | {budget} | {r['steps']} | {r['distill_seconds']:.0f} "
+                         f"| {prep} | {100 * r['accuracy']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def update_readme(readme: Path, body: str, source: str) -> None:
     """Replace the generated block between the markers in ``readme`` (or append it)."""
     text = readme.read_text()
@@ -68,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("json", nargs="+", help="time_to_accuracy.py result files")
     ap.add_argument("--budgets", type=float, nargs="+", default=[60, 300, 600, 1800, 3600])
     ap.add_argument("--readme", default=None, help="README to update between the markers (default: print only)")
+    ap.add_argument("--points", action="store_true", help="print every measured point instead (for docs)")
     a = ap.parse_args(argv)
     rows = [r for p in a.json for r in json.loads(Path(p).read_text())]
+    if a.points:
+        print(points(rows))
+        return 0
     body = table(rows, a.budgets)
     if a.readme:
         update_readme(Path(a.readme), body, ", ".join(a.json))
