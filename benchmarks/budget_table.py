@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from distill_apps.compare import copy_label
+
 BEGIN, END = "<!-- time-to-accuracy:begin -->", "<!-- time-to-accuracy:end -->"
 
 
@@ -29,7 +31,8 @@ def table(rows: list[dict], budgets: list[float]) -> str:
     for (ds, ipc) in sorted({(r["dataset"], r["ipc"]) for r in rows}):
         rs = [r for r in rows if r["dataset"] == ds and r["ipc"] == ipc]
         machine = rs[0].get("machine", "")
-        lines += [f"**{ds}, IPC {ipc}** (CPU time of one thread; students `{rs[0]['model']}`, {rs[0]['epochs']} "
+        lines += [f"**{copy_label(ds)}, IPC {ipc}** (CPU time of one thread; students `{rs[0]['model']}`, "
+                  f"{rs[0]['epochs']} "
                   f"epochs; {machine})", "",
                   "| budget | best within the budget, all training counted | accuracy | time (distil + teacher/experts) "
                   "| best if the teacher/experts already exist | accuracy |", "|---|---|---|---|---|---|"]
@@ -53,7 +56,7 @@ def points(rows: list[dict]) -> str:
     for (ds, ipc) in sorted({(r["dataset"], r["ipc"]) for r in rows}):
         rs = sorted((r for r in rows if r["dataset"] == ds and r["ipc"] == ipc),
                     key=lambda r: (r["method"], r["protocol"], float(r["budget"])))
-        lines += [f"**{ds}, IPC {ipc}**: every point", "",
+        lines += [f"**{copy_label(ds)}, IPC {ipc}**: every point", "",
                   "| method | protocol | budget | steps | distil CPU s | teacher / experts CPU s | accuracy % |",
                   "|---|---|---|---|---|---|---|"]
         for r in rs:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import distill_apps as da
-from distill_apps.compare import FOLDER_COPIES
+from distill_apps.compare import copy_label
 from distill_apps.fair import fair_scores
 from distill_apps.teachers import train_teacher
 
@@ -83,7 +83,7 @@ def markdown(rows: list[dict]) -> str:
     head = ("| method | IPC | hard % | soft % | random hard % | random soft % | HLR | IOR | LRS | ARS | "
             + " | ".join(f"PGD {e} soft / hard %" for e in eps) + " | teacher s (CPU) | distil s (CPU) | eval s (CPU) |")
     names = sorted({r["dataset"] for r in rows})
-    title = "Dataset: " + ", ".join(FOLDER_COPIES.get(n, (n, n))[1] for n in names) + "."
+    title = "Dataset: " + ", ".join(copy_label(n) for n in names) + "."
     lines = [title, "", head, "|" + "---|" * (13 + len(eps))]
     for r in rows:
         pgd = " | ".join(f"{100 * r['robust_soft'][e]:.1f} / {100 * r['robust_hard'][e]:.1f}" for e in eps)

@@ -16,11 +16,10 @@ random subset once more), ``--epochs`` epochs, ``--runs`` runs. Teachers and exp
 budgets (cached) and their training CPU time is stored with each row (``prep_seconds``); a cached artefact keeps
 the time measured when it was made (teachers record it; experts: the time this script measured into its JSON).
 
-Writes the rows to ``--out`` (JSON, appended after every point; a rerun skips the points already there, so an
-interrupted run resumes) and the plot next to it (``.png``);
-``benchmarks/budget_table.py`` turns the JSON into the README's "which method for which budget" table. Designed
-for any dataset ``load_dataset`` reads (e.g. ``imagefolder:../shared/datasets/cifar10-jpg`` once that source
-exists); run MNIST first.
+Writes the rows to ``--out`` (JSON) and their plot next to it (``.png``), both after every point; a rerun skips
+the points already there, so an interrupted run resumes. ``benchmarks/budget_table.py`` turns the JSON into the
+README's "which method for which budget" table. Any dataset ``load_dataset`` reads works (e.g.
+``imagefolder:cifar10-jpg``).
 """
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import distill_apps as da
+from distill_apps.compare import copy_label
 
 TEACHER_METHODS = ("sre2l", "rded")
 EXPERT_METHODS = ("mtt", "tesla", "haba")
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1))
+        plot([r for r in rows if r["dataset"] == real.name and r["ipc"] == a.ipc], out.with_suffix(".png"),
+             f"{copy_label(real.name)}, IPC {a.ipc}: accuracy against CPU time ({a.model} students)")
         print(json.dumps({k: row[k] for k in ("method", "protocol", "budget", "steps", "distill_seconds",
                                               "prep_seconds", "accuracy")}), flush=True)
 
@@ -203,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                         "runs": a.runs, "model": a.model, "machine": machine(),
                         "config": {k: v for k, v in c.items() if k != "teacher"},
                         "teacher": teacher.reference() if (soft_prep or method in TEACHER_METHODS) else None})
-    png = plot([r for r in rows if r["dataset"] == real.name and r["ipc"] == a.ipc], out.with_suffix(".png"),
-               f"{real.name}, IPC {a.ipc}: accuracy against CPU time ({a.model} students)")
-    print(f"wrote {out} and {png}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["PAPER", "FOLDER_COPIES", "dataset_label", "eval_epochs", "run_cell", "markdown", "augment_label",
-           "caption", "compare", "plot_accuracy_vs_ipc", "plot_accuracy_vs_time", "write_report", "REPORT_FILES"]
+__all__ = ["PAPER", "FOLDER_COPIES", "dataset_label", "copy_label", "eval_epochs", "run_cell", "markdown",
+           "augment_label", "caption", "compare", "plot_accuracy_vs_ipc", "plot_accuracy_vs_time", "write_report", "REPORT_FILES"]
 
 # Published test accuracy (%) with ConvNet-3; (method, dataset, ipc) -> figure. Sources: DC (Zhao et al. 2021,
 # Table 1: random/herding/k-center/DC), DSA (Zhao & Bilen 2021), DM (Zhao & Bilen 2023), IDC (Kim et al. 2022),
@@ -53,6 +53,11 @@ FOLDER_COPIES = {"cifar10-jpg": ("cifar10", "CIFAR-10 (JPEG q75 copy)")}
 
 #: The files :func:`write_report` writes into its folder.
 REPORT_FILES = ("compare.json", "compare.md", "accuracy_vs_ipc.png", "accuracy_vs_time.png")
+
+
+def copy_label(name: str) -> str:
+    """How results name dataset ``name``: a folder copy of CIFAR-10 reads "CIFAR-10 (JPEG q75 copy)"."""
+    return FOLDER_COPIES.get(name, (name, name))[1]
 
 
 def dataset_label(real: Any) -> tuple[str, str]:
