@@ -82,7 +82,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(f"{r['method']} ({r['protocol']})", []).append(r)
@@ -101,7 +101,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
