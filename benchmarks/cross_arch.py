@@ -13,8 +13,8 @@ protocol of most rows). A second table puts DC at ``--dc-ipc`` under the ``dc`` 
 DC paper's MNIST figures (91.7 / 97.4 at IPC 1 / 10).
 
 The run is resumable: each finished cell is appended to the JSON file at once (atomic write) and skipped on the
-next call. ``--estimate`` times one short training per (dataset, model, protocol) instead and prints the
-expected seconds of every cell of the full run.
+next call; parallel runs write one ``--out`` each and ``--merge`` joins them. ``--estimate`` times one short
+training per (dataset, model, protocol) instead and prints the expected seconds of every cell of the full run.
 """
 from __future__ import annotations
 
@@ -123,6 +123,21 @@ def key(c: dict) -> tuple:
     return c["table"], c["dataset"], c["method"], c["ipc"], c["model"], c["requested_augment"]
 
 
+def merge(out: Path, files: list[str]) -> list[dict]:
+    """Join the cells of ``out`` and ``files`` (runs split across processes, one ``--out`` each), first copy of
+    each cell kept, in table, dataset and row order; written back to ``out`` with its markdown."""
+    cells: dict[tuple, dict] = {}
+    for f in [out, *map(Path, files)]:
+        for c in json.loads(f.read_text()) if f.exists() else []:
+            cells.setdefault(key(c), c)
+    order = {m: i for i, m in enumerate(["random", "dm", "dsa", "dc", "mtt"])}
+    datasets = list(dict.fromkeys(c["dataset"] for c in cells.values()))
+    merged = sorted(cells.values(), key=lambda c: (c["table"] != "cross_arch", datasets.index(c["dataset"]),
+                                                    order.get(c["method"], len(order))))
+    save(out, merged)
+    return merged
+
+
 def estimate(a: argparse.Namespace) -> int:
     """Time a short training (and the test pass) per dataset x model x protocol; print each full cell's cost."""
     rows = []
@@ -186,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--estimate-epochs", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/cross_arch.json")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="join these cell files (parallel runs) into --out and stop")
     a = ap.parse_args(argv)
+    if a.merge:
+        print(markdown(merge(Path(a.out), a.merge)))
+        return 0
     a.configs = method_options(a.set, sorted(set(a.methods) | {"dc"}))
     if a.estimate:
         return estimate(a)

@@ -42,3 +42,28 @@ def test_python_api_and_bad_input(saved, digits):
     with pytest.raises(ConfigError, match="Known models"):
         da.evaluate_cross_arch(s, digits, models="mlp,nosuchnet", runs=1, epochs=1)
     assert main(["evaluate", str(path), "--model", "mlp", "--models", "mlp"]) == 2
+
+
+def test_merge_joins_parallel_cell_files_once_each_in_row_order(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "cross_arch_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "cross_arch.py")
+    xa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(xa)
+
+    def cell(method, model, acc):
+        return {"table": "cross_arch", "dataset": "mnist", "method": method, "ipc": 10, "model": model,
+                "requested_augment": "auto", "augment": "dsa", "augment_label": "dsa", "epochs": 1000, "runs": 3,
+                "steps": 1, "accuracy_mean": acc, "accuracy_std": 0.1}
+
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "all.json"
+    a.write_text(json.dumps([cell("dm", "convnet", 96.0), cell("random", "convnet", 95.0)]))
+    b.write_text(json.dumps([cell("dm", "convnet", 11.0), cell("dm", "mlp", 88.0)]))  # first copy of a cell wins
+    merged = xa.main(["--out", str(out), "--merge", str(a), str(b)])
+    cells = json.loads(out.read_text())
+    assert merged == 0
+    assert [(c["method"], c["model"], c["accuracy_mean"]) for c in cells] == [
+        ("random", "convnet", 95.0), ("dm", "convnet", 96.0), ("dm", "mlp", 88.0)]
+    assert "| dm | 1 |" in out.with_suffix(".md").read_text()
