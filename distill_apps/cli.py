@@ -552,7 +552,12 @@ def _tool_parsers(sub) -> None:
                    "under paper)")
     c.add_argument("--protocol", choices=("train", "krr", "softlabel"), default="train",
                    help="evaluation protocol of every cell (krr: kernel methods' summaries)")
-    c.add_argument("--model", default="convnet", help="network used to distil and to evaluate")
+    c.add_argument("--model", default="convnet", help="network used to distil and to evaluate (with --models: to "
+                   "distil)")
+    c.add_argument("--models", default=None, metavar="M1,M2,...",
+                   help="evaluate every summary with each of these comma-separated networks (e.g. convnet,mlp,lenet,"
+                        "alexnet,vgg11,resnet18): the cross-architecture table, a random subset as each one's baseline")
+    c.add_argument("--no-baseline", action="store_true", help="with --models: no random-subset row unless listed")
     c.add_argument("--seed", type=int, default=0, help="seed of distillation and evaluation")
     c.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="stop each distillation after the step that passes S seconds")
@@ -597,6 +602,14 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     methods = split_list(a.methods, "--methods")
     configs = method_options(a.set, methods)
+    if a.no_baseline and a.models is None:
+        raise ConfigError("--no-baseline goes with --models (the random-subset row of the cross-architecture table); "
+                          "without --models, leave random out of --methods instead.")
+    models = None
+    if a.models is not None:
+        from .cross_arch import parse_models
+
+        models = parse_models(a.models)  # unknown names fail here, before anything is distilled
     out = check_report_dir(a.out or f"out/compare_{re.sub(r'[^A-Za-z0-9._-]+', '-', a.dataset).strip('-')}",
                            a.overwrite)
     real = _load_data(a)
@@ -604,15 +617,17 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     def on_row(r: dict) -> None:
         if show:
-            print(f"{r['method']} ipc {r['ipc']}: {r['accuracy_mean']:.2f} % ({r['steps']} steps, "
+            net = f" {r['model']}" if models else ""
+            print(f"{r['method']} ipc {r['ipc']}{net}: {r['accuracy_mean']:.2f} % ({r['steps']} steps, "
                   f"{r['distill_seconds']} s)", file=sys.stderr, flush=True)
 
     rows = compare(real, methods, a.ipc, steps=a.steps, budget=a.budget, configs=configs, runs=a.runs,
                    epochs=a.epochs, model=a.model, distill_model=a.model, protocol=a.protocol, seed=a.seed,
-                   device=a.device, time_limit=a.time_limit, progress=show, on_row=on_row)
+                   device=a.device, time_limit=a.time_limit, progress=show, on_row=on_row, models=models,
+                   baseline=not a.no_baseline)
     line = caption(rows, a.budget, a.seed, a.steps)
     settings = {k: getattr(a, k) for k in ("dataset", "methods", "ipc", "budget", "steps", "runs", "epochs",
-                                           "protocol", "model", "seed", "time_limit", "set")}
+                                           "protocol", "model", "models", "no_baseline", "seed", "time_limit", "set")}
     files = write_report(rows, out, settings, line)
     from .compare import markdown
 

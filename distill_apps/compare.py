@@ -1,8 +1,9 @@
 """Compare methods x IPCs on one dataset under one evaluation protocol (``distill-apps compare``).
 
 The core of the fidelity benchmark (``benchmarks/fidelity.py`` is a thin wrapper around it): :func:`run_cell`
-distils one (method, IPC) cell and scores it under the requested protocol(s), one row per protocol, next to the
-published figure when there is one (:data:`PAPER`); :func:`markdown` renders the rows as a table;
+distils one (method, IPC) cell and scores it under the requested protocol(s) with one network or several (the
+cross-architecture table), one row per protocol and network, next to the published ConvNet figure when there is
+one (:data:`PAPER`); :func:`markdown` renders the rows as a table;
 :func:`compare` runs the grid and :func:`write_report` writes the results JSON, the markdown table (with a caption
 line) and two plots: accuracy vs IPC and accuracy vs distillation time.
 
@@ -20,7 +21,8 @@ from typing import Any, Sequence
 from .errors import ConfigError
 
 __all__ = ["PAPER", "FOLDER_COPIES", "dataset_label", "copy_label", "eval_epochs", "run_cell", "markdown",
-           "augment_label", "caption", "compare", "plot_accuracy_vs_ipc", "plot_accuracy_vs_time", "write_report", "REPORT_FILES"]
+           "cross_arch_markdown", "models_of", "augment_label", "caption", "compare", "plot_accuracy_vs_ipc",
+           "plot_accuracy_vs_time", "write_report", "REPORT_FILES"]
 
 # Published test accuracy (%) with ConvNet-3; (method, dataset, ipc) -> figure. Sources: DC (Zhao et al. 2021,
 # Table 1: random/herding/k-center/DC), DSA (Zhao & Bilen 2021), DM (Zhao & Bilen 2023), IDC (Kim et al. 2022),
@@ -77,10 +79,12 @@ def eval_epochs(budget: str, epochs: int | None = None, paper_eval: bool = False
 def run_cell(method: str, dataset: Any, ipc: int, *, steps: int | None = None, budget: str = "quick",
              config: dict | None = None, time_limit: float | None = None, runs: int = 3, epochs: int | None = None,
              model: str = "convnet", distill_model: str | None = None, protocols: Sequence[str] = ("train",),
-             seed: int = 0, device: str = "auto", paper_eval: bool = False, progress: bool = True) -> list[dict]:
-    """Distil once, evaluate under every requested protocol; one row per protocol (DD's ``schedule`` protocol
-    only for summaries with a learned schedule). ``model`` is the evaluation network, ``distill_model`` the
-    distillation's (default: the method's)."""
+             seed: int = 0, device: str = "auto", paper_eval: bool = False, progress: bool = True,
+             models: Sequence[str] | None = None) -> list[dict]:
+    """Distil once, evaluate under every requested protocol with every model; one row per (protocol, model) (DD's
+    ``schedule`` protocol only for summaries with a learned schedule). ``model`` is the evaluation network
+    (``models``: several, a cross-architecture cell as in DC, Zhao et al. 2021, Table 2), ``distill_model`` the
+    distillation's (default: the method's). The paper's figure (ConvNet-3) is set on ConvNet rows only."""
     import distill_apps as da
 
     key, label = dataset_label(dataset)
@@ -89,20 +93,22 @@ def run_cell(method: str, dataset: Any, ipc: int, *, steps: int | None = None, b
                    progress=progress, time_limit=time_limit, config=config or None)
     t_distill = time.perf_counter() - t0
     ep = eval_epochs(budget, epochs, paper_eval)
+    cell = {"method": method, "dataset": label, "ipc": ipc, "budget": budget, "steps": s.meta["steps"],
+            "time_limit": time_limit, "distill_seconds": round(t_distill, 1)}
+    data = {"source": dataset.source.get("kind"), "zca": dataset.transform is not None, "config": dict(config or {})}
     rows = []
     for protocol in protocols:
         if protocol == "schedule" and "inner_lrs" not in s.meta:
             continue  # DD's own protocol applies to summaries with a learned schedule only
-        res = da.evaluate(s, dataset, runs=runs, epochs=ep, device=device, model=model, protocol=protocol)
-        rows.append({"method": method, "dataset": label, "ipc": ipc, "budget": budget,
-                     "steps": s.meta["steps"], "time_limit": time_limit, "distill_seconds": round(t_distill, 1),
-                     "eval_seconds": round(res.seconds, 1), "cell_seconds": round(time.perf_counter() - t0, 1),
-                     "source": dataset.source.get("kind"), "zca": dataset.transform is not None,
-                     "config": dict(config or {}), "accuracy_mean": 100 * res.accuracy_mean,
-                     "accuracy_std": 100 * res.accuracy_std, "accuracies": [100 * v for v in res.accuracies],
-                     "runs": res.runs, "epochs": res.epochs, "augment": res.augment, "protocol": res.protocol,
-                     "model": res.model, "storage_floats": s.storage_floats(),
-                     "paper": PAPER.get((method, key, ipc))})
+        for net in models or (model,):
+            res = da.evaluate(s, dataset, runs=runs, epochs=ep, device=device, model=net, protocol=protocol)
+            rows.append({**cell, "eval_seconds": round(res.seconds, 1),
+                         "cell_seconds": round(time.perf_counter() - t0, 1), **data,
+                         "accuracy_mean": 100 * res.accuracy_mean, "accuracy_std": 100 * res.accuracy_std,
+                         "accuracies": [100 * v for v in res.accuracies], "runs": res.runs, "epochs": res.epochs,
+                         "augment": res.augment, "protocol": res.protocol, "model": res.model,
+                         "storage_floats": s.storage_floats(),
+                         "paper": PAPER.get((method, key, ipc)) if net == "convnet" else None})
     return rows
 
 
@@ -118,9 +124,34 @@ def _score(r: dict) -> str:
     return f"{r['accuracy_mean']:.1f}" + (f" ± {r['accuracy_std']:.1f}" if r["runs"] >= 2 else "")
 
 
+def models_of(rows: list[dict]) -> list[str]:
+    """The evaluation networks of ``rows``, in order of appearance."""
+    return list(dict.fromkeys(r["model"] for r in rows))
+
+
+def cross_arch_markdown(rows: list[dict]) -> list[str]:
+    """Rows evaluated with several networks as one table: a line per (IPC, method), a column per network, the
+    paper's ConvNet figure last (the layout of DC, Zhao et al. 2021, Table 2)."""
+    models = models_of(rows)
+    lines = ["| method | IPC | steps | protocol | " + " | ".join(models) + " | paper, convnet (%) |",
+             "|---" * (len(models) + 5) + "|"]
+    for ipc, method in dict.fromkeys((r["ipc"], r["method"]) for r in rows):
+        mine = {r["model"]: r for r in rows if (r["ipc"], r["method"]) == (ipc, method)}
+        first = next(iter(mine.values()))
+        paper = next((r["paper"] for r in mine.values() if r["paper"] is not None), None)
+        lines.append(f"| {method} | {ipc} | {first['steps']} | {first['runs']} runs × {first['epochs']} ep"
+                     f"{augment_label(first['augment'])} | "
+                     + " | ".join(_score(mine[m]) if m in mine else "-" for m in models)
+                     + f" | {'-' if paper is None else f'{paper:.1f}'} |")
+    return lines
+
+
 def markdown(rows: list[dict], caption_line: str | None = None) -> str:
-    """The rows as a markdown table (ours next to the paper's figure), under ``caption_line`` when given."""
+    """The rows as a markdown table (ours next to the paper's figure), under ``caption_line`` when given; rows of
+    several evaluation networks as the cross-architecture table (:func:`cross_arch_markdown`)."""
     lines = [caption_line, ""] if caption_line else []
+    if len(models_of(rows)) > 1:
+        return "\n".join(lines + cross_arch_markdown(rows)) + "\n"
     lines += ["| method | dataset | IPC | steps | protocol | ours (%) | paper (%) | distill s | eval |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -140,7 +171,9 @@ def caption(rows: list[dict], budget: str, seed: int, steps: int | None = None) 
     methods = ", ".join(dict.fromkeys(r["method"] for r in rows))
     ipcs = ", ".join(str(i) for i in sorted({r["ipc"] for r in rows}))
     eps = sorted({r["epochs"] for r in rows if r["epochs"] is not None})
-    return (f"Test accuracy (%) on {r0['dataset']} of {methods} at IPC {ipcs}: a {r0['model']} trained from scratch on "
+    models = models_of(rows)
+    nets = f"a {r0['model']}" if len(models) == 1 else f"each of {', '.join(models)}"
+    return (f"Test accuracy (%) on {r0['dataset']} of {methods} at IPC {ipcs}: {nets} trained from scratch on "
             f"each summary ({r0['protocol']} protocol" + (f", {'/'.join(map(str, eps))} epochs" if eps else "")
             + f", {r0['runs']} run{'s' if r0['runs'] != 1 else ''}" + (", mean ± std" if r0["runs"] >= 2 else "")
             + (f"); distilled for {steps} steps (methods that optimise)" if steps is not None
@@ -162,11 +195,13 @@ def _plot(rows: list[dict], x_key: str, xlabel: str, title: str, caption_line: s
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for m in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r["ipc"])  # a line runs through IPCs
-        xs, ys = [r[x_key] for r in pts], [r["accuracy_mean"] for r in pts]
+    several = len(models_of(rows)) > 1  # cross-architecture rows: a line per (method, network)
+    for m, net in dict.fromkeys((r["method"], r["model"]) for r in rows):
+        pts = sorted((r for r in rows if (r["method"], r["model"]) == (m, net)), key=lambda r: r["ipc"])
+        xs, ys = [r[x_key] for r in pts], [r["accuracy_mean"] for r in pts]  # a line runs through IPCs
         err = [r["accuracy_std"] if r["runs"] >= 2 else 0.0 for r in pts]
-        line = ax.errorbar(xs, ys, yerr=err if any(err) else None, marker="o", capsize=3, label=m)
+        line = ax.errorbar(xs, ys, yerr=err if any(err) else None, marker="o", capsize=3,
+                           label=f"{m}, {net}" if several else m)
         if x_key == "distill_seconds":
             for r in pts:
                 ax.annotate(f"IPC {r['ipc']}", (r[x_key], r["accuracy_mean"]), textcoords="offset points",
@@ -184,7 +219,7 @@ def _plot(rows: list[dict], x_key: str, xlabel: str, title: str, caption_line: s
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(title="method")
+    ax.legend(title="method, network" if several else "method", fontsize=7 if several else None)
     fig.text(0.01, -0.02, caption_line, wrap=True, fontsize=7, va="top", ha="left")
     out = _figure_bytes(fig)
     plt.close(fig)
@@ -233,11 +268,15 @@ def compare(dataset: Any, methods: Sequence[str], ipcs: Sequence[int], *, steps:
             budget: str = "quick", configs: dict[str, dict] | None = None, runs: int = 3,
             epochs: int | None = None, model: str = "convnet", distill_model: str | None = None,
             protocol: str = "train", seed: int = 0, device: str = "auto", time_limit: float | None = None,
-            progress: bool = True, on_row=None) -> list[dict]:
+            progress: bool = True, on_row=None, models: Sequence[str] | None = None,
+            baseline: bool = True) -> list[dict]:
     """Every (method, IPC) cell on one loaded image dataset under one protocol; returns the rows (IPC-major).
 
-    Names and budgets are checked before anything is distilled (unknown methods, methods of another modality,
-    an IPC larger than the smallest class). ``on_row(row)`` is called after each cell."""
+    ``models``: evaluate each summary (distilled with ``distill_model``) with every one of these networks, the
+    cross-architecture table of DC (Zhao et al. 2021, Table 2), with a random real subset of the same size as
+    every network's baseline row (added first unless ``baseline=False`` or ``"random"`` is among ``methods``).
+    Names and budgets are checked before anything is distilled (unknown methods or models, methods of another
+    modality, an IPC larger than the smallest class). ``on_row(row)`` is called after each row."""
     from .engine import METHODS
     from .modality import modality_of
     from .validation import check_int
@@ -251,6 +290,12 @@ def compare(dataset: Any, methods: Sequence[str], ipcs: Sequence[int], *, steps:
         check_int("--epochs", epochs, 1)
     if not methods or not ipcs:
         raise ConfigError("compare needs at least one method (--methods) and one IPC (--ipc).")
+    if models is not None:
+        from .cross_arch import parse_models
+
+        models = parse_models(models)
+        if baseline and "random" not in methods:
+            methods = ["random", *methods]
     for m in methods:
         cls = METHODS.get(m)  # unknown names: the registry's error lists the known ones
         if modality_of(cls) != "image":
@@ -265,7 +310,7 @@ def compare(dataset: Any, methods: Sequence[str], ipcs: Sequence[int], *, steps:
             for row in run_cell(m, dataset, ipc, steps=steps, budget=budget, config=(configs or {}).get(m),
                                 time_limit=time_limit, runs=runs, epochs=epochs, model=model,
                                 distill_model=distill_model, protocols=(protocol,), seed=seed, device=device,
-                                progress=progress):
+                                progress=progress, models=models):
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)

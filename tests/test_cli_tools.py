@@ -165,8 +165,39 @@ def test_compare_writes_json_markdown_and_two_plots(tmp_path, capsys):
     assert "already holds a comparison" in _error(capsys)
 
 
+def test_compare_models_gives_the_cross_architecture_table(tmp_path, monkeypatch, capsys):
+    from distill_apps import compare as cmp
+
+    monkeypatch.setitem(cmp.PAPER, ("dm", "digits", 1), 55.5)  # a ConvNet figure: shown on ConvNet rows only
+    out = tmp_path / "xa"
+    assert main(["compare", "--methods", "dm", "--ipc", "1", "--steps", "1", "--runs", "1", "--epochs", "2",
+                 "--model", TINY, "--models", f"{TINY},mlp,convnet", "--out", str(out), "--no-progress"]) == 0
+    data = json.loads((out / "compare.json").read_text())
+    rows = data["rows"]
+    # the random subset of the same size is added first as each network's baseline; one distillation per method
+    assert [(r["method"], r["model"]) for r in rows] == [(m, n) for m in ("random", "dm")
+                                                         for n in (TINY, "mlp", "convnet")]
+    assert [r["paper"] for r in rows] == [None] * 5 + [55.5]
+    assert len({(r["steps"], r["distill_seconds"]) for r in rows if r["method"] == "dm"}) == 1
+    assert data["settings"]["models"] == f"{TINY},mlp,convnet"
+    md = (out / "compare.md").read_text().splitlines()
+    assert md[0] == data["caption"] and f"each of {TINY}, mlp, convnet trained from scratch" in md[0]
+    assert md[2] == f"| method | IPC | steps | protocol | {TINY} | mlp | convnet | paper, convnet (%) |"
+    table = [line.split(" | ") for line in md[4:]]
+    assert [t[0] for t in table] == ["| random", "| dm"] and table[1][-1] == "55.5 |"
+    for t, method in zip(table, ("random", "dm")):
+        got = [float(v) for v in t[4:7]]
+        assert got == [round(r["accuracy_mean"], 1) for r in rows if r["method"] == method]
+    assert main(["compare", "--methods", "dm", "--ipc", "1", "--steps", "1", "--runs", "1", "--epochs", "1",
+                 "--model", TINY, "--models", "mlp", "--no-baseline", "--out", str(tmp_path / "nb"),
+                 "--no-progress"]) == 0
+    assert [r["method"] for r in json.loads((tmp_path / "nb" / "compare.json").read_text())["rows"]] == ["dm"]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["info", "nosuch.safetensors"], "No such file"),
+    (["compare", "--models", "convnet,nosuch"], "nosuch"),
+    (["compare", "--no-baseline"], "--no-baseline goes with --models"),
     (["compare", "--methods", "nosuch"], "Known methods"),
     (["compare", "--methods", "gcond"], "image summaries"),
     (["compare", "--methods", "dm,random"], "space-separated"),
